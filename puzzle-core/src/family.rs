@@ -1,0 +1,116 @@
+//! Parent families: plugins that turn a checkpoint's `config.json` into a [`ModelSpec`].
+//!
+//! A family is data-level on purpose: decoder families differ mostly in switches (biases, norm,
+//! RoPE scaling, tied head, per-layer shapes), which the spec expresses; the tensors are built by
+//! the core decoder. Families register themselves with `inventory` and are found by asking each
+//! whether it claims a config.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::spec::ModelSpec;
+
+/// The contract of a parent family.
+///
+/// - `claims` must be cheap and side-effect free; at most one family should claim a config.
+/// - `parse_config` resolves every default (head_dim, RoPE scaling, tied head, per-layer shapes)
+///   and rejects anything it cannot run with an error naming the key and the file.
+pub trait Family: Send + Sync + 'static {
+    /// Stable short name (`llama`, `qwen2`, `decilm`).
+    fn name(&self) -> &'static str;
+
+    /// The `architectures` values this family reads, for listings and error messages.
+    fn architectures(&self) -> &'static [&'static str];
+
+    /// Whether this family reads `config` (usually by `architectures` or `model_type`).
+    fn claims(&self, config: &serde_json::Value) -> bool {
+        let arch = config
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str());
+        arch.is_some_and(|a| self.architectures().contains(&a))
+    }
+
+    /// Resolves `config` (read from `path`) into a spec.
+    fn parse_config(&self, config: &serde_json::Value, path: &Path) -> Result<ModelSpec>;
+}
+
+/// A family registered by a static plugin: `inventory::submit!(FamilyRegistration { .. })`.
+pub struct FamilyRegistration {
+    pub family: &'static dyn Family,
+    /// The crate that provides it, for `puzzle plugins`.
+    pub provider: &'static str,
+}
+
+inventory::collect!(FamilyRegistration);
+
+/// Every registered family.
+pub fn families() -> Vec<&'static FamilyRegistration> {
+    let mut v: Vec<_> = inventory::iter::<FamilyRegistration>.into_iter().collect();
+    v.sort_by_key(|r| r.family.name());
+    v
+}
+
+/// The family registered under `name`.
+pub fn family_by_name(name: &str) -> Result<&'static dyn Family> {
+    families()
+        .into_iter()
+        .map(|r| r.family)
+        .find(|f| f.name() == name)
+        .ok_or_else(|| Error::UnknownPlugin {
+            kind: "family",
+            name: name.to_string(),
+            known: known_families(),
+        })
+}
+
+fn known_families() -> String {
+    let v: Vec<String> = families()
+        .iter()
+        .map(|r| format!("{} ({})", r.family.name(), r.family.architectures().join(", ")))
+        .collect();
+    if v.is_empty() {
+        "none: link a family plugin".into()
+    } else {
+        v.join("; ")
+    }
+}
+
+/// The family that claims `config` (read from `path`).
+pub fn family_for(config: &serde_json::Value, path: &Path) -> Result<&'static dyn Family> {
+    families()
+        .into_iter()
+        .map(|r| r.family)
+        .find(|f| f.claims(config))
+        .ok_or_else(|| {
+            let arch = config
+                .get("architectures")
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(none)".into());
+            let mt = config
+                .get("model_type")
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(none)".into());
+            Error::unsupported(
+                path,
+                format!(
+                    "architectures {arch}, model_type {mt}: no registered family reads it; known: {}",
+                    known_families()
+                ),
+            )
+        })
+}
+
+/// Reads `config.json` from a checkpoint folder and resolves it with the family that claims it.
+pub fn read_spec(dir: &Path) -> Result<ModelSpec> {
+    let path = dir.join("config.json");
+    if !dir.exists() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint folder"),
+        ));
+    }
+    let config: serde_json::Value = crate::fsutil::read_json(&path)?;
+    family_for(&config, &path)?.parse_config(&config, &path)
+}

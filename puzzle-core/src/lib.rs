@@ -1,0 +1,24 @@
+//! `puzzle-core`: the traits, plain data and tensor code of the Puzzle method
+//! (Bercovich et al., "Puzzle: Distillation-Based NAS for Inference-Optimized LLMs").
+//!
+//! - [`spec`]: the resolved, per-layer heterogeneous description of a decoder.
+//! - [`variant`]: subblock variant ids (`attn:gqa(kv=2)`, `ffn:width(768)`, ...).
+//! - [`family`]: the parent-family trait and its registry.
+//! - [`nn`]: primitives, subblocks and the decoder in burn.
+//! - [`weights`], [`gguf`], [`tokenizer`], [`model`]: reading checkpoints.
+//! - [`generate`]: KV-cache decoding.
+
+pub mod error;
+pub mod family;
+pub mod fsutil;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod nn;
+pub mod spec;
+pub mod tokenizer;
+pub mod variant;
+pub mod weights;
+
+pub use burn;
+pub use error::{Error, Result};

@@ -1,0 +1,295 @@
+//! The decoder every family resolves to: embeddings, a heterogeneous stack of layers (each an
+//! attention and an FFN subblock), the final norm and the LM head (tied or not). Incremental
+//! decoding keeps a per-layer KV cache; batches may be left-padded.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::blocks::{AttentionBlock, FfnBlock, ForwardCtx, LayerKv, Loader, Subblock};
+use super::primitives::{Linear, RmsNorm, RopeTables, host};
+use crate::error::{Error, Result};
+use crate::spec::{LayerSpec, ModelSpec};
+use crate::weights::{HostTensor, WeightSource};
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct Layer {
+    pub attention: AttentionBlock,
+    pub ffn: FfnBlock,
+}
+
+impl Layer {
+    /// `ffn(attn(x))`, each with its residual.
+    ///
+    /// # Shapes
+    /// `x: [batch, seq, hidden] -> same`
+    pub fn forward(&self, x: Tensor<3>, ctx: &ForwardCtx, kv: Option<&mut LayerKv>) -> Tensor<3> {
+        let x = self.attention.forward(x, ctx, kv);
+        self.ffn.forward(x, ctx, None)
+    }
+
+    /// The layer's spec.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec {
+            attention: self.attention.spec(),
+            ffn: self.ffn.spec(),
+        }
+    }
+}
+
+/// Cached keys/values of a batch being decoded.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub layers: Vec<LayerKv>,
+    /// Left-padding of each row (tokens before the row's first real token).
+    pub pads: Vec<usize>,
+    /// Positions cached so far (padding included).
+    pub len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows with the given left padding.
+    pub fn new(num_layers: usize, pads: Vec<usize>) -> Self {
+        KvCache {
+            layers: vec![LayerKv::default(); num_layers],
+            pads,
+            len: 0,
+        }
+    }
+}
+
+/// Everything a forward can report, for parity tests and distillation.
+#[derive(Debug)]
+pub struct ForwardTrace {
+    /// `[batch, seq, hidden]` embeddings.
+    pub embed: Tensor<3>,
+    /// `[batch, seq, hidden]` output of each layer.
+    pub layer_out: Vec<Tensor<3>>,
+    /// `[batch, seq, hidden]` after the final norm.
+    pub final_norm: Tensor<3>,
+    /// `[batch, seq, vocab]`
+    pub logits: Tensor<3>,
+}
+
+/// A decoder-only language model.
+#[derive(Module, Debug)]
+pub struct Decoder {
+    /// `[vocab, hidden]`
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<Layer>,
+    pub norm: RmsNorm,
+    /// `None` when the head is tied to the embeddings.
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    pub spec: ModelSpec,
+}
+
+impl Decoder {
+    /// Builds the model described by `spec` from checkpoint tensors named as in Hugging Face
+    /// Llama. Missing tensors, wrong shapes and tensors the spec does not use are errors that
+    /// name the key.
+    pub fn load(spec: &ModelSpec, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let w = Loader::new(src, device);
+        let (v, h) = (spec.vocab_size, spec.hidden_size);
+        if spec.head_dim % 2 != 0 {
+            return Err(Error::invalid(format!(
+                "head_dim {} is odd; rotary embeddings need an even head size",
+                spec.head_dim
+            )));
+        }
+        let embed = w.tensor("model.embed_tokens.weight", [v, h])?;
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (i, l) in spec.layers.iter().enumerate() {
+            layers.push(Layer {
+                attention: AttentionBlock::load(spec, &l.attention, i, &w)?,
+                ffn: FfnBlock::load(spec, &l.ffn, i, &w)?,
+            });
+        }
+        let norm = w.norm("model.norm.weight", h, spec.rms_norm_eps)?;
+        let lm_head = if spec.tie_word_embeddings {
+            None
+        } else {
+            Some(w.linear("lm_head", v, h, false)?)
+        };
+        let unused: Vec<String> = w
+            .unused()
+            .into_iter()
+            // Old checkpoints store RoPE buffers; they are recomputed from the config.
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            // A tied checkpoint may still carry a copy of the head.
+            .filter(|n| !(spec.tie_word_embeddings && n == "lm_head.weight"))
+            .collect();
+        if !unused.is_empty() {
+            return Err(Error::UnexpectedTensors {
+                location: w.location(),
+                keys: unused.join(", "),
+            });
+        }
+        Ok(Decoder {
+            embed_tokens: Param::from_tensor(embed),
+            layers,
+            norm,
+            lm_head,
+            spec: spec.clone(),
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    /// Token embeddings.
+    ///
+    /// # Shapes
+    /// `ids: [batch, seq] -> [batch, seq, hidden]`
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        self.embed_tokens
+            .val()
+            .select(0, ids.reshape([b * t]))
+            .reshape([b, t, self.spec.hidden_size])
+    }
+
+    /// Rotary tables and padding mask for `seq` new tokens after `past` cached positions.
+    pub fn context(&self, batch: usize, past: usize, seq: usize, pads: &[usize]) -> ForwardCtx {
+        let device = self.device();
+        let inv_freq = self.spec.rope.inv_freq(self.spec.head_dim);
+        let any_pad = pads.iter().any(|&p| p > 0);
+        let positions: Vec<Vec<usize>> = if any_pad {
+            pads.iter()
+                .map(|&p| (past..past + seq).map(|j| j.saturating_sub(p)).collect())
+                .collect()
+        } else {
+            // Shared positions broadcast over the batch.
+            vec![(past..past + seq).collect()]
+        };
+        let rope = RopeTables::new(&inv_freq, &positions, &device);
+        let key_mask = any_pad.then(|| {
+            let kv = past + seq;
+            let mask: Vec<bool> = pads
+                .iter()
+                .flat_map(|&p| (0..kv).map(move |j| j < p))
+                .collect();
+            Tensor::<4, Bool>::from_data(TensorData::new(mask, [batch, 1, 1, kv]), &device)
+        });
+        ForwardCtx { rope, key_mask }
+    }
+
+    /// The final norm.
+    pub fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.norm.forward(x)
+    }
+
+    /// Logits from normed hidden states.
+    ///
+    /// # Shapes
+    /// `x: [batch, seq, hidden] -> [batch, seq, vocab]`
+    pub fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, t, h] = x.dims();
+                x.reshape([b * t, h])
+                    .matmul(self.embed_tokens.val().transpose())
+                    .reshape([b, t, self.spec.vocab_size])
+            }
+        }
+    }
+
+    /// A full forward without cache.
+    ///
+    /// # Shapes
+    /// `ids: [batch, seq] -> [batch, seq, vocab]`
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let ctx = self.context(b, 0, t, &[]);
+        let mut x = self.embed(ids);
+        for layer in &self.layers {
+            x = layer.forward(x, &ctx, None);
+        }
+        self.logits(self.final_norm(x))
+    }
+
+    /// A full forward that keeps every intermediate (see `ForwardTrace`).
+    pub fn forward_trace(&self, ids: Tensor<2, Int>) -> ForwardTrace {
+        let [b, t] = ids.dims();
+        let ctx = self.context(b, 0, t, &[]);
+        let embed = self.embed(ids);
+        let mut x = embed.clone();
+        let mut layer_out = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            x = layer.forward(x, &ctx, None);
+            layer_out.push(x.clone());
+        }
+        let final_norm = self.final_norm(x);
+        let logits = self.logits(final_norm.clone());
+        ForwardTrace {
+            embed,
+            layer_out,
+            final_norm,
+            logits,
+        }
+    }
+
+    /// Runs `ids` (`[batch, seq]`) after what `cache` holds and appends to it. Returns logits of
+    /// every new position, or of the last one only when `last_only` (saves the head matmul
+    /// over the prompt when generating).
+    ///
+    /// # Shapes
+    /// `ids: [batch, seq] -> [batch, seq or 1, vocab]`
+    pub fn step(&self, ids: Tensor<2, Int>, cache: &mut KvCache, last_only: bool) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let ctx = self.context(b, cache.len, t, &cache.pads.clone());
+        let mut x = self.embed(ids);
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &ctx, Some(kv));
+        }
+        cache.len += t;
+        let x = if last_only && t > 1 {
+            x.narrow(1, t - 1, 1)
+        } else {
+            x
+        };
+        self.logits(self.final_norm(x))
+    }
+
+    /// All weights by full checkpoint name, in checkpoint layout.
+    pub fn tensors(&self) -> Vec<(String, HostTensor)> {
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            host(&self.embed_tokens.val()),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            for (n, t) in l.attention.tensors().into_iter().chain(l.ffn.tensors()) {
+                v.push((format!("model.layers.{i}.{n}"), t));
+            }
+        }
+        v.push(("model.norm.weight".into(), host(&self.norm.weight.val())));
+        if let Some(head) = &self.lm_head {
+            v.push(("lm_head.weight".into(), host(&head.weight.val())));
+        }
+        v
+    }
+
+    /// The spec of the layers as they are now (after surgery, it may differ from the loaded one).
+    pub fn current_spec(&self) -> ModelSpec {
+        let mut s = self.spec.clone();
+        s.layers = self.layers.iter().map(Layer::spec).collect();
+        s
+    }
+}
+
+/// Token ids as a `[batch, seq]` tensor.
+pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let b = rows.len();
+    let t = rows.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| {
+            assert_eq!(r.len(), t, "rows must have equal lengths");
+            r.iter().map(|&x| x as i64)
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [b, t]), device)
+}

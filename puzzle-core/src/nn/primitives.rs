@@ -1,0 +1,238 @@
+//! Core tensor primitives every family's decoder is built from: RMSNorm, a linear map stored in
+//! the checkpoint's `[out, in]` layout, HF-style (rotate_half) rotary embeddings, SwiGLU, and
+//! scaled-dot-product attention with grouped KV heads.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use crate::weights::HostTensor;
+
+/// Root-mean-square layer norm: `x / sqrt(mean(x^2) + eps) * weight` (Llama's `LlamaRMSNorm`).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `[hidden]`
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// A norm with the given weight.
+    pub fn new(weight: Tensor<1>, eps: f64) -> Self {
+        RmsNorm {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+
+    /// # Shapes
+    /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let var = x.clone().square().mean_dim(2); // [b, t, 1]
+        let inv = (var + self.eps).sqrt().recip();
+        x * inv * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// A linear map `y = x W^T + b`, with `W` kept in the checkpoint's `[out, in]` layout so that
+/// weights go in and out of files untransposed.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// A map from a `[out, in]` weight and optional `[out]` bias.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Linear {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// # Shapes
+    /// `x: [batch, seq, in] -> [batch, seq, out]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, i] = x.dims();
+        // One 2-D GEMM over all tokens is faster than a batched matmul with a broadcast weight.
+        let y = x
+            .reshape([b * t, i])
+            .matmul(self.weight.val().transpose());
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            None => y,
+        };
+        let o = y.dims()[1];
+        y.reshape([b, t, o])
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(h)) * up(h))`.
+///
+/// # Shapes
+/// `h: [batch, seq, hidden] -> [batch, seq, hidden]`
+pub fn swiglu(gate: &Linear, up: &Linear, down: &Linear, h: Tensor<3>) -> Tensor<3> {
+    down.forward(silu(gate.forward(h.clone())) * up.forward(h))
+}
+
+/// Cos/sin tables for the positions of one forward call.
+#[derive(Clone, Debug)]
+pub struct RopeTables {
+    /// `[batch or 1, 1, seq, head_dim]`
+    pub cos: Tensor<4>,
+    /// `[batch or 1, 1, seq, head_dim]`
+    pub sin: Tensor<4>,
+}
+
+impl RopeTables {
+    /// Tables for `positions[row][token]`, from inverse frequencies computed in f64. All rows
+    /// must have the same length. Angles are formed in f64 and rounded once.
+    pub fn new(inv_freq: &[f64], positions: &[Vec<usize>], device: &Device) -> Self {
+        let half = inv_freq.len();
+        let hd = 2 * half;
+        let b = positions.len();
+        let t = positions.first().map_or(0, Vec::len);
+        let mut cos = Vec::with_capacity(b * t * hd);
+        let mut sin = Vec::with_capacity(b * t * hd);
+        for row in positions {
+            assert_eq!(row.len(), t, "rope rows must have equal lengths");
+            for &p in row {
+                // HF layout: the same frequencies repeated for the two halves of a head.
+                for _rep in 0..2 {
+                    for &f in inv_freq {
+                        let a = p as f64 * f;
+                        cos.push(a.cos() as f32);
+                        sin.push(a.sin() as f32);
+                    }
+                }
+            }
+        }
+        let shape = [b, 1, t, hd];
+        RopeTables {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// Applies the rotation to queries or keys (HF `rotate_half` convention: the first half of a
+    /// head pairs with the second half, not interleaved pairs).
+    ///
+    /// # Shapes
+    /// `x: [batch, heads, seq, head_dim] -> same`
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let hd = x.dims()[3];
+        let half = hd / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Causal scaled-dot-product attention with `q_heads / kv_heads` query heads per KV head
+/// (head `h` reads KV head `h / group`, as transformers' `repeat_kv`).
+///
+/// `key_mask` marks keys to ignore (left padding) with `true`. The causal mask is aligned to the
+/// end, so queries may be the last `seq` of `kv_len` positions (incremental decoding).
+///
+/// # Shapes
+/// `q: [b, q_heads, seq, hd]`, `k, v: [b, kv_heads, kv_len, hd]`, `key_mask: [b, 1, 1, kv_len]`
+/// -> `[b, q_heads, seq, hd]`
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
+    let opts = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: true,
+    };
+    let (heads, kv_heads) = (q.dims()[1], k.dims()[1]);
+    if q.is_autodiff() && heads != kv_heads {
+        // burn's differentiable fallback has no grouped heads: expand them explicitly.
+        let group = heads / kv_heads;
+        let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
+        return attention(q, k, v, key_mask, None, opts);
+    }
+    attention(q, k, v, key_mask, None, opts)
+}
+
+/// `[b, kv, t, d] -> [b, kv * group, t, d]`, each KV head repeated `group` times in place.
+pub fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, kv, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, group, t, d])
+        .reshape([b, kv * group, t, d])
+}
+
+/// Host copy helper for tests and exports.
+pub fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
+    HostTensor::from_tensor(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> Device {
+        Device::flex()
+    }
+
+    #[test]
+    fn rms_norm_matches_hand_computation() {
+        let d = dev();
+        let n = RmsNorm::new(Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &d), 0.0);
+        let x = Tensor::<3>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 1, 2]), &d);
+        let y = host(&n.forward(x)).data;
+        // rms = sqrt((9 + 16) / 2) = 3.5355
+        let r = (12.5f32).sqrt();
+        assert!((y[0] - 3.0 / r).abs() < 1e-6 && (y[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    #[test]
+    fn linear_uses_out_in_layout() {
+        let d = dev();
+        // W = [[1, 0], [0, 2], [1, 1]]: 3 outputs from 2 inputs.
+        let w = Tensor::from_data(TensorData::new(vec![1.0f32, 0., 0., 2., 1., 1.], [3, 2]), &d);
+        let l = Linear::new(w, Some(Tensor::from_data(TensorData::new(vec![0.5f32, 0., 0.], [3]), &d)));
+        let x = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 3.0], [1, 1, 2]), &d);
+        assert_eq!(host(&l.forward(x)).data, vec![1.5, 6.0, 4.0]);
+    }
+
+    #[test]
+    fn rotate_half_rotates_pairs_of_halves() {
+        let d = dev();
+        // One frequency of 1 rad/position; position 1; head [a, b] -> [a cos - b sin, b cos + a sin].
+        let t = RopeTables::new(&[1.0], &[vec![1]], &d);
+        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 1, 1, 2]), &d);
+        let y = host(&t.apply(x)).data;
+        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn grouped_attention_equals_explicitly_repeated_heads() {
+        let d = dev();
+        let q = Tensor::<4>::random([1, 4, 5, 8], burn::tensor::Distribution::Default, &d);
+        let k = Tensor::<4>::random([1, 2, 5, 8], burn::tensor::Distribution::Default, &d);
+        let v = Tensor::<4>::random([1, 2, 5, 8], burn::tensor::Distribution::Default, &d);
+        let a = causal_attention(q.clone(), k.clone(), v.clone(), None);
+        let b = causal_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), None);
+        let diff = (a - b).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "{diff}");
+    }
+}
