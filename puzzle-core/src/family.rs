@@ -68,7 +68,13 @@ pub fn family_by_name(name: &str) -> Result<&'static dyn Family> {
 fn known_families() -> String {
     let v: Vec<String> = families()
         .iter()
-        .map(|r| format!("{} ({})", r.family.name(), r.family.architectures().join(", ")))
+        .map(|r| {
+            format!(
+                "{} ({})",
+                r.family.name(),
+                r.family.architectures().join(", ")
+            )
+        })
         .collect();
     if v.is_empty() {
         "none: link a family plugin".into()

@@ -48,7 +48,11 @@ pub struct Generation {
 }
 
 /// Generates continuations of `prompts` (token ids, any lengths) in one batch.
-pub fn generate(model: &Decoder, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Generation> {
+pub fn generate(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<Generation> {
     if prompts.is_empty() {
         return Ok(Generation {
             tokens: vec![],
@@ -68,7 +72,9 @@ pub fn generate(model: &Decoder, prompts: &[Vec<u32>], opts: &GenerateOptions) -
             )));
         }
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(Error::invalid(format!("top-p must be in (0, 1], got {top_p}")));
+            return Err(Error::invalid(format!(
+                "top-p must be in (0, 1], got {top_p}"
+            )));
         }
     }
     let max_pos = model.spec.max_position_embeddings;
@@ -144,9 +150,7 @@ pub fn generate(model: &Decoder, prompts: &[Vec<u32>], opts: &GenerateOptions) -
 /// `[batch, 1, vocab]` logits as host rows.
 fn logits_rows(logits: burn::tensor::Tensor<3>) -> Vec<Vec<f32>> {
     let [b, _, v] = logits.dims();
-    let data: Vec<f32> = logits
-        .try_into_vec_as::<f32>()
-        .expect("logits read as f32");
+    let data: Vec<f32> = logits.try_into_vec_as::<f32>().expect("logits read as f32");
     (0..b).map(|r| data[r * v..(r + 1) * v].to_vec()).collect()
 }
 
@@ -222,7 +226,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         // p = softmax([10, 9, -10, -10]) ~ [0.73, 0.27, 0, 0]; top_p 0.5 keeps only token 0.
         for _ in 0..100 {
-            assert_eq!(sample_top_p(&[10.0, 9.0, -10.0, -10.0], 1.0, 0.5, &mut rng), 0);
+            assert_eq!(
+                sample_top_p(&[10.0, 9.0, -10.0, -10.0], 1.0, 0.5, &mut rng),
+                0
+            );
         }
         // top_p 1 and a high temperature reach the tail eventually.
         let seen: std::collections::BTreeSet<u32> = (0..2000)

@@ -312,7 +312,9 @@ impl GgufFile {
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(c.err(format!("unsupported GGUF version {version} (2 and 3 are read)")));
+            return Err(c.err(format!(
+                "unsupported GGUF version {version} (2 and 3 are read)"
+            )));
         }
         let n_tensors = c.len("tensor count")?;
         let n_kv = c.len("metadata count")?;
@@ -366,7 +368,10 @@ impl GgufFile {
                 if f.data_start + t.offset + size > f.mmap.len() {
                     return Err(Error::Gguf {
                         path: f.path.clone(),
-                        msg: format!("tensor `{}` extends past the end of the file (truncated?)", t.name),
+                        msg: format!(
+                            "tensor `{}` extends past the end of the file (truncated?)",
+                            t.name
+                        ),
                     });
                 }
             }
@@ -406,7 +411,9 @@ impl GgufFile {
         if n % per != 0 {
             return Err(Error::Gguf {
                 path: self.path.clone(),
-                msg: format!("tensor `{name}` has {n} elements, not a multiple of its block size {per}"),
+                msg: format!(
+                    "tensor `{name}` has {n} elements, not a multiple of its block size {per}"
+                ),
             });
         }
         let start = self.data_start + info.offset;
@@ -428,8 +435,14 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Vec<f32> {
             raw.chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
         ),
-        GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        GgmlType::Bf16 => out.extend(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::F16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Bf16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             for b in raw.chunks_exact(34) {
                 let d = f16_at(b, 0);
@@ -639,7 +652,7 @@ pub fn write_f32_gguf(
         b.extend_from_slice(&offset.to_le_bytes());
         offset += (t.numel() * 4).div_ceil(32) as u64 * 32;
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     for (_, t) in tensors {
@@ -647,7 +660,7 @@ pub fn write_f32_gguf(
         for v in &t.data {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        while (b.len() - start) % 32 != 0 {
+        while !(b.len() - start).is_multiple_of(32) {
             b.push(0);
         }
     }
@@ -704,7 +717,10 @@ mod tests {
         )
         .unwrap();
         let g = GgufFile::open(&p).unwrap();
-        assert_eq!(g.get("llama.block_count").and_then(GgufValue::as_u64), Some(1));
+        assert_eq!(
+            g.get("llama.block_count").and_then(GgufValue::as_u64),
+            Some(1)
+        );
         assert_eq!(g.info("w").unwrap().dims, vec![3, 2]);
         assert_eq!(g.tensor_f32("w").unwrap(), t);
     }
@@ -723,5 +739,35 @@ mod tests {
         let g = GgufFile::open(&p).unwrap();
         let e = g.tensor_f32("w").unwrap_err().to_string();
         assert!(e.contains("Q2_K") && e.contains("not supported"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    /// `fixtures/gguf/quants.gguf` holds random blocks of every supported quantised type and
+    /// their dequantisation by gguf-py (llama.cpp's Python reference), made by
+    /// `xtask/scripts/make_gguf_quant_fixture.py`.
+    #[test]
+    fn every_quant_type_matches_gguf_py() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gguf/quants.gguf");
+        let g = GgufFile::open(&p).unwrap();
+        let mut checked = 0;
+        for name in [
+            "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k",
+        ] {
+            let got = g.tensor_f32(name).unwrap();
+            let want = g.tensor_f32(&format!("{name}.expected")).unwrap();
+            assert_eq!(got.shape, want.shape, "{name}");
+            for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{name}[{i}]: {a} vs {b}"
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 8);
     }
 }

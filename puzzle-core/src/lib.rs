@@ -8,6 +8,7 @@
 //! - [`weights`], [`gguf`], [`tokenizer`], [`model`]: reading checkpoints.
 //! - [`generate`]: KV-cache decoding.
 
+pub mod device;
 pub mod error;
 pub mod family;
 pub mod fsutil;

@@ -154,12 +154,11 @@ impl MappedFile {
         // SAFETY: the map is read-only; a checkpoint rewritten by another process while we read
         // it is outside what we can defend against (as for every mmap-based loader).
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (n, metadata) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-            Error::Safetensors {
+        let (n, metadata) =
+            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),
                 msg: describe_st_error(&e),
-            }
-        })?;
+            })?;
         Ok(MappedFile {
             path: path.to_path_buf(),
             mmap,
@@ -485,7 +484,10 @@ mod tests {
 
     fn sample() -> MemoryWeights {
         let mut m = MemoryWeights::new("test");
-        m.insert("a.weight", HostTensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]));
+        m.insert(
+            "a.weight",
+            HostTensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]),
+        );
         m.insert("b", HostTensor::new(vec![1], vec![0.5]));
         m
     }

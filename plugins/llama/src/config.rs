@@ -60,7 +60,7 @@ impl HfLlamaConfig {
         let head_dim = match self.head_dim {
             Some(d) => d,
             None => {
-                if self.hidden_size % self.num_attention_heads != 0 {
+                if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
                     return Err(Error::config(
                         path,
                         format!(
@@ -108,8 +108,11 @@ impl HfLlamaConfig {
                 s.as_ref().filter(|v| !v.is_null()),
             ),
         };
-        if !(theta > 0.0) {
-            return Err(Error::config(path, format!("rope_theta {theta} must be positive")));
+        if theta.is_nan() || theta <= 0.0 {
+            return Err(Error::config(
+                path,
+                format!("rope_theta {theta} must be positive"),
+            ));
         }
         let scaling = match scaling {
             None => RopeScaling::Default,
@@ -126,9 +129,9 @@ fn parse_scaling(s: &serde_json::Value, path: &Path) -> Result<RopeScaling> {
         .and_then(|t| t.as_str())
         .unwrap_or("default");
     let num = |k: &str| -> Result<f64> {
-        s.get(k)
-            .and_then(|v| v.as_f64())
-            .ok_or_else(|| Error::config(path, format!("rope scaling `{ty}` needs a numeric `{k}`")))
+        s.get(k).and_then(|v| v.as_f64()).ok_or_else(|| {
+            Error::config(path, format!("rope scaling `{ty}` needs a numeric `{k}`"))
+        })
     };
     match ty {
         "default" => Ok(RopeScaling::Default),
@@ -164,7 +167,12 @@ fn parse_scaling(s: &serde_json::Value, path: &Path) -> Result<RopeScaling> {
 }
 
 fn token_ids(v: Option<&serde_json::Value>, key: &str, path: &Path) -> Result<Vec<u32>> {
-    let bad = || Error::config(path, format!("`{key}` must be a token id or a list of them"));
+    let bad = || {
+        Error::config(
+            path,
+            format!("`{key}` must be a token id or a list of them"),
+        )
+    };
     match v {
         None | Some(serde_json::Value::Null) => Ok(vec![]),
         Some(serde_json::Value::Number(n)) => Ok(vec![n.as_u64().ok_or_else(bad)? as u32]),
@@ -178,7 +186,7 @@ fn token_ids(v: Option<&serde_json::Value>, key: &str, path: &Path) -> Result<Ve
 
 /// Checks that `heads` query heads can be grouped over `kv` KV heads.
 pub fn check_groups(heads: usize, kv: usize, what: &str, path: &Path) -> Result<()> {
-    if kv == 0 || heads % kv != 0 {
+    if kv == 0 || !heads.is_multiple_of(kv) {
         return Err(Error::config(
             path,
             format!("{what}: num_attention_heads {heads} is not a multiple of {kv} KV heads"),
@@ -279,7 +287,10 @@ mod tests {
         let mut c = base();
         c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
         let e = parse(c).unwrap_err().to_string();
-        assert!(e.contains("config.json") && e.contains("rope_type `yarn`"), "{e}");
+        assert!(
+            e.contains("config.json") && e.contains("rope_type `yarn`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -287,7 +298,10 @@ mod tests {
         let mut c = base();
         c["hidden_size"] = json!("big");
         let e = parse(c).unwrap_err().to_string();
-        assert!(e.contains("config.json") && e.contains("invalid type"), "{e}");
+        assert!(
+            e.contains("config.json") && e.contains("invalid type"),
+            "{e}"
+        );
         let mut c = base();
         c.as_object_mut().unwrap().remove("num_hidden_layers");
         let e = parse(c).unwrap_err().to_string();

@@ -63,7 +63,7 @@ fn parse_attention(
             .filter(|&g| g > 0)
             .ok_or_else(|| at(format!("n_heads_in_group {g} is not a positive integer")))?
             as usize;
-        if heads % g != 0 {
+        if !heads.is_multiple_of(g) {
             return Err(at(format!(
                 "n_heads_in_group {g} does not divide num_attention_heads {heads}"
             )));

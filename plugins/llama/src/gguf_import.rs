@@ -83,7 +83,7 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Result<HostTensor> {
     let rows = t.shape[0];
     let cols: usize = t.shape[1..].iter().product();
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(Error::invalid(format!(
             "cannot un-permute {rows} rows over {n_heads} heads"
         )));
@@ -238,7 +238,9 @@ pub fn tokenizer_from_metadata(g: &GgufFile) -> Result<Value> {
         .get("tokenizer.ggml.merges")
         .and_then(GgufValue::as_array)
         .ok_or_else(|| err("no tokenizer.ggml.merges".into()))?;
-    let types = g.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array);
+    let types = g
+        .get("tokenizer.ggml.token_type")
+        .and_then(GgufValue::as_array);
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
@@ -252,8 +254,10 @@ pub fn tokenizer_from_metadata(g: &GgufFile) -> Result<Value> {
             .and_then(GgufValue::as_u64)
             .unwrap_or(1);
         if ty == 3 || ty == 4 {
-            added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": ty == 4, "special": ty == 3}));
+            added.push(
+                json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": ty == 4, "special": ty == 3}),
+            );
         }
     }
     let merges: Vec<Value> = merges
@@ -265,9 +269,7 @@ pub fn tokenizer_from_metadata(g: &GgufFile) -> Result<Value> {
         .get("tokenizer.ggml.pre")
         .and_then(GgufValue::as_str)
         .unwrap_or("default");
-    let byte_level = |regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex})
-    };
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
     let pre_tokenizer = match pre {
         "default" | "gpt2" | "smollm" | "gpt-2" => byte_level(true),
         "llama-bpe" | "llama3" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
@@ -331,7 +333,10 @@ pub fn import_gguf(
         let Some(name) = hf_name(&info.name) else {
             return Err(Error::Gguf {
                 path: path.to_path_buf(),
-                msg: format!("tensor `{}` has no Hugging Face Llama counterpart", info.name),
+                msg: format!(
+                    "tensor `{}` has no Hugging Face Llama counterpart",
+                    info.name
+                ),
             });
         };
         *types.entry(info.ggml_type.name()).or_default() += 1;
@@ -396,9 +401,18 @@ mod tests {
 
     #[test]
     fn names_map_to_hf() {
-        assert_eq!(hf_name("blk.12.attn_q.weight").unwrap(), "model.layers.12.self_attn.q_proj.weight");
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert_eq!(hf_name("blk.0.ffn_down.weight").unwrap(), "model.layers.0.mlp.down_proj.weight");
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").unwrap(),
+            "model.layers.12.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight").unwrap(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
         assert!(hf_name("blk.x.attn_q.weight").is_none());
         assert!(hf_name("rope_freqs.weight").is_none());
     }
@@ -408,7 +422,10 @@ mod tests {
         // llama.cpp: w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2).reshape(w.shape)
         let (heads, hd, cols) = (2, 4, 3);
         let rows = heads * hd;
-        let hf = HostTensor::new(vec![rows, cols], (0..rows * cols).map(|x| x as f32).collect());
+        let hf = HostTensor::new(
+            vec![rows, cols],
+            (0..rows * cols).map(|x| x as f32).collect(),
+        );
         let mut permuted = vec![0f32; rows * cols];
         for h in 0..heads {
             for a in 0..2 {

@@ -13,7 +13,9 @@ use puzzle_core::weights::{HostTensor, SafetensorsWeights, WeightSource};
 const TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/hf")
+        .join(name)
 }
 
 fn max_abs_diff(a: &HostTensor, b: &HostTensor) -> f32 {
@@ -37,7 +39,8 @@ fn check_model(name: &str) {
     let tok = m.tokenizer.as_ref().expect("fixture has a tokenizer");
     let layers = m.spec.layers.len();
     for seq in ["seq1", "seq17", "seq64"] {
-        let r = SafetensorsWeights::open(&dir.join(format!("reference/{seq}.safetensors"))).unwrap();
+        let r =
+            SafetensorsWeights::open(&dir.join(format!("reference/{seq}.safetensors"))).unwrap();
         let (_, ids) = r.read_i64("input_ids").unwrap();
         let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
         // The tokenizer reproduces the reference ids (they are a prefix of the text's encoding).
@@ -45,7 +48,9 @@ fn check_model(name: &str) {
             let enc = tok.encode(text, true).unwrap();
             assert_eq!(&enc[..ids.len()], &ids[..], "{name} {seq}: tokenizer ids");
         }
-        let trace = m.decoder.forward_trace(ids_tensor(&[ids.clone()], &device));
+        let trace = m
+            .decoder
+            .forward_trace(ids_tensor(std::slice::from_ref(&ids), &device));
         let d = max_abs_diff(&host(&trace.logits), &r.read("logits").unwrap());
         eprintln!("{name} {seq}: logits maxdiff {d:e}");
         assert!(d < TOL, "{name} {seq}: logits differ by {d}");
@@ -88,10 +93,14 @@ fn check_model(name: &str) {
     let d = max_abs_diff(&cos, &rope.read("cos").unwrap());
     assert!(d < 1e-5, "{name}: rope cos differs by {d}");
     // Both config dialects resolve to the same spec.
-    let v5: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.transformers5.json")).unwrap()).unwrap();
+    let v5: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.transformers5.json")).unwrap(),
+    )
+    .unwrap();
     let fam = puzzle_core::family::family_for(&v5, Path::new("config.transformers5.json")).unwrap();
-    let s5 = fam.parse_config(&v5, Path::new("config.transformers5.json")).unwrap();
+    let s5 = fam
+        .parse_config(&v5, Path::new("config.transformers5.json"))
+        .unwrap();
     assert_eq!(s5.rope, m.spec.rope, "{name}: rope from both dialects");
     assert_eq!(s5.layers, m.spec.layers);
 }
@@ -119,13 +128,14 @@ fn heterogeneous_decilm_fixtures_match_the_references() {
         let dir = fixture(name);
         let m = load_model(&dir, &device).unwrap();
         for seq in ["seq7", "seq33"] {
-            let r = SafetensorsWeights::open(&dir.join(format!("reference/{seq}.safetensors"))).unwrap();
+            let r = SafetensorsWeights::open(&dir.join(format!("reference/{seq}.safetensors")))
+                .unwrap();
             let (_, ids) = r.read_i64("input_ids").unwrap();
             let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
             let logits = m.decoder.forward(ids_tensor(&[ids], &device));
             let d = max_abs_diff(&host(&logits), &r.read("logits").unwrap());
             eprintln!("{name} {seq}: logits maxdiff {d:e}");
-        assert!(d < TOL, "{name} {seq}: logits differ by {d}");
+            assert!(d < TOL, "{name} {seq}: logits differ by {d}");
         }
     }
 }
@@ -135,7 +145,11 @@ fn batched_left_padded_generation_equals_one_row_at_a_time() {
     puzzle_llama::link();
     let device = Device::flex();
     let m = load_model(&fixture("tiny-llama"), &device).unwrap();
-    let prompts = vec![vec![0u32, 42, 79, 261, 300, 72], vec![0u32, 500, 300], vec![0u32, 9, 8, 7, 6, 5, 4, 3]];
+    let prompts = vec![
+        vec![0u32, 42, 79, 261, 300, 72],
+        vec![0u32, 500, 300],
+        vec![0u32, 9, 8, 7, 6, 5, 4, 3],
+    ];
     let opts = GenerateOptions {
         max_new_tokens: 10,
         sampling: Sampling::Greedy,

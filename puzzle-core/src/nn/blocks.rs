@@ -53,7 +53,8 @@ pub trait Subblock {
     ///
     /// # Shapes
     /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`
-    fn branch(&self, x: Tensor<3>, ctx: &ForwardCtx, kv: Option<&mut LayerKv>) -> Option<Tensor<3>>;
+    fn branch(&self, x: Tensor<3>, ctx: &ForwardCtx, kv: Option<&mut LayerKv>)
+    -> Option<Tensor<3>>;
 
     /// Weights by name relative to `model.layers.{i}.`, in checkpoint layout.
     fn tensors(&self) -> Vec<(String, HostTensor)>;
@@ -94,7 +95,10 @@ impl<'a> Loader<'a> {
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let t = self.src.read_shaped(name, &shape)?;
         self.used.borrow_mut().insert(name.to_string());
-        Ok(Tensor::from_data(TensorData::new(t.data, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, shape),
+            &self.device,
+        ))
     }
 
     /// Whether the source has a tensor of that name.
@@ -107,15 +111,22 @@ impl<'a> Loader<'a> {
         Ok(RmsNorm::new(self.tensor(name, [hidden])?, eps))
     }
 
-    /// A linear map `[out, in]`, with `{prefix}.bias` when `bias` is set.
+    /// A host tensor of the given shape.
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let t = self.src.read_shaped(name, shape)?;
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(t)
+    }
+
+    /// A linear map stored `[out, in]`, with `{prefix}.bias` when `bias` is set.
     pub fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let w = self.tensor(&format!("{prefix}.weight"), [out, inp])?;
+        let w = self.host(&format!("{prefix}.weight"), &[out, inp])?;
         let b = if bias {
-            Some(self.tensor(&format!("{prefix}.bias"), [out])?)
+            Some(self.host(&format!("{prefix}.bias"), &[out])?)
         } else {
             None
         };
-        Ok(Linear::new(w, b))
+        Ok(Linear::from_checkpoint(&w, b.as_ref(), &self.device))
     }
 
     /// Names in the source that no read touched.
@@ -135,7 +146,7 @@ impl<'a> Loader<'a> {
 }
 
 fn linear_tensors(out: &mut Vec<(String, HostTensor)>, prefix: &str, l: &Linear) {
-    out.push((format!("{prefix}.weight"), host(&l.weight.val())));
+    out.push((format!("{prefix}.weight"), l.checkpoint_weight()));
     if let Some(b) = &l.bias {
         out.push((format!("{prefix}.bias"), host(&b.val())));
     }
@@ -164,9 +175,21 @@ impl GqaAttention {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let h = self.norm.forward(x);
         // [b, t, heads * hd] -> [b, heads, t, hd]
-        let q = self.q_proj.forward(h.clone()).reshape([b, t, nh, hd]).swap_dims(1, 2);
-        let k = self.k_proj.forward(h.clone()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let v = self.v_proj.forward(h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(h.clone())
+            .reshape([b, t, nh, hd])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(h.clone())
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(h)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
         let q = ctx.rope.apply(q);
         let k = ctx.rope.apply(k);
         let (k, v) = match kv {
@@ -174,11 +197,15 @@ impl GqaAttention {
             None => (k, v),
         };
         let o = causal_attention(q, k, v, ctx.key_mask.clone()); // [b, nh, t, hd]
-        self.o_proj.forward(o.swap_dims(1, 2).reshape([b, t, nh * hd]))
+        self.o_proj
+            .forward(o.swap_dims(1, 2).reshape([b, t, nh * hd]))
     }
 
     fn tensors(&self) -> Vec<(String, HostTensor)> {
-        let mut v = vec![("input_layernorm.weight".to_string(), host(&self.norm.weight.val()))];
+        let mut v = vec![(
+            "input_layernorm.weight".to_string(),
+            host(&self.norm.weight.val()),
+        )];
         for (n, l) in [
             ("q_proj", &self.q_proj),
             ("k_proj", &self.k_proj),
@@ -228,8 +255,18 @@ impl AttentionBlock {
                 AttentionBlock::Gqa(GqaAttention {
                     norm: w.norm(&format!("{p}.input_layernorm.weight"), h, eps)?,
                     q_proj: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, *qkv_bias)?,
-                    k_proj: w.linear(&format!("{p}.self_attn.k_proj"), num_kv_heads * hd, h, *qkv_bias)?,
-                    v_proj: w.linear(&format!("{p}.self_attn.v_proj"), num_kv_heads * hd, h, *qkv_bias)?,
+                    k_proj: w.linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        num_kv_heads * hd,
+                        h,
+                        *qkv_bias,
+                    )?,
+                    v_proj: w.linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        num_kv_heads * hd,
+                        h,
+                        *qkv_bias,
+                    )?,
                     o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, *o_bias)?,
                     num_heads: nh,
                     num_kv_heads: *num_kv_heads,
@@ -259,7 +296,12 @@ impl AttentionBlock {
 }
 
 impl Subblock for AttentionBlock {
-    fn branch(&self, x: Tensor<3>, ctx: &ForwardCtx, kv: Option<&mut LayerKv>) -> Option<Tensor<3>> {
+    fn branch(
+        &self,
+        x: Tensor<3>,
+        ctx: &ForwardCtx,
+        kv: Option<&mut LayerKv>,
+    ) -> Option<Tensor<3>> {
         match self {
             AttentionBlock::Gqa(g) => Some(g.branch(x, ctx, kv)),
             AttentionBlock::Linear(l) => Some(l.linear.forward(l.norm.forward(x))),
@@ -271,7 +313,10 @@ impl Subblock for AttentionBlock {
         match self {
             AttentionBlock::Gqa(g) => g.tensors(),
             AttentionBlock::Linear(l) => {
-                let mut v = vec![("input_layernorm.weight".to_string(), host(&l.norm.weight.val()))];
+                let mut v = vec![(
+                    "input_layernorm.weight".to_string(),
+                    host(&l.norm.weight.val()),
+                )];
                 linear_tensors(&mut v, "self_attn.linear_attn", &l.linear);
                 v
             }
@@ -342,9 +387,19 @@ impl FfnBlock {
 }
 
 impl Subblock for FfnBlock {
-    fn branch(&self, x: Tensor<3>, _ctx: &ForwardCtx, _kv: Option<&mut LayerKv>) -> Option<Tensor<3>> {
+    fn branch(
+        &self,
+        x: Tensor<3>,
+        _ctx: &ForwardCtx,
+        _kv: Option<&mut LayerKv>,
+    ) -> Option<Tensor<3>> {
         match self {
-            FfnBlock::SwiGlu(s) => Some(swiglu(&s.gate_proj, &s.up_proj, &s.down_proj, s.norm.forward(x))),
+            FfnBlock::SwiGlu(s) => Some(swiglu(
+                &s.gate_proj,
+                &s.up_proj,
+                &s.down_proj,
+                s.norm.forward(x),
+            )),
             FfnBlock::Linear(l) => Some(l.linear.forward(l.norm.forward(x))),
             FfnBlock::NoOp(_) => None,
         }
@@ -357,7 +412,11 @@ impl Subblock for FfnBlock {
                     "post_attention_layernorm.weight".to_string(),
                     host(&s.norm.weight.val()),
                 )];
-                for (n, l) in [("gate_proj", &s.gate_proj), ("up_proj", &s.up_proj), ("down_proj", &s.down_proj)] {
+                for (n, l) in [
+                    ("gate_proj", &s.gate_proj),
+                    ("up_proj", &s.up_proj),
+                    ("down_proj", &s.down_proj),
+                ] {
                     linear_tensors(&mut v, &format!("mlp.{n}"), l);
                 }
                 v

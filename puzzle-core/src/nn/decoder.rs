@@ -91,7 +91,7 @@ impl Decoder {
     pub fn load(spec: &ModelSpec, src: &dyn WeightSource, device: &Device) -> Result<Self> {
         let w = Loader::new(src, device);
         let (v, h) = (spec.vocab_size, spec.hidden_size);
-        if spec.head_dim % 2 != 0 {
+        if !spec.head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "head_dim {} is odd; rotary embeddings need an even head size",
                 spec.head_dim
@@ -267,7 +267,7 @@ impl Decoder {
         }
         v.push(("model.norm.weight".into(), host(&self.norm.weight.val())));
         if let Some(head) = &self.lm_head {
-            v.push(("lm_head.weight".into(), host(&head.weight.val())));
+            v.push(("lm_head.weight".into(), head.checkpoint_weight()));
         }
         v
     }

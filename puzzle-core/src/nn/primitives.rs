@@ -36,28 +36,51 @@ impl RmsNorm {
     }
 }
 
-/// A linear map `y = x W^T + b`, with `W` kept in the checkpoint's `[out, in]` layout so that
-/// weights go in and out of files untransposed.
+/// A linear map `y = x W^T + b`. The checkpoint stores `W` as `[out, in]`; we keep its transpose
+/// `[in, out]` so the GEMM reads a contiguous right-hand side (measured 3x faster than a
+/// transposed view for the small batches of decoding, equal for a single row).
 #[derive(Module, Debug)]
 pub struct Linear {
-    /// `[out, in]`
+    /// `[in, out]` (the checkpoint's `[out, in]`, transposed).
     pub weight: Param<Tensor<2>>,
     /// `[out]`
     pub bias: Option<Param<Tensor<1>>>,
 }
 
 impl Linear {
-    /// A map from a `[out, in]` weight and optional `[out]` bias.
-    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+    /// A map from an `[in, out]` weight and optional `[out]` bias.
+    pub fn new(weight_in_out: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Linear {
-            weight: Param::from_tensor(weight),
+            weight: Param::from_tensor(weight_in_out),
             bias: bias.map(Param::from_tensor),
         }
     }
 
+    /// A map from a checkpoint-layout `[out, in]` host weight.
+    pub fn from_checkpoint(
+        weight_out_in: &HostTensor,
+        bias: Option<&HostTensor>,
+        device: &Device,
+    ) -> Self {
+        Linear::new(
+            weight_out_in.transposed().to_tensor(device),
+            bias.map(|b| b.to_tensor(device)),
+        )
+    }
+
+    /// The weight in checkpoint layout `[out, in]`, on the host.
+    pub fn checkpoint_weight(&self) -> HostTensor {
+        HostTensor::from_tensor(&self.weight.val()).transposed()
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims()[1]
     }
 
     /// # Shapes
@@ -65,9 +88,7 @@ impl Linear {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, i] = x.dims();
         // One 2-D GEMM over all tokens is faster than a batched matmul with a broadcast weight.
-        let y = x
-            .reshape([b * t, i])
-            .matmul(self.weight.val().transpose());
+        let y = x.reshape([b * t, i]).matmul(self.weight.val());
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,
@@ -196,7 +217,10 @@ mod tests {
     #[test]
     fn rms_norm_matches_hand_computation() {
         let d = dev();
-        let n = RmsNorm::new(Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &d), 0.0);
+        let n = RmsNorm::new(
+            Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &d),
+            0.0,
+        );
         let x = Tensor::<3>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 1, 2]), &d);
         let y = host(&n.forward(x)).data;
         // rms = sqrt((9 + 16) / 2) = 3.5355
@@ -207,9 +231,10 @@ mod tests {
     #[test]
     fn linear_uses_out_in_layout() {
         let d = dev();
-        // W = [[1, 0], [0, 2], [1, 1]]: 3 outputs from 2 inputs.
-        let w = Tensor::from_data(TensorData::new(vec![1.0f32, 0., 0., 2., 1., 1.], [3, 2]), &d);
-        let l = Linear::new(w, Some(Tensor::from_data(TensorData::new(vec![0.5f32, 0., 0.], [3]), &d)));
+        // W = [[1, 0], [0, 2], [1, 1]]: 3 outputs from 2 inputs, checkpoint layout [out, in].
+        let w = HostTensor::new(vec![3, 2], vec![1.0f32, 0., 0., 2., 1., 1.]);
+        let l = Linear::from_checkpoint(&w, Some(&HostTensor::new(vec![3], vec![0.5, 0., 0.])), &d);
+        assert_eq!(l.checkpoint_weight(), w);
         let x = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 3.0], [1, 1, 2]), &d);
         assert_eq!(host(&l.forward(x)).data, vec![1.5, 6.0, 4.0]);
     }

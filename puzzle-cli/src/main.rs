@@ -1,0 +1,54 @@
+//! `puzzle`: make a trained Llama-family LLM cheaper to serve by the Puzzle method.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+// Static plugins register themselves when linked.
+use puzzle_llama as _;
+
+mod cmd;
+mod ui;
+
+/// Make a trained Llama-family model cheaper to serve, by the Puzzle method (NVIDIA,
+/// "Distillation-Based NAS for Inference-Optimized LLMs"): build a library of cheaper per-layer
+/// subblocks by blockwise local distillation, measure their cost and quality loss, pick one per
+/// layer with a mixed-integer program under your deployment's constraints, and distil the child.
+///
+/// CPU threads: set RAYON_NUM_THREADS (default: all cores).
+#[derive(Parser, Debug)]
+#[command(name = "puzzle", version, about, long_about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Inspect(cmd::inspect::InspectArgs),
+    Generate(cmd::generate::GenerateArgs),
+    Import(cmd::import::ImportArgs),
+}
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`puzzle inspect M | head`) like other Unix tools, instead of
+    // panicking inside println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Import(a) => cmd::import::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

