@@ -28,6 +28,7 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     Generate(cmd::generate::GenerateArgs),
     Import(cmd::import::ImportArgs),
+    Train(cmd::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Import(a) => cmd::import::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

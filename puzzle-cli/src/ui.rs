@@ -57,3 +57,53 @@ pub fn count(n: f64) -> String {
         format!("{n:.0}")
     }
 }
+
+/// Draws [`puzzle_core::progress::Progress`] reports as indicatif bars on stderr.
+pub struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Bars { bar: None }
+    }
+}
+
+impl puzzle_core::progress::Progress for Bars {
+    fn start(&mut self, phase: &str, total: u64) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10} [{bar:28}] {pos}/{len} {elapsed_precise} ETA {eta_precise} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(phase.to_string());
+        pb.enable_steady_tick(Duration::from_millis(500));
+        self.bar = Some(pb);
+    }
+
+    fn set(&mut self, pos: u64, status: &str) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+            b.set_message(status.to_string());
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`weights`], [`gguf`], [`tokenizer`], [`model`]: reading checkpoints.
 //! - [`generate`]: KV-cache decoding.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod family;
@@ -16,8 +17,10 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod nn;
+pub mod progress;
 pub mod spec;
 pub mod tokenizer;
+pub mod train;
 pub mod variant;
 pub mod weights;
 

@@ -251,6 +251,91 @@ impl ModelSpec {
         weights + attn
     }
 
+    /// Checkpoint tensor names and shapes of one layer's attention subblock (HF names relative
+    /// to `model.layers.{i}.`; linear weights `[out, in]`).
+    pub fn attention_tensors(&self, a: &AttentionSpec) -> Vec<(String, Vec<usize>)> {
+        let (h, q) = (self.hidden_size, self.num_attention_heads * self.head_dim);
+        match a {
+            AttentionSpec::Gqa {
+                num_kv_heads,
+                qkv_bias,
+                o_bias,
+            } => {
+                let kv = num_kv_heads * self.head_dim;
+                let mut v = vec![
+                    ("input_layernorm.weight".into(), vec![h]),
+                    ("self_attn.q_proj.weight".into(), vec![q, h]),
+                    ("self_attn.k_proj.weight".into(), vec![kv, h]),
+                    ("self_attn.v_proj.weight".into(), vec![kv, h]),
+                    ("self_attn.o_proj.weight".into(), vec![h, q]),
+                ];
+                if *qkv_bias {
+                    v.push(("self_attn.q_proj.bias".into(), vec![q]));
+                    v.push(("self_attn.k_proj.bias".into(), vec![kv]));
+                    v.push(("self_attn.v_proj.bias".into(), vec![kv]));
+                }
+                if *o_bias {
+                    v.push(("self_attn.o_proj.bias".into(), vec![h]));
+                }
+                v
+            }
+            AttentionSpec::Linear => vec![
+                ("input_layernorm.weight".into(), vec![h]),
+                ("self_attn.linear_attn.weight".into(), vec![h, h]),
+            ],
+            AttentionSpec::NoOp => vec![],
+        }
+    }
+
+    /// Checkpoint tensor names and shapes of one layer's FFN subblock.
+    pub fn ffn_tensors(&self, f: &FfnSpec) -> Vec<(String, Vec<usize>)> {
+        let h = self.hidden_size;
+        match f {
+            FfnSpec::SwiGlu {
+                intermediate_size: i,
+                bias,
+            } => {
+                let mut v = vec![
+                    ("post_attention_layernorm.weight".into(), vec![h]),
+                    ("mlp.gate_proj.weight".into(), vec![*i, h]),
+                    ("mlp.up_proj.weight".into(), vec![*i, h]),
+                    ("mlp.down_proj.weight".into(), vec![h, *i]),
+                ];
+                if *bias {
+                    v.push(("mlp.gate_proj.bias".into(), vec![*i]));
+                    v.push(("mlp.up_proj.bias".into(), vec![*i]));
+                    v.push(("mlp.down_proj.bias".into(), vec![h]));
+                }
+                v
+            }
+            FfnSpec::Linear => vec![
+                ("post_attention_layernorm.weight".into(), vec![h]),
+                ("mlp.linear_mlp.weight".into(), vec![h, h]),
+            ],
+            FfnSpec::NoOp => vec![],
+        }
+    }
+
+    /// Every checkpoint tensor of the model with its shape.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (v, h) = (self.vocab_size, self.hidden_size);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for (i, l) in self.layers.iter().enumerate() {
+            for (n, s) in self
+                .attention_tensors(&l.attention)
+                .into_iter()
+                .chain(self.ffn_tensors(&l.ffn))
+            {
+                out.push((format!("model.layers.{i}.{n}"), s));
+            }
+        }
+        out.push(("model.norm.weight".into(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        out
+    }
+
     /// The variant id that names this layer's subblock of the given kind.
     pub fn variant_of(&self, layer: usize, kind: SubblockKind) -> VariantId {
         let l = &self.layers[layer];
@@ -356,6 +441,17 @@ pub(crate) mod tests {
         let (a, b) = (r.inv_freq(128), plain.inv_freq(128));
         assert_eq!(a[0], b[0]);
         assert!((a[63] - b[63] / 8.0).abs() < 1e-18);
+    }
+
+    #[test]
+    fn tensor_shapes_add_up_to_the_parameter_count() {
+        let s = llama70b();
+        let n: usize = s
+            .tensor_shapes()
+            .iter()
+            .map(|(_, sh)| sh.iter().product::<usize>())
+            .sum();
+        assert_eq!(n, s.num_params());
     }
 
     #[test]

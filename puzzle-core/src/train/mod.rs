@@ -1,0 +1,8 @@
+//! Training: losses, AdamW, schedules, initialisation, pretraining.
+
+pub mod init;
+pub mod loss;
+pub mod optim;
+pub mod pretrain;
+pub mod recipe;
+pub mod schedule;
