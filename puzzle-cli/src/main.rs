@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 // Static plugins register themselves when linked.
 use puzzle_llama as _;
+use puzzle_solver_bnb as _;
+use puzzle_solver_highs as _;
 
 mod cmd;
 mod ui;
@@ -29,6 +31,7 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     Import(cmd::import::ImportArgs),
     Train(cmd::train::TrainArgs),
+    Search(cmd::search::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Import(a) => cmd::import::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Search(a) => cmd::search::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,11 +61,27 @@ pub fn count(n: f64) -> String {
 /// Draws [`puzzle_core::progress::Progress`] reports as indicatif bars on stderr.
 pub struct Bars {
     bar: Option<ProgressBar>,
+    phase: String,
+    total: u64,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
 }
 
 impl Bars {
     pub fn new() -> Self {
-        Bars { bar: None }
+        Bars {
+            bar: None,
+            phase: String::new(),
+            total: 0,
+            started: std::time::Instant::now(),
+            last_line: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -85,19 +101,33 @@ impl puzzle_core::progress::Progress for Bars {
         pb.set_prefix(phase.to_string());
         pb.enable_steady_tick(Duration::from_millis(500));
         self.bar = Some(pb);
+        self.phase = phase.to_string();
+        self.total = total;
+        self.started = std::time::Instant::now();
+        self.last_line = self.started;
     }
 
     fn set(&mut self, pos: u64, status: &str) {
         if let Some(b) = &self.bar {
             b.set_position(pos);
             b.set_message(status.to_string());
+            // Without a terminal the bar is hidden: leave a line in the log now and then.
+            if b.is_hidden() && self.last_line.elapsed() >= Duration::from_secs(30) {
+                self.last_line = std::time::Instant::now();
+                eprintln!(
+                    "{} {pos}/{} ({:.0} s) {status}",
+                    self.phase,
+                    self.total,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
         }
     }
 
     fn note(&mut self, line: &str) {
         match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod gguf;
 pub mod model;
 pub mod nn;
 pub mod progress;
+pub mod search;
 pub mod spec;
 pub mod tokenizer;
 pub mod train;

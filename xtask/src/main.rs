@@ -141,9 +141,41 @@ fn test(extra: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// A virtualenv under target/py with PuLP (the search benchmark's comparison).
+fn python_with_pulp() -> Result<PathBuf> {
+    let venv = root().join("target/py");
+    let py = venv.join("bin/python");
+    if !py.is_file() {
+        let python = if Command::new("python3").arg("--version").output().is_ok() {
+            "python3"
+        } else {
+            "python"
+        };
+        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    }
+    if !Command::new(&py)
+        .args(["-c", "import pulp"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        run(Command::new(&py).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "pulp==3.3.2",
+        ]))?;
+    }
+    Ok(py)
+}
+
 fn bench(extra: &[String]) -> Result<()> {
     fetch_smollm2()?;
     let mut cmd = Command::new("cargo");
+    if extra.is_empty() || extra.iter().any(|b| b == "search") {
+        cmd.env("PUZZLE_PYTHON", python_with_pulp()?);
+    }
     cmd.current_dir(root()).args(["bench", "--workspace"]);
     if !extra.is_empty() {
         cmd.arg("--bench").args(extra);

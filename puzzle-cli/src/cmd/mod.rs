@@ -1,4 +1,5 @@
 pub mod generate;
 pub mod import;
 pub mod inspect;
+pub mod search;
 pub mod train;

@@ -7,7 +7,7 @@ use clap::Args;
 use puzzle_core::data::{self, Split};
 use puzzle_core::fsutil;
 use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer, train_bpe};
-use puzzle_core::train::pretrain::pretrain;
+use puzzle_core::train::pretrain::{TrainData, pretrain};
 use puzzle_core::train::recipe::Recipe;
 use puzzle_core::weights::write_safetensors;
 
@@ -84,16 +84,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         val.tokens.len(),
         ui::count(spec.num_params() as f64)
     ));
-    let report = pretrain(
-        &spec,
-        &recipe.train,
-        &train_w,
-        &val_w,
-        &fp,
-        &a.out,
-        &device,
-        &mut bars,
-    )?;
+    let data = TrainData {
+        train: &train_w,
+        validation: &val_w,
+        fingerprint: &fp,
+    };
+    let report = pretrain(&spec, &recipe.train, &data, &a.out, &device, &mut bars)?;
 
     // The model as a Hugging Face folder; config.json last so a complete folder has one.
     let model_dir = a.out.join("model");

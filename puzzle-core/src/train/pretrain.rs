@@ -207,20 +207,26 @@ impl Checkpoint {
     }
 }
 
-/// Trains `spec` from a random initialisation (or resumes from `out/checkpoint`).
-///
-/// `train` and `validation` are windows of `seq_len + 1` tokens. Returns when `cfg.steps`
-/// steps are done; the final checkpoint stays in `out/checkpoint`.
+/// The token windows a run trains and validates on.
+pub struct TrainData<'a> {
+    /// Windows of `seq_len + 1` tokens.
+    pub train: &'a [Vec<u32>],
+    pub validation: &'a [Vec<u32>],
+    /// Fingerprint of the corpus and split (guards resumption).
+    pub fingerprint: &'a str,
+}
+
+/// Trains `spec` from a random initialisation (or resumes from `out/checkpoint`). Returns when
+/// `cfg.steps` steps are done; the final checkpoint stays in `out/checkpoint`.
 pub fn pretrain(
     spec: &ModelSpec,
     cfg: &TrainConfig,
-    train: &[Vec<u32>],
-    validation: &[Vec<u32>],
-    data_fingerprint: &str,
+    data: &TrainData,
     out: &Path,
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<TrainReport> {
+    let (train, validation, data_fingerprint) = (data.train, data.validation, data.fingerprint);
     cfg.validate(spec)?;
     if train.is_empty() {
         return Err(Error::invalid(format!(

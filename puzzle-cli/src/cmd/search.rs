@@ -1,0 +1,271 @@
+//! `puzzle search SOURCE`: pick one block per layer with a mixed-integer program.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use puzzle_core::search::mip::{SolveOptions, solver_by_name, solvers};
+use puzzle_core::search::run::{SearchSolution, diverse, sweep};
+use puzzle_core::search::{BlockTable, BoundValue, Constraint, Objective, Op, SearchSpec, Sense};
+use serde_json::json;
+
+use crate::ui;
+
+/// Search the block library for the best architecture under deployment constraints
+/// (Puzzle stage 6): one choice per group (layer, or layer subblock), maximising quality (or
+/// minimising a loss) subject to linear budgets, solved as a mixed-integer program.
+///
+/// SOURCE is a run folder (its cost and score tables) or a block-table JSON file: NVIDIA's
+/// published Puzzle block-library format (`{"layer_0": {"<block>": {"stats": {...},
+/// "metrics": {...}}}}`; every stats/metrics key is a metric) or our own.
+///
+/// Constraints are `KEY<=VALUE` or `KEY>=VALUE`; VALUE is absolute (`5e9`), a multiple of the
+/// parent's total (`0.46x`) or a percentage of it (`60%`).
+///
+/// Examples:
+///   puzzle search library.json --objective kl_div --constraint 'runtime_ms<=0.46x'
+///   puzzle search library.json --objective kl_div --constraint 'memory_mib<=60%' \
+///       --constraint 'runtime_ms<=0.5x' --solutions 5 --min-diversity 8 --json
+///   puzzle search library.json --objective kl_div --sweep 'runtime_ms<=0.3x..1x:8'
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Run folder or block-table JSON.
+    pub source: PathBuf,
+    /// Metric to optimise (e.g. kl_div, lm_loss).
+    #[arg(long)]
+    pub objective: String,
+    /// Minimise the objective (the default: scores are losses).
+    #[arg(long, conflicts_with = "maximize")]
+    pub minimize: bool,
+    /// Maximise the objective (e.g. an accuracy).
+    #[arg(long)]
+    pub maximize: bool,
+    /// A budget: KEY<=VALUE or KEY>=VALUE (repeatable).
+    #[arg(long = "constraint", value_name = "KEY<=VALUE")]
+    pub constraints: Vec<String>,
+    /// How many alternative architectures to return.
+    #[arg(long, default_value_t = 1)]
+    pub solutions: usize,
+    /// Each alternative differs from all earlier ones in at least this many groups.
+    #[arg(long, default_value_t = 1)]
+    pub min_diversity: usize,
+    /// Solve across a range of one constraint: 'KEY<=FROM..TO:POINTS' (values as for
+    /// --constraint; both ends absolute or both relative), printing the frontier.
+    #[arg(long, value_name = "KEY<=FROM..TO:N")]
+    pub sweep: Option<String>,
+    /// MIP backend.
+    #[arg(long, default_value = "highs")]
+    pub solver: String,
+    /// Seconds per solve before returning the best found (with its gap).
+    #[arg(long, default_value_t = 60.0)]
+    pub time_limit: f64,
+    /// Print {"solutions": [...]} as JSON on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_sweep(s: &str) -> Result<(String, Op, Vec<BoundValue>)> {
+    let c_err = || format!("--sweep `{s}`: expected KEY<=FROM..TO:N, e.g. runtime_ms<=0.3x..1x:8");
+    let (head, n) = s.rsplit_once(':').with_context(c_err)?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n >= 2)
+        .with_context(c_err)?;
+    let (key, op, range) = if let Some((k, r)) = head.split_once("<=") {
+        (k, Op::Le, r)
+    } else if let Some((k, r)) = head.split_once(">=") {
+        (k, Op::Ge, r)
+    } else {
+        bail!(c_err());
+    };
+    let (a, b) = range.split_once("..").with_context(c_err)?;
+    let (a, b): (BoundValue, BoundValue) = (a.parse()?, b.parse()?);
+    let values = match (a, b) {
+        (BoundValue::Relative(x), BoundValue::Relative(y)) => (0..n)
+            .map(|i| BoundValue::Relative(x + (y - x) * i as f64 / (n - 1) as f64))
+            .collect(),
+        (BoundValue::Absolute(x), BoundValue::Absolute(y)) => (0..n)
+            .map(|i| BoundValue::Absolute(x + (y - x) * i as f64 / (n - 1) as f64))
+            .collect(),
+        _ => bail!("--sweep `{s}`: both ends must be absolute or both relative"),
+    };
+    Ok((key.trim().to_string(), op, values))
+}
+
+fn load_source(path: &std::path::Path) -> Result<BlockTable> {
+    if path.is_dir() {
+        let t = path.join("search/table.json");
+        if t.is_file() {
+            return Ok(BlockTable::load(&t)?);
+        }
+        bail!(
+            "{} is a folder without search/table.json: run `puzzle cost` and `puzzle score` on it first, or pass a block-table JSON file",
+            path.display()
+        );
+    }
+    Ok(BlockTable::load(path)?)
+}
+
+fn solution_json(s: &SearchSolution) -> serde_json::Value {
+    let choices: serde_json::Map<String, serde_json::Value> = s
+        .choices
+        .iter()
+        .map(|(g, c)| (g.clone(), json!(c)))
+        .collect();
+    json!({
+        "objective": s.objective,
+        "choices": choices,
+        "costs": s.costs,
+        "status": s.status,
+        "gap": s.gap,
+        "solver": s.solver,
+        "seconds": s.seconds,
+    })
+}
+
+fn print_solution(
+    i: usize,
+    s: &SearchSolution,
+    table: &BlockTable,
+    spec: &SearchSpec,
+) -> Result<()> {
+    println!(
+        "solution {}: {} = {:.6} ({:?}, gap {:.2e}, {} in {:.3} s)",
+        i + 1,
+        spec.objective.key,
+        s.objective,
+        s.status,
+        s.gap,
+        s.solver,
+        s.seconds
+    );
+    let mut t = ui::table(&["group", "choice"]);
+    for (g, c) in &s.choices {
+        t.add_row(vec![g.clone(), c.clone()]);
+    }
+    println!("{t}");
+    let parent = table.parent_choice();
+    let mut keys: Vec<String> = spec.constraints.iter().map(|c| c.key.clone()).collect();
+    keys.push(spec.objective.key.clone());
+    keys.dedup();
+    let mut t = ui::table(&["metric", "child", "parent", "child/parent"]);
+    for k in keys {
+        let child = s.costs.get(&k).copied().unwrap_or(f64::NAN);
+        let p = parent.as_ref().map(|p| table.total(p, &k)).transpose()?;
+        t.add_row(vec![
+            k,
+            format!("{child:.6}"),
+            p.map_or("-".into(), |p| format!("{p:.6}")),
+            p.map_or("-".into(), |p| format!("{:.4}", child / p)),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn run(a: SearchArgs) -> Result<()> {
+    let table = load_source(&a.source)?;
+    let solver = solver_by_name(&a.solver).with_context(|| {
+        format!(
+            "solvers available: {}",
+            solvers()
+                .iter()
+                .map(|s| s.solver.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let constraints: Vec<Constraint> = a
+        .constraints
+        .iter()
+        .map(|c| c.parse())
+        .collect::<puzzle_core::Result<_>>()?;
+    let spec = SearchSpec {
+        objective: Objective {
+            key: a.objective.clone(),
+            sense: if a.maximize {
+                Sense::Maximize
+            } else {
+                Sense::Minimize
+            },
+        },
+        constraints,
+    };
+    let opts = SolveOptions {
+        time_limit_secs: a.time_limit,
+        ..Default::default()
+    };
+    if a.solutions == 0 {
+        bail!("--solutions must be at least 1");
+    }
+    if let Some(sw) = &a.sweep {
+        let (key, op, values) = parse_sweep(sw)?;
+        let pts = sweep(&table, &spec, solver, &opts, &key, op, &values)?;
+        if a.json {
+            let v: Vec<serde_json::Value> = pts
+                .iter()
+                .map(|p| {
+                    json!({"constraint": p.constraint, "limit": p.limit, "pareto": p.pareto,
+                           "solution": p.solution.as_ref().map(solution_json)})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json!({ "sweep": v }))?);
+            return Ok(());
+        }
+        let mut t = ui::table(&["constraint", "limit", &spec.objective.key, &key, "frontier"]);
+        for p in &pts {
+            match &p.solution {
+                Some(s) => t.add_row(vec![
+                    p.constraint.clone(),
+                    format!("{:.6}", p.limit),
+                    format!("{:.6}", s.objective),
+                    format!("{:.6}", s.costs[&key]),
+                    if p.pareto { "*".into() } else { String::new() },
+                ]),
+                None => t.add_row(vec![
+                    p.constraint.clone(),
+                    format!("{:.6}", p.limit),
+                    "infeasible".into(),
+                    "-".into(),
+                    String::new(),
+                ]),
+            };
+        }
+        println!("{t}");
+        return Ok(());
+    }
+    match diverse(&table, &spec, solver, &opts, a.solutions, a.min_diversity)? {
+        Ok(sols) => {
+            if a.json {
+                let v: Vec<_> = sols.iter().map(solution_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "solutions": v }))?
+                );
+            } else {
+                for (i, s) in sols.iter().enumerate() {
+                    print_solution(i, s, &table, &spec)?;
+                }
+                if sols.len() < a.solutions {
+                    eprintln!(
+                        "only {} solutions differ from each other in at least {} groups",
+                        sols.len(),
+                        a.min_diversity
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(why) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "solutions": [], "infeasible": why }))?
+                );
+            }
+            bail!("{why}")
+        }
+    }
+}

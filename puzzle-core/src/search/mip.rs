@@ -1,0 +1,310 @@
+//! The solver-facing problem: a multiple-choice integer program over plain numbers.
+//!
+//! Variables `x[v]` are binary; variables are partitioned into groups and exactly one per group
+//! is 1. Minimise `sum objective[v] x[v] + objective_constant` subject to rows
+//! `lo <= sum coef x <= hi`. Solvers see nothing else (no tensors, no ids), which is what lets a
+//! solver come from a dynamically loaded plugin.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A linear row `lo <= sum coef * x <= hi` (use infinities for one-sided rows).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Human name for reports (`memory`, `runtime`, `diversity 1`).
+    pub name: String,
+    /// Sparse coefficients: `(variable, coefficient)`.
+    pub coefs: Vec<(usize, f64)>,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// A multiple-choice problem. Variables `0..num_vars`; `groups` partition them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MipProblem {
+    pub num_vars: usize,
+    /// Each group's variables; exactly one of each is chosen.
+    pub groups: Vec<Vec<usize>>,
+    /// Cost of each variable (minimised).
+    pub objective: Vec<f64>,
+    /// Added to the objective (non-block terms).
+    pub objective_constant: f64,
+    pub rows: Vec<Row>,
+}
+
+impl MipProblem {
+    /// Checks the structure (every variable in exactly one group, finite coefficients).
+    pub fn validate(&self) -> Result<()> {
+        if self.objective.len() != self.num_vars {
+            return Err(Error::invalid(
+                "objective length differs from the variable count",
+            ));
+        }
+        let mut seen = vec![false; self.num_vars];
+        for (g, vars) in self.groups.iter().enumerate() {
+            if vars.is_empty() {
+                return Err(Error::invalid(format!("group {g} has no choices")));
+            }
+            for &v in vars {
+                if v >= self.num_vars || seen[v] {
+                    return Err(Error::invalid(format!(
+                        "variable {v} is out of range or in two groups"
+                    )));
+                }
+                seen[v] = true;
+            }
+        }
+        if let Some(v) = seen.iter().position(|s| !s) {
+            return Err(Error::invalid(format!("variable {v} belongs to no group")));
+        }
+        for (v, c) in self.objective.iter().enumerate() {
+            if !c.is_finite() {
+                return Err(Error::invalid(format!("objective of variable {v} is {c}")));
+            }
+        }
+        for r in &self.rows {
+            if r.coefs
+                .iter()
+                .any(|(v, c)| *v >= self.num_vars || !c.is_finite())
+            {
+                return Err(Error::invalid(format!(
+                    "row `{}` has a bad coefficient",
+                    r.name
+                )));
+            }
+            if r.lo.is_nan() || r.hi.is_nan() || r.lo > r.hi {
+                return Err(Error::invalid(format!(
+                    "row `{}` has bounds [{}, {}]",
+                    r.name, r.lo, r.hi
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The objective of a full choice (one variable index per group).
+    pub fn objective_of(&self, choice: &[usize]) -> f64 {
+        self.objective_constant
+            + choice
+                .iter()
+                .zip(&self.groups)
+                .map(|(&c, g)| self.objective[g[c]])
+                .sum::<f64>()
+    }
+
+    /// The value of row `r` at a full choice.
+    pub fn row_value(&self, r: &Row, choice: &[usize]) -> f64 {
+        let chosen: std::collections::HashSet<usize> = choice
+            .iter()
+            .zip(&self.groups)
+            .map(|(&c, g)| g[c])
+            .collect();
+        r.coefs
+            .iter()
+            .filter(|(v, _)| chosen.contains(v))
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// Rows a full choice violates (beyond a relative tolerance), with their values.
+    pub fn violations(&self, choice: &[usize]) -> Vec<(String, f64)> {
+        self.rows
+            .iter()
+            .filter_map(|r| {
+                let v = self.row_value(r, choice);
+                let tol = 1e-9 * (1.0 + v.abs().max(r.lo.abs().min(r.hi.abs())));
+                (v < r.lo - tol || v > r.hi + tol).then(|| (r.name.clone(), v))
+            })
+            .collect()
+    }
+}
+
+/// How a solve ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MipStatus {
+    /// Proven optimal (within the requested gap).
+    Optimal,
+    /// A feasible solution, not proven optimal (time limit).
+    Feasible,
+    /// Proven infeasible.
+    Infeasible,
+    /// Stopped (time limit) without any feasible solution.
+    Unknown,
+}
+
+/// A solver's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MipSolution {
+    pub status: MipStatus,
+    /// Chosen index within each group (empty unless a solution was found).
+    pub choice: Vec<usize>,
+    pub objective: f64,
+    /// Best proven lower bound on the objective.
+    pub bound: f64,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+impl MipSolution {
+    /// Relative optimality gap `(objective - bound) / max(|objective|, 1e-9)`.
+    pub fn gap(&self) -> f64 {
+        if self.choice.is_empty() {
+            return f64::INFINITY;
+        }
+        ((self.objective - self.bound) / self.objective.abs().max(1e-9)).max(0.0)
+    }
+}
+
+/// Solver settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SolveOptions {
+    /// Give up (returning the best solution so far) after this many seconds.
+    pub time_limit_secs: f64,
+    /// Stop when the relative gap is at most this.
+    pub relative_gap: f64,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            time_limit_secs: 60.0,
+            relative_gap: 1e-9,
+        }
+    }
+}
+
+/// The contract of a MIP backend: given a valid [`MipProblem`], return a solution whose
+/// `choice` satisfies every row (callers re-check), with an honest status and bound. Must not
+/// panic on infeasible or degenerate input.
+pub trait Solver: Send + Sync + 'static {
+    /// Registry name (`highs`, `bnb`).
+    fn name(&self) -> &str;
+    /// Solves `problem`.
+    fn solve(&self, problem: &MipProblem, options: &SolveOptions) -> Result<MipSolution>;
+}
+
+/// A solver registered by a static plugin.
+pub struct SolverRegistration {
+    pub solver: &'static dyn Solver,
+    pub provider: &'static str,
+    pub description: &'static str,
+}
+
+inventory::collect!(SolverRegistration);
+
+/// Every registered solver, by name.
+pub fn solvers() -> Vec<&'static SolverRegistration> {
+    let mut v: Vec<_> = inventory::iter::<SolverRegistration>.into_iter().collect();
+    v.sort_by_key(|r| r.solver.name().to_string());
+    v
+}
+
+/// The solver registered under `name`.
+pub fn solver_by_name(name: &str) -> Result<&'static dyn Solver> {
+    solvers()
+        .into_iter()
+        .find(|r| r.solver.name() == name)
+        .map(|r| r.solver)
+        .ok_or_else(|| Error::UnknownPlugin {
+            kind: "solver",
+            name: name.to_string(),
+            known: solvers()
+                .iter()
+                .map(|r| r.solver.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Brute force over every combination, for tests on small instances.
+pub fn brute_force(p: &MipProblem) -> MipSolution {
+    let t0 = std::time::Instant::now();
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    let mut idx = vec![0usize; p.groups.len()];
+    loop {
+        if p.violations(&idx).is_empty() {
+            let o = p.objective_of(&idx);
+            if best.as_ref().is_none_or(|(b, _)| o < *b) {
+                best = Some((o, idx.clone()));
+            }
+        }
+        // Next combination (odometer).
+        let mut g = 0;
+        loop {
+            if g == idx.len() {
+                let seconds = t0.elapsed().as_secs_f64();
+                return match best {
+                    Some((o, c)) => MipSolution {
+                        status: MipStatus::Optimal,
+                        choice: c,
+                        objective: o,
+                        bound: o,
+                        seconds,
+                    },
+                    None => MipSolution {
+                        status: MipStatus::Infeasible,
+                        choice: vec![],
+                        objective: f64::INFINITY,
+                        bound: f64::INFINITY,
+                        seconds,
+                    },
+                };
+            }
+            idx[g] += 1;
+            if idx[g] < p.groups[g].len() {
+                break;
+            }
+            idx[g] = 0;
+            g += 1;
+        }
+    }
+}
+
+/// Random small instances for property tests of solvers (deterministic per seed).
+pub mod random {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// `groups` groups of 2..=`max_choices` choices, `rows` `<=` rows with bounds drawn so
+    /// that some instances are infeasible.
+    pub fn instance(seed: u64, groups: usize, max_choices: usize, rows: usize) -> MipProblem {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut gvars = Vec::new();
+        let mut n = 0;
+        for _ in 0..groups {
+            let k = rng.random_range(2..=max_choices);
+            gvars.push((n..n + k).collect::<Vec<_>>());
+            n += k;
+        }
+        let objective: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..5.0)).collect();
+        let mut rs = Vec::new();
+        for r in 0..rows {
+            let coefs: Vec<(usize, f64)> =
+                (0..n).map(|v| (v, rng.random_range(0.0..10.0))).collect();
+            // Typical total is groups * 5; draw the limit around it, mostly `<=` rows, some `>=`.
+            let (lo, hi) = if rng.random_bool(0.75) {
+                (
+                    f64::NEG_INFINITY,
+                    groups as f64 * rng.random_range(1.5..6.0),
+                )
+            } else {
+                (groups as f64 * rng.random_range(3.0..7.5), f64::INFINITY)
+            };
+            rs.push(Row {
+                name: format!("r{r}"),
+                coefs,
+                lo,
+                hi,
+            });
+        }
+        MipProblem {
+            num_vars: n,
+            groups: gvars,
+            objective,
+            objective_constant: rng.random_range(0.0..1.0),
+            rows: rs,
+        }
+    }
+}
