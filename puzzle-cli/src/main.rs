@@ -32,6 +32,17 @@ enum Command {
     Import(cmd::import::ImportArgs),
     Train(cmd::train::TrainArgs),
     Search(cmd::search::SearchArgs),
+    Eval(cmd::eval::EvalArgs),
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+}
+
+/// Build multiple-choice task suites.
+#[derive(Subcommand, Debug)]
+enum TasksCommand {
+    /// A cloze suite from the test split of a corpus: a passage's opening, its true next line
+    /// and next lines of other held-out passages of similar length.
+    Cloze(cmd::eval::ClozeArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +60,8 @@ fn main() -> ExitCode {
         Command::Import(a) => cmd::import::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Search(a) => cmd::search::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Tasks(TasksCommand::Cloze(a)) => cmd::eval::cloze(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

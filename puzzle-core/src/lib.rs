@@ -11,6 +11,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod family;
 pub mod fsutil;
 pub mod generate;

@@ -1,3 +1,4 @@
+pub mod eval;
 pub mod generate;
 pub mod import;
 pub mod inspect;
