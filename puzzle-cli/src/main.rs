@@ -33,6 +33,9 @@ enum Command {
     Train(cmd::train::TrainArgs),
     Search(cmd::search::SearchArgs),
     Eval(cmd::eval::EvalArgs),
+    Bld(cmd::bld::BldArgs),
+    #[command(subcommand)]
+    Library(cmd::bld::LibraryCommand),
     #[command(subcommand)]
     Tasks(TasksCommand),
 }
@@ -61,6 +64,8 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Bld(a) => cmd::bld::run(a),
+        Command::Library(c) => cmd::bld::library(c),
         Command::Tasks(TasksCommand::Cloze(a)) => cmd::eval::cloze(a),
     };
     match result {

@@ -56,6 +56,13 @@ pub enum Error {
     /// A user-supplied value is out of range or inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// Another error, with what was being done.
+    #[error("{msg}: {source}")]
+    Context {
+        msg: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// Nothing registered under this name.
     #[error("no {kind} named `{name}` is registered (known: {known})")]
     UnknownPlugin {
@@ -93,5 +100,20 @@ impl Error {
     /// An invalid user-supplied value.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+}
+
+/// Adds what was being done to an error, keeping it typed.
+pub trait Context<T> {
+    /// Wraps the error as `msg: error`.
+    fn context(self, msg: impl Into<String>) -> Result<T>;
+}
+
+impl<T> Context<T> for Result<T> {
+    fn context(self, msg: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::Context {
+            msg: msg.into(),
+            source: Box::new(e),
+        })
     }
 }

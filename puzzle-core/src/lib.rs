@@ -8,6 +8,7 @@
 //! - [`weights`], [`gguf`], [`tokenizer`], [`model`]: reading checkpoints.
 //! - [`generate`]: KV-cache decoding.
 
+pub mod bld;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -19,11 +20,13 @@ pub mod gguf;
 pub mod model;
 pub mod nn;
 pub mod progress;
+pub mod run;
 pub mod search;
 pub mod spec;
 pub mod tokenizer;
 pub mod train;
 pub mod variant;
+pub mod variants;
 pub mod weights;
 
 pub use burn;

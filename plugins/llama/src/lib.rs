@@ -8,15 +8,20 @@
 pub mod config;
 pub mod decilm;
 pub mod gguf_import;
+pub mod variants;
 
 pub use config::LlamaFamily;
 pub use decilm::DeciLmFamily;
+pub use variants::LlamaVariants;
 
 inventory::submit! {
     puzzle_core::family::FamilyRegistration { family: &LlamaFamily, provider: "puzzle-llama" }
 }
 inventory::submit! {
     puzzle_core::family::FamilyRegistration { family: &DeciLmFamily, provider: "puzzle-llama" }
+}
+inventory::submit! {
+    puzzle_core::variants::CatalogRegistration { catalog: &LlamaVariants, provider: "puzzle-llama" }
 }
 
 /// Forces the linker to keep this crate's registrations (call from tests and binaries that

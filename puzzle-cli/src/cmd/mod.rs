@@ -1,3 +1,4 @@
+pub mod bld;
 pub mod eval;
 pub mod generate;
 pub mod import;

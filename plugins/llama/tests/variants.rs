@@ -1,0 +1,197 @@
+//! Training-free inits on the tiny HF fixtures: the parent's own variants reproduce the parent
+//! subblock exactly; the linear inits equal the matrix products; pooling averages heads.
+
+use std::path::Path;
+
+use puzzle_core::burn::tensor::{Device, Distribution, Tensor};
+use puzzle_core::nn::Subblock as _;
+use puzzle_core::variant::VariantId;
+use puzzle_core::variants::{
+    LayerCalibration, Subblock, VariantCatalog, build_subblock, layer_weights,
+};
+use puzzle_core::weights::{HostTensor, SafetensorsWeights, WeightSource};
+use puzzle_llama::LlamaVariants;
+
+fn fixture() -> (puzzle_core::spec::ModelSpec, SafetensorsWeights) {
+    puzzle_llama::link();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-llama");
+    (
+        puzzle_core::family::read_spec(&dir).unwrap(),
+        SafetensorsWeights::open(&dir).unwrap(),
+    )
+}
+
+fn naive_matmul(a: &HostTensor, b: &HostTensor) -> Vec<f64> {
+    let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1]);
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|p| a.data[i * k + p] as f64 * b.data[p * n + j] as f64)
+                .sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn parent_variants_reproduce_the_parent_subblocks_exactly() {
+    let (spec, w) = fixture();
+    let device = Device::flex();
+    let calib = LayerCalibration {
+        ffn_abs_mean: Some(vec![1.0; 176]),
+        tokens: 1,
+    };
+    for layer in 0..spec.layers.len() {
+        let parent_layer = layer_weights(&w, layer).unwrap();
+        for id in ["attn:gqa(kv=2)", "ffn:width(176)"] {
+            let v: VariantId = id.parse().unwrap();
+            let init = LlamaVariants
+                .init(&v, &spec, layer, &parent_layer, &calib)
+                .unwrap();
+            // Same tensors, bit for bit.
+            for (name, t) in &init.weights.tensors {
+                assert_eq!(
+                    t,
+                    &parent_layer.read(name).unwrap(),
+                    "layer {layer} {id} {name}"
+                );
+            }
+            // Same function.
+            let built = build_subblock(&spec, &init.spec, layer, &init.weights, &device).unwrap();
+            let parent = build_subblock(
+                &spec,
+                &init.spec,
+                layer,
+                &parent_layer_subset(&parent_layer, &init.weights),
+                &device,
+            )
+            .unwrap();
+            let x = Tensor::<3>::random([2, 5, 64], Distribution::Default, &device);
+            let dec = puzzle_core::nn::Decoder::load(&spec, &w, &device).unwrap();
+            let ctx = dec.context(2, 0, 5, &[]);
+            let (a, b) = match (&built, &parent) {
+                (Subblock::Attention(a), Subblock::Attention(b)) => {
+                    (a.forward(x.clone(), &ctx, None), b.forward(x, &ctx, None))
+                }
+                (Subblock::Ffn(a), Subblock::Ffn(b)) => {
+                    (a.forward(x.clone(), &ctx, None), b.forward(x, &ctx, None))
+                }
+                _ => unreachable!(),
+            };
+            assert_eq!(a.to_data(), b.to_data(), "layer {layer} {id}");
+        }
+    }
+}
+
+fn parent_layer_subset(
+    parent_layer: &puzzle_core::weights::MemoryWeights,
+    like: &puzzle_core::weights::MemoryWeights,
+) -> puzzle_core::weights::MemoryWeights {
+    let mut m = puzzle_core::weights::MemoryWeights::new("parent");
+    for n in like.tensors.keys() {
+        m.insert(n.clone(), parent_layer.read(n).unwrap());
+    }
+    m
+}
+
+#[test]
+fn linear_inits_equal_the_matrix_products() {
+    let (spec, w) = fixture();
+    let calib = LayerCalibration::default();
+    let l = layer_weights(&w, 1).unwrap();
+    let ffn = LlamaVariants
+        .init(&"ffn:linear".parse().unwrap(), &spec, 1, &l, &calib)
+        .unwrap();
+    let want = naive_matmul(
+        &l.read("mlp.down_proj.weight").unwrap(),
+        &l.read("mlp.up_proj.weight").unwrap(),
+    );
+    let got = ffn.weights.read("mlp.linear_mlp.weight").unwrap();
+    assert_eq!(got.shape, vec![64, 64]);
+    for (g, w) in got.data.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+    }
+    // Attention: W_o (64 x 64, 4 heads of 16) times V (2 KV heads of 16 rows) repeated per group.
+    let attn = LlamaVariants
+        .init(&"attn:linear".parse().unwrap(), &spec, 1, &l, &calib)
+        .unwrap();
+    let v = l.read("self_attn.v_proj.weight").unwrap();
+    let mut v_exp = Vec::new();
+    for qh in 0..4 {
+        let kvh = qh / 2;
+        v_exp.extend_from_slice(&v.data[kvh * 16 * 64..(kvh + 1) * 16 * 64]);
+    }
+    let want = naive_matmul(
+        &l.read("self_attn.o_proj.weight").unwrap(),
+        &HostTensor::new(vec![64, 64], v_exp),
+    );
+    for (g, w) in attn
+        .weights
+        .read("self_attn.linear_attn.weight")
+        .unwrap()
+        .data
+        .iter()
+        .zip(&want)
+    {
+        assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+    }
+    // Norms are kept; no-ops have no tensors.
+    assert_eq!(
+        attn.weights.read("input_layernorm.weight").unwrap(),
+        l.read("input_layernorm.weight").unwrap()
+    );
+    let noop = LlamaVariants
+        .init(&"ffn:noop".parse().unwrap(), &spec, 1, &l, &calib)
+        .unwrap();
+    assert!(noop.weights.tensors.is_empty());
+}
+
+#[test]
+fn kv_pooling_averages_the_merged_heads() {
+    let (spec, w) = fixture();
+    let l = layer_weights(&w, 0).unwrap();
+    let init = LlamaVariants
+        .init(
+            &"attn:gqa(kv=1)".parse().unwrap(),
+            &spec,
+            0,
+            &l,
+            &LayerCalibration::default(),
+        )
+        .unwrap();
+    let k = l.read("self_attn.k_proj.weight").unwrap();
+    let got = init.weights.read("self_attn.k_proj.weight").unwrap();
+    assert_eq!(got.shape, vec![16, 64]);
+    for i in 0..16 * 64 {
+        assert!((got.data[i] - (k.data[i] + k.data[16 * 64 + i]) / 2.0).abs() < 1e-7);
+    }
+    // Widths and unknown variants are refused with the reason.
+    let e = LlamaVariants
+        .init(
+            &"ffn:width(500)".parse().unwrap(),
+            &spec,
+            0,
+            &l,
+            &LayerCalibration::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wider than the parent"), "{e}");
+    let e = LlamaVariants
+        .init(
+            &"ffn:width(100)".parse().unwrap(),
+            &spec,
+            0,
+            &l,
+            &LayerCalibration::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("calibration"), "{e}");
+    let e = LlamaVariants
+        .spec(&"attn:gqa(kv=3)".parse().unwrap(), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 KV heads"), "{e}");
+}

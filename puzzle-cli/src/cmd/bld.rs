@@ -1,0 +1,131 @@
+//! `puzzle bld CONFIG` and `puzzle library show RUN`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use puzzle_core::bld::{BldInputs, EntrySource, parse_shard, read_library, run_bld};
+use puzzle_core::data::Split;
+use puzzle_core::run::Run;
+
+use crate::ui;
+
+/// Build the block library by Blockwise Local Distillation (Puzzle stages 1-3): for every layer
+/// and every variant of the search space, initialise the variant from the parent (KV-head
+/// pooling, channel-contribution pruning, linear products) and train it to reproduce the
+/// parent layer's output from the parent's input activation (normalised MSE). One parent
+/// forward per batch feeds every entry. Killing it and running the same command again resumes
+/// each entry from its last checkpoint; finished entries are skipped.
+///
+/// Examples:
+///   puzzle bld examples/tiny/tiny.toml
+///   puzzle bld run.toml --shard 3/8      # one task of a job array (e.g. SLURM_ARRAY_TASK_ID)
+#[derive(Args, Debug)]
+pub struct BldArgs {
+    /// Run config (TOML).
+    pub config: PathBuf,
+    /// Train only every COUNT-th entry starting at INDEX (0-based): INDEX/COUNT.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Run folder (default: from the config).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(a: BldArgs) -> Result<()> {
+    let device = puzzle_core::device::parse_device(&a.device)?;
+    let shard = a
+        .shard
+        .as_deref()
+        .map(parse_shard)
+        .transpose()?
+        .unwrap_or((0, 1));
+    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let cfg = &r.config.bld;
+    let train = r.windows(Split::Train, cfg.seq_len)?;
+    let held = r.windows(Split::Validation, cfg.seq_len)?;
+    let inputs = BldInputs {
+        parent_spec: &r.parent.spec,
+        parent: &r.parent.decoder,
+        parent_weights: &r.parent_weights,
+        train: &train,
+        held_out: &held,
+        provenance: r.bld_provenance(),
+        space: &r.config.space,
+    };
+    let mut bars = ui::Bars::new();
+    let rep = run_bld(&inputs, cfg, &r.library(), shard, &mut bars)?;
+    eprintln!(
+        "bld: {} entries planned, {} in this shard, {} were done, {} finished now in {:.0} s ({:.0} entry-tokens/s); library {}",
+        rep.planned,
+        rep.in_shard,
+        rep.already_done,
+        rep.finished_now,
+        rep.seconds,
+        rep.trained_tokens_per_second,
+        r.library().display()
+    );
+    Ok(())
+}
+
+/// Inspect a run's block library.
+#[derive(Subcommand, Debug)]
+pub enum LibraryCommand {
+    /// Per layer and variant: how it was initialised, tokens trained, normalised MSE on held-out
+    /// activations at init and after BLD, and (when measured) its costs and scores.
+    Show {
+        /// Run folder.
+        run: PathBuf,
+        /// Print the entries as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn library(c: LibraryCommand) -> Result<()> {
+    let LibraryCommand::Show { run, json } = c;
+    let lib = run.join("library");
+    let entries = read_library(&lib).with_context(|| format!("reading {}", lib.display()))?;
+    if entries.is_empty() {
+        anyhow::bail!(
+            "{} has no library entries yet: run `puzzle bld` first",
+            run.display()
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    let header = vec![
+        "layer",
+        "variant",
+        "source",
+        "init",
+        "params",
+        "tokens",
+        "nmse init",
+        "nmse final",
+    ];
+    let mut t = ui::table(&header);
+    for e in &entries {
+        let row = vec![
+            e.key.layer.to_string(),
+            e.key.id(),
+            match e.source {
+                EntrySource::Parent => "parent".to_string(),
+                EntrySource::Identity => "identity".into(),
+                EntrySource::Trained => "trained".into(),
+            },
+            e.init.join(" + "),
+            ui::count(e.params as f64),
+            ui::count(e.tokens as f64),
+            format!("{:.4}", e.nmse_init),
+            format!("{:.4}", e.nmse_final),
+        ];
+        t.add_row(row);
+    }
+    println!("{t}");
+    Ok(())
+}

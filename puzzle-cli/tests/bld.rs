@@ -1,0 +1,175 @@
+//! `puzzle bld`: killed and resumed, or split into shards, it builds the same library as one
+//! uninterrupted run; every entry is trained once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A run config on the tiny-llama fixture and a slice of the Bible.
+fn config(dir: &Path) -> PathBuf {
+    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let head: String = text.lines().take(3000).collect::<Vec<_>>().join("\n");
+    std::fs::write(dir.join("corpus.txt"), head).unwrap();
+    let cfg = format!(
+        r#"
+[parent]
+path = "{}"
+[data]
+paths = ["corpus.txt"]
+validation_fraction = 0.1
+test_fraction = 0.1
+[space]
+granularity = 32
+ffn_fractions = [0.5, 0.25]
+[bld]
+tokens = 16384
+seq_len = 32
+batch_size = 4
+lr = 3e-3
+checkpoint_every = 8
+eval_sequences = 8
+calibration_sequences = 8
+seed = 3
+"#,
+        root().join("fixtures/hf/tiny-llama").display()
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn bld(cfg: &Path, run: &Path, extra: &[&str]) -> std::process::Output {
+    Proc::cargo_bin("puzzle")
+        .unwrap()
+        .arg("bld")
+        .arg(cfg)
+        .arg("--run")
+        .arg(run)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Every entry's weights bytes and (key, nmse, tokens) from meta.json, sorted.
+fn snapshot(run: &Path) -> Vec<(String, Vec<u8>, String)> {
+    let mut out = vec![];
+    for l in std::fs::read_dir(run.join("library")).unwrap().flatten() {
+        for e in std::fs::read_dir(l.path()).unwrap().flatten() {
+            let meta: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path().join("meta.json")).unwrap())
+                    .unwrap();
+            assert!(
+                !e.path().join("ckpt").exists(),
+                "a finished entry keeps no checkpoint"
+            );
+            let w = std::fs::read(e.path().join("weights.safetensors")).unwrap_or_default();
+            let summary = format!(
+                "{} tokens={} steps={} init={} final={} curve={}",
+                meta["key"],
+                meta["tokens"],
+                meta["steps"],
+                meta["nmse_init"],
+                meta["nmse_final"],
+                meta["loss_curve"]
+            );
+            out.push((
+                e.path().file_name().unwrap().to_string_lossy().into_owned(),
+                w,
+                summary,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let full = dir.path().join("full");
+    let o = bld(&cfg, &full, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = snapshot(&full);
+    assert!(reference.len() > 20);
+    // Every trained entry trained 128 steps of 128 tokens, once.
+    for (_, _, s) in &reference {
+        if !s.contains("tokens=0") {
+            assert!(s.contains("tokens=16384 steps=128"), "{s}");
+        }
+    }
+
+    // Kill -9 as soon as checkpoints exist, then rerun.
+    let killed = dir.path().join("killed");
+    let mut child = Proc::cargo_bin("puzzle")
+        .unwrap()
+        .arg("bld")
+        .arg(&cfg)
+        .arg("--run")
+        .arg(&killed)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let has_ckpt = |p: &Path| {
+        std::fs::read_dir(p.join("library"))
+            .map(|ls| {
+                ls.flatten().any(|l| {
+                    std::fs::read_dir(l.path())
+                        .map(|es| {
+                            es.flatten()
+                                .any(|e| e.path().join("ckpt/state.json").exists())
+                        })
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !has_ckpt(&killed) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = bld(&cfg, &killed, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        snapshot(&killed),
+        reference,
+        "kill + resume differs from one run"
+    );
+
+    // Two shards one after the other.
+    let sharded = dir.path().join("sharded");
+    for s in ["0/2", "1/2"] {
+        let o = bld(&cfg, &sharded, &["--shard", s]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        snapshot(&sharded),
+        reference,
+        "two shards differ from one run"
+    );
+
+    // A finished library is not retrained.
+    let o = bld(&cfg, &full, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("already trained"),
+        "{err}"
+    );
+    // Bad shard syntax.
+    let o = bld(&cfg, &full, &["--shard", "2/2"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("INDEX/COUNT"));
+}

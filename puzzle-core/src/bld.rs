@@ -1,0 +1,814 @@
+//! Blockwise Local Distillation (Puzzle stage 3): every library entry (a layer's variant) gets
+//! the parent's input activation of its layer and learns to reproduce the parent's output.
+//!
+//! - Decoupled (default): an attention variant trains inside `[a_variant, f_parent (frozen)]`,
+//!   an FFN variant inside `[a_parent (frozen), f_variant]`; coupled entries train both.
+//! - Loss: normalised MSE `MSE(o_p, o_c) / (MSE(o_p, 0) + eps)` on the layer's output minus its
+//!   input (the residual is subtracted so that a no-op scores 1, the parent 0).
+//! - One parent forward per batch feeds every entry of every layer.
+//! - Entries are independent: `--shard i/n` trains every n-th one; shards write into the same
+//!   library. Each entry checkpoints atomically and resumes from its own step after a kill.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::BatchOrder;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::nn::{Decoder, FfnBlock, ForwardCtx, Layer, RopeTables, Subblock as _};
+use crate::progress::Progress;
+use crate::run::config::BldConfig;
+use crate::spec::ModelSpec;
+use crate::train::loss::normalized_mse;
+use crate::train::optim::AdamW;
+use crate::train::schedule::WarmupCosine;
+use crate::variant::{SubblockKind, VariantId};
+use crate::variants::{
+    LayerCalibration, Subblock, SubblockSpec, build_subblock, catalog_for, layer_weights,
+};
+use crate::weights::{
+    HostTensor, MemoryWeights, SafetensorsWeights, StoreDtype, WeightSource, write_safetensors,
+};
+
+const EPS: f64 = 1e-6;
+
+/// What a library entry is: one variant (decoupled) or an attention + FFN pair (coupled).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntryKey {
+    pub layer: usize,
+    /// One id (decoupled) or `[attention, ffn]` (coupled).
+    pub variants: Vec<VariantId>,
+}
+
+impl EntryKey {
+    /// `attn:gqa(kv=2)` or `attn:gqa(kv=2)+ffn:width(512)`.
+    pub fn id(&self) -> String {
+        self.variants
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// A file-system friendly name.
+    pub fn slug(&self) -> String {
+        self.id()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '=' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
+    /// Whether this entry is a whole block.
+    pub fn coupled(&self) -> bool {
+        self.variants.len() == 2
+    }
+
+    /// The folder of the entry inside `library/`.
+    pub fn dir(&self, library: &Path) -> PathBuf {
+        library
+            .join(format!("L{:03}", self.layer))
+            .join(self.slug())
+    }
+}
+
+/// How an entry's weights were obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntrySource {
+    /// The parent's own subblock: nothing stored, taken from the parent checkpoint.
+    Parent,
+    /// No parameters (no-op): nothing to train.
+    Identity,
+    /// Initialised from the parent and trained by BLD.
+    Trained,
+}
+
+/// `meta.json` of a finished entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub key: EntryKey,
+    pub specs: Vec<SubblockSpec>,
+    pub source: EntrySource,
+    /// Init method per subblock.
+    pub init: Vec<String>,
+    pub params: usize,
+    pub tokens: usize,
+    pub steps: usize,
+    /// Normalised MSE on held-out activations before and after training.
+    pub nmse_init: f64,
+    pub nmse_final: f64,
+    /// `(step, mean training loss since the previous point)`.
+    pub loss_curve: Vec<(usize, f64)>,
+    pub seconds: f64,
+    pub parent_fingerprint: String,
+    pub data_fingerprint: String,
+    pub config_hash: String,
+}
+
+/// In-progress state of an entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct EntryState {
+    step: usize,
+    nmse_init: f64,
+    init: Vec<String>,
+    loss_curve: Vec<(usize, f64)>,
+    running: (f64, usize),
+    seconds: f64,
+    fingerprint: String,
+}
+
+/// Everything BLD needs to know about its inputs, for provenance and invalidation.
+#[derive(Clone, Debug)]
+pub struct Provenance {
+    pub parent: String,
+    pub data: String,
+    pub config: String,
+}
+
+impl Provenance {
+    fn combined(&self) -> String {
+        format!("{}/{}/{}", self.parent, self.data, self.config)
+    }
+}
+
+/// The library entries of a run, in canonical order (layer, attention before FFN, catalog
+/// order; coupled blocks last).
+pub fn plan(
+    parent: &ModelSpec,
+    space: &crate::variants::SpaceOptions,
+    cfg: &BldConfig,
+) -> Result<Vec<EntryKey>> {
+    let mut keys: Vec<EntryKey> = crate::variants::enumerate_space(parent, space)?
+        .into_iter()
+        .map(|(layer, v)| EntryKey {
+            layer,
+            variants: vec![v],
+        })
+        .collect();
+    for [a, f] in &cfg.coupled {
+        if a.kind() != SubblockKind::Attention || f.kind() != SubblockKind::Ffn {
+            return Err(Error::invalid(format!(
+                "bld.coupled entry [{a}, {f}] must be [attention variant, FFN variant]"
+            )));
+        }
+        catalog_for(a)?.spec(a, parent)?;
+        catalog_for(f)?.spec(f, parent)?;
+        for layer in 0..parent.layers.len() {
+            keys.push(EntryKey {
+                layer,
+                variants: vec![a.clone(), f.clone()],
+            });
+        }
+    }
+    Ok(keys)
+}
+
+/// Parses `i/n`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        Error::invalid(format!(
+            "--shard `{s}`: expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4"
+        ))
+    };
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Reads a finished entry's meta, if it exists and matches `prov`.
+pub fn read_done(library: &Path, key: &EntryKey, prov: Option<&Provenance>) -> Option<EntryMeta> {
+    let m: EntryMeta = fsutil::read_json(&key.dir(library).join("meta.json")).ok()?;
+    match prov {
+        Some(p)
+            if m.parent_fingerprint != p.parent
+                || m.data_fingerprint != p.data
+                || m.config_hash != p.config =>
+        {
+            None
+        }
+        _ => Some(m),
+    }
+}
+
+/// Every finished entry of a library (any provenance).
+pub fn read_library(library: &Path) -> Result<Vec<EntryMeta>> {
+    let mut out = Vec::new();
+    let Ok(layers) = std::fs::read_dir(library) else {
+        return Ok(out);
+    };
+    for l in layers.flatten() {
+        if !l.path().is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(l.path())
+            .map_err(|e| Error::io(l.path(), e))?
+            .flatten()
+        {
+            let p = e.path().join("meta.json");
+            if p.is_file() {
+                out.push(fsutil::read_json(&p)?);
+            }
+        }
+    }
+    // Layer, then attention before FFN before whole blocks, larger before smaller.
+    out.sort_by(|a: &EntryMeta, b: &EntryMeta| {
+        let rank = |m: &EntryMeta| (m.key.layer, m.key.variants.len(), m.key.variants[0].kind());
+        rank(a)
+            .cmp(&rank(b))
+            .then(b.params.cmp(&a.params))
+            .then(a.key.cmp(&b.key))
+    });
+    Ok(out)
+}
+
+/// An entry's subblocks as modules on `device`: from the library, or the parent for
+/// `Parent` entries.
+pub fn load_entry(
+    library: &Path,
+    meta: &EntryMeta,
+    parent: &ModelSpec,
+    parent_weights: &dyn WeightSource,
+    device: &Device,
+) -> Result<Vec<Subblock>> {
+    let weights = match meta.source {
+        EntrySource::Parent => layer_weights(parent_weights, meta.key.layer)?,
+        EntrySource::Identity => MemoryWeights::new("identity"),
+        EntrySource::Trained => {
+            let f = meta.key.dir(library).join("weights.safetensors");
+            let w = SafetensorsWeights::open(&f)?;
+            let mut m = MemoryWeights::new(f.display().to_string());
+            for n in w.names() {
+                m.insert(n.clone(), w.read(&n)?);
+            }
+            m
+        }
+    };
+    meta.specs
+        .iter()
+        .map(|s| {
+            let names: Vec<String> = s
+                .tensor_shapes(parent)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let mut part = MemoryWeights::new(weights.label.clone());
+            for n in names {
+                part.insert(n.clone(), weights.read(&n)?);
+            }
+            build_subblock(parent, s, meta.key.layer, &part, device)
+        })
+        .collect()
+}
+
+/// Parent activations of one batch: per layer its input, the residual after attention, and the
+/// output. `[batch, seq, hidden]` each.
+pub struct LayerActs {
+    pub input: Tensor<3>,
+    pub mid: Tensor<3>,
+    pub output: Tensor<3>,
+}
+
+/// Runs the parent and keeps every layer's activations.
+pub fn parent_activations(parent: &Decoder, ids: Tensor<2, Int>) -> (Vec<LayerActs>, ForwardCtx) {
+    let [b, t] = ids.dims();
+    let ctx = parent.context(b, 0, t, &[]);
+    let mut x = parent.embed(ids);
+    let mut acts = Vec::with_capacity(parent.layers.len());
+    for layer in &parent.layers {
+        let mid = layer.attention.forward(x.clone(), &ctx, None);
+        let out = layer.ffn.forward(mid.clone(), &ctx, None);
+        acts.push(LayerActs {
+            input: x,
+            mid,
+            output: out.clone(),
+        });
+        x = out;
+    }
+    (acts, ctx)
+}
+
+/// Calibration statistics of every layer (mean |X| of SwiGLU intermediate channels).
+pub fn calibrate(parent: &Decoder, windows: &[Vec<u32>], batch: usize) -> Vec<LayerCalibration> {
+    let device = parent.device();
+    let mut sums: Vec<Option<Tensor<1>>> = vec![None; parent.layers.len()];
+    let mut tokens = 0;
+    for chunk in windows.chunks(batch.max(1)) {
+        let ids = ids_of(chunk, &device);
+        let [b, t] = ids.dims();
+        tokens += b * t;
+        let (acts, _) = parent_activations(parent, ids);
+        for (i, (layer, a)) in parent.layers.iter().zip(&acts).enumerate() {
+            if let FfnBlock::SwiGlu(s) = &layer.ffn {
+                let h = s.norm.forward(a.mid.clone());
+                let x = burn::tensor::activation::silu(s.gate_proj.forward(h.clone()))
+                    * s.up_proj.forward(h);
+                let n = x.dims()[2];
+                let col = x.abs().reshape([b * t, n]).sum_dim(0).reshape([n]);
+                sums[i] = Some(match sums[i].take() {
+                    Some(acc) => acc + col,
+                    None => col,
+                });
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|s| LayerCalibration {
+            ffn_abs_mean: s.map(|s| {
+                s.try_into_vec_as::<f32>()
+                    .expect("f32")
+                    .into_iter()
+                    .map(|v| v as f64 / tokens.max(1) as f64)
+                    .collect()
+            }),
+            tokens,
+        })
+        .collect()
+}
+
+fn ids_of(windows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let t = windows[0].len();
+    let flat: Vec<i64> = windows
+        .iter()
+        .flat_map(|w| w.iter().map(|&x| x as i64))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [windows.len(), t]), device)
+}
+
+fn lift<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
+    Tensor::from_inner(t.clone())
+}
+
+fn lift_ctx(ctx: &ForwardCtx) -> ForwardCtx {
+    ForwardCtx {
+        rope: RopeTables {
+            cos: lift(&ctx.rope.cos),
+            sin: lift(&ctx.rope.sin),
+        },
+        key_mask: ctx.key_mask.clone().map(Tensor::from_inner),
+    }
+}
+
+/// The layer output of an entry's block (minus its input), given the parent's activations and
+/// the frozen parent layer for the half the entry does not replace.
+fn block_delta(
+    subs: &[Subblock],
+    frozen: &Layer,
+    a: &LayerActs,
+    ctx: &ForwardCtx,
+    lifted: bool,
+) -> Tensor<3> {
+    let (input, mid) = if lifted {
+        (lift(&a.input), lift(&a.mid))
+    } else {
+        (a.input.clone(), a.mid.clone())
+    };
+    let out = match subs {
+        [Subblock::Attention(at)] => {
+            let m = at.forward(input.clone(), ctx, None);
+            frozen.ffn.forward(m, ctx, None)
+        }
+        [Subblock::Ffn(f)] => f.forward(mid, ctx, None),
+        [Subblock::Attention(at), Subblock::Ffn(f)] => {
+            let m = at.forward(input.clone(), ctx, None);
+            f.forward(m, ctx, None)
+        }
+        _ => unreachable!("entries hold one subblock or an attention + FFN pair"),
+    };
+    out - input
+}
+
+struct Trainee {
+    key: EntryKey,
+    specs: Vec<SubblockSpec>,
+    source: EntrySource,
+    modules: Vec<Subblock>,
+    opt: AdamW,
+    state: EntryState,
+}
+
+/// What a BLD invocation did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BldReport {
+    pub planned: usize,
+    pub in_shard: usize,
+    pub already_done: usize,
+    pub finished_now: usize,
+    pub trained_tokens_per_second: f64,
+    pub seconds: f64,
+}
+
+/// Inputs of a BLD invocation.
+pub struct BldInputs<'a> {
+    pub parent_spec: &'a ModelSpec,
+    /// The parent on the compute device (no autodiff).
+    pub parent: &'a Decoder,
+    pub parent_weights: &'a dyn WeightSource,
+    /// Training windows of `seq_len` tokens (extra tokens are ignored).
+    pub train: &'a [Vec<u32>],
+    /// Held-out windows for the normalised MSE.
+    pub held_out: &'a [Vec<u32>],
+    pub provenance: Provenance,
+    pub space: &'a crate::variants::SpaceOptions,
+}
+
+/// Trains the shard's unfinished entries of the library in `library`.
+pub fn run_bld(
+    inputs: &BldInputs,
+    cfg: &BldConfig,
+    library: &Path,
+    shard: (usize, usize),
+    progress: &mut dyn Progress,
+) -> Result<BldReport> {
+    let t_start = Instant::now();
+    let spec = inputs.parent_spec;
+    let keys = plan(spec, inputs.space, cfg)?;
+    let mine: Vec<EntryKey> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % shard.1 == shard.0)
+        .map(|(_, k)| k.clone())
+        .collect();
+    let mut report = BldReport {
+        planned: keys.len(),
+        in_shard: mine.len(),
+        ..Default::default()
+    };
+    let todo: Vec<EntryKey> = mine
+        .into_iter()
+        .filter(|k| read_done(library, k, Some(&inputs.provenance)).is_none())
+        .collect();
+    report.already_done = report.in_shard - todo.len();
+    if todo.is_empty() {
+        progress.note(&format!(
+            "library complete for this shard: {} of {} entries already trained",
+            report.in_shard, report.planned
+        ));
+        return Ok(report);
+    }
+    if inputs.train.is_empty() || inputs.held_out.is_empty() {
+        return Err(Error::invalid(format!(
+            "BLD needs training and held-out sequences of {} tokens; the corpus is too small",
+            cfg.seq_len
+        )));
+    }
+    let device = inputs.parent.device();
+    let ad = device.clone().autodiff();
+    let parent = inputs.parent;
+    let fingerprint = inputs.provenance.combined();
+    let steps = cfg.tokens.div_ceil(cfg.batch_size * cfg.seq_len).max(1);
+    let schedule = WarmupCosine {
+        lr: cfg.lr,
+        min_lr: cfg.min_lr,
+        warmup_steps: cfg.warmup_steps.min(steps / 2),
+        total_steps: steps,
+    };
+    let windows: Vec<Vec<u32>> = inputs
+        .train
+        .iter()
+        .map(|w| w[..cfg.seq_len.min(w.len())].to_vec())
+        .collect();
+    let held: Vec<Vec<u32>> = inputs
+        .held_out
+        .iter()
+        .take(cfg.eval_sequences.max(1))
+        .map(|w| w[..cfg.seq_len.min(w.len())].to_vec())
+        .collect();
+    progress.start("calibrate", 1);
+    let calib_windows: Vec<Vec<u32>> = windows
+        .iter()
+        .take(cfg.calibration_sequences.max(1))
+        .cloned()
+        .collect();
+    let calib = calibrate(parent, &calib_windows, cfg.batch_size);
+    progress.finish();
+
+    // Frozen parent layers on the autodiff device (gradients flow through, not into, them).
+    let frozen_ad: Vec<Layer> = {
+        let d = Decoder::load(spec, inputs.parent_weights, &ad)?.no_grad();
+        d.layers
+    };
+    // Build or resume every entry of the shard.
+    let mut trainees: Vec<Trainee> = Vec::new();
+    for key in &todo {
+        let mut specs = Vec::new();
+        let mut inits = Vec::new();
+        let mut weights = MemoryWeights::new(format!("init of {}", key.id()));
+        let parent_layer = layer_weights(inputs.parent_weights, key.layer)?;
+        let mut is_parent = true;
+        for v in &key.variants {
+            let cat = catalog_for(v)?;
+            let init = cat.init(v, spec, key.layer, &parent_layer, &calib[key.layer])?;
+            is_parent &= match &init.spec {
+                SubblockSpec::Attention(a) => *a == spec.layers[key.layer].attention,
+                SubblockSpec::Ffn(f) => *f == spec.layers[key.layer].ffn,
+            };
+            inits.push(init.method.clone());
+            specs.push(init.spec.clone());
+            for (n, t) in init.weights.tensors {
+                weights.insert(n, t);
+            }
+        }
+        let params: usize = specs.iter().map(|s| s.params(spec)).sum();
+        let source = if is_parent {
+            EntrySource::Parent
+        } else if params == 0 {
+            EntrySource::Identity
+        } else {
+            EntrySource::Trained
+        };
+        let ckpt = key.dir(library).join("ckpt");
+        let resumed: Option<EntryState> = fsutil::read_json::<EntryState>(&ckpt.join("state.json"))
+            .ok()
+            .filter(|s| s.fingerprint == fingerprint);
+        let (modules, opt, state) = match (&resumed, source) {
+            (Some(st), EntrySource::Trained) => {
+                let w = SafetensorsWeights::open(&ckpt.join("weights.safetensors"))?;
+                let mut m = MemoryWeights::new(ckpt.display().to_string());
+                for n in w.names() {
+                    m.insert(n.clone(), w.read(&n)?);
+                }
+                let modules = split_build(spec, &specs, key.layer, &m, &ad)?;
+                let opt = AdamW::load(
+                    cfg.adamw.clone(),
+                    &ckpt.join("optimizer.safetensors"),
+                    &device,
+                )?;
+                (modules, opt, st.clone())
+            }
+            _ => {
+                let modules = split_build(spec, &specs, key.layer, &weights, &ad)?;
+                let state = EntryState {
+                    step: 0,
+                    nmse_init: f64::NAN,
+                    init: inits.clone(),
+                    loss_curve: vec![],
+                    running: (0.0, 0),
+                    seconds: 0.0,
+                    fingerprint: fingerprint.clone(),
+                };
+                (modules, AdamW::new(cfg.adamw.clone()), state)
+            }
+        };
+        trainees.push(Trainee {
+            key: key.clone(),
+            specs,
+            source,
+            modules,
+            opt,
+            state,
+        });
+    }
+    // Normalised MSE at init on held-out activations (entries resumed keep theirs).
+    let need_init_eval: Vec<usize> = (0..trainees.len())
+        .filter(|&i| trainees[i].state.nmse_init.is_nan())
+        .collect();
+    if !need_init_eval.is_empty() {
+        let vals = held_out_nmse(
+            parent,
+            &frozen_ad,
+            &trainees,
+            &need_init_eval,
+            &held,
+            cfg.batch_size,
+        );
+        for (i, v) in need_init_eval.into_iter().zip(vals) {
+            trainees[i].state.nmse_init = v;
+        }
+    }
+    // Entries with nothing to train are finished now.
+    let mut finished = 0;
+    for t in trainees.iter().filter(|t| t.source != EntrySource::Trained) {
+        write_entry(
+            library,
+            t,
+            spec,
+            &inputs.provenance,
+            t.state.nmse_init,
+            0,
+            0,
+        )?;
+        finished += 1;
+    }
+    trainees.retain(|t| t.source == EntrySource::Trained);
+    let order = BatchOrder {
+        n: windows.len(),
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+    };
+    let first = trainees.iter().map(|t| t.state.step).min().unwrap_or(steps);
+    progress.start("bld", steps as u64);
+    progress.note(&format!(
+        "BLD: {} entries to train ({} already done, {} without training) for {steps} steps of {} tokens",
+        trainees.len(),
+        report.already_done,
+        finished,
+        cfg.batch_size * cfg.seq_len
+    ));
+    let t_loop = Instant::now();
+    let mut trained_tokens = 0usize;
+    for step in first..steps {
+        let ids = ids_of(
+            &order
+                .batch(step)
+                .iter()
+                .map(|&i| windows[i].clone())
+                .collect::<Vec<_>>(),
+            &device,
+        );
+        let (acts, ctx) = parent_activations(parent, ids);
+        let ctx_ad = lift_ctx(&ctx);
+        let lr = schedule.at(step);
+        let mut loss_sum = 0.0;
+        let mut active = 0;
+        for t in trainees.iter_mut().filter(|t| t.state.step == step) {
+            let t0 = Instant::now();
+            let a = &acts[t.key.layer];
+            let target = lift(&(a.output.clone() - a.input.clone()));
+            let pred = block_delta(&t.modules, &frozen_ad[t.key.layer], a, &ctx_ad, true);
+            let loss = normalized_mse(target, pred, EPS);
+            let lv = loss.clone().into_scalar::<f32>() as f64;
+            let grads = loss.backward();
+            let modules = std::mem::take(&mut t.modules);
+            let (m, _) = t.opt.step(modules, &grads, lr);
+            t.modules = m;
+            t.state.step += 1;
+            t.state.running.0 += lv;
+            t.state.running.1 += 1;
+            if t.state.step % cfg.checkpoint_every == 0 || t.state.step == steps {
+                let mean = t.state.running.0 / t.state.running.1.max(1) as f64;
+                t.state.loss_curve.push((t.state.step, mean));
+                t.state.running = (0.0, 0);
+            }
+            t.state.seconds += t0.elapsed().as_secs_f64();
+            loss_sum += lv;
+            active += 1;
+            trained_tokens += cfg.batch_size * cfg.seq_len;
+        }
+        let done_step = step + 1;
+        if done_step % cfg.checkpoint_every == 0 && done_step < steps {
+            for t in &trainees {
+                save_ckpt(library, t)?;
+            }
+        }
+        let tps = trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
+        progress.set(
+            done_step as u64,
+            &format!(
+                "{active} entries | mean nmse {:.4} | {:.0} entry-tokens/s",
+                loss_sum / active.max(1) as f64,
+                tps
+            ),
+        );
+    }
+    progress.finish();
+    // Final held-out measurement and the finished entries.
+    let all: Vec<usize> = (0..trainees.len()).collect();
+    let finals = held_out_nmse(parent, &frozen_ad, &trainees, &all, &held, cfg.batch_size);
+    for (t, nmse) in trainees.iter().zip(finals) {
+        write_entry(
+            library,
+            t,
+            spec,
+            &inputs.provenance,
+            nmse,
+            steps,
+            steps * cfg.batch_size * cfg.seq_len,
+        )?;
+        let _ = std::fs::remove_dir_all(t.key.dir(library).join("ckpt"));
+        finished += 1;
+    }
+    report.finished_now = finished;
+    report.seconds = t_start.elapsed().as_secs_f64();
+    report.trained_tokens_per_second =
+        trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
+    Ok(report)
+}
+
+fn split_build(
+    spec: &ModelSpec,
+    specs: &[SubblockSpec],
+    layer: usize,
+    weights: &MemoryWeights,
+    device: &Device,
+) -> Result<Vec<Subblock>> {
+    specs
+        .iter()
+        .map(|s| {
+            let mut part = MemoryWeights::new(weights.label.clone());
+            for (n, _) in s.tensor_shapes(spec) {
+                part.insert(n.clone(), weights.read(&n)?);
+            }
+            build_subblock(spec, s, layer, &part, device)
+        })
+        .collect()
+}
+
+/// Held-out normalised MSE (pooled over batches) of the selected trainees.
+fn held_out_nmse(
+    parent: &Decoder,
+    frozen_ad: &[Layer],
+    trainees: &[Trainee],
+    which: &[usize],
+    held: &[Vec<u32>],
+    batch: usize,
+) -> Vec<f64> {
+    let device = parent.device();
+    let valid: Vec<Vec<Subblock>> = which
+        .iter()
+        .map(|&i| trainees[i].modules.iter().map(|m| m.valid()).collect())
+        .collect();
+    let frozen: Vec<Layer> = frozen_ad.iter().map(|l| l.valid()).collect();
+    let mut num = vec![0.0; which.len()];
+    let mut den = vec![0.0; which.len()];
+    for chunk in held.chunks(batch.max(1)) {
+        let (acts, ctx) = parent_activations(parent, ids_of(chunk, &device));
+        for (j, &i) in which.iter().enumerate() {
+            let a = &acts[trainees[i].key.layer];
+            let target = a.output.clone() - a.input.clone();
+            let pred = block_delta(&valid[j], &frozen[trainees[i].key.layer], a, &ctx, false);
+            num[j] += (target.clone() - pred).square().mean().into_scalar::<f32>() as f64;
+            den[j] += target.square().mean().into_scalar::<f32>() as f64 + EPS;
+        }
+    }
+    num.iter().zip(&den).map(|(n, d)| n / d).collect()
+}
+
+fn subblock_tensors(modules: &[Subblock]) -> BTreeMap<String, HostTensor> {
+    modules.iter().flat_map(|m| m.valid().tensors()).collect()
+}
+
+fn save_ckpt(library: &Path, t: &Trainee) -> Result<()> {
+    let dir = t.key.dir(library);
+    let tmp = dir.join("ckpt.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tensors = subblock_tensors(&t.modules);
+    write_safetensors(
+        &tmp.join("weights.safetensors"),
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        StoreDtype::F32,
+        None,
+    )?;
+    t.opt.save(&tmp.join("optimizer.safetensors"))?;
+    fsutil::write_json(&tmp.join("state.json"), &t.state)?;
+    let live = dir.join("ckpt");
+    let _ = std::fs::remove_dir_all(&live);
+    std::fs::rename(&tmp, &live).map_err(|e| Error::io(&live, e))
+}
+
+fn write_entry(
+    library: &Path,
+    t: &Trainee,
+    spec: &ModelSpec,
+    prov: &Provenance,
+    nmse_final: f64,
+    steps: usize,
+    tokens: usize,
+) -> Result<()> {
+    let dir = t.key.dir(library);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    if t.source == EntrySource::Trained {
+        let tensors = subblock_tensors(&t.modules);
+        write_safetensors(
+            &dir.join("weights.safetensors"),
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            StoreDtype::F32,
+            None,
+        )?;
+    }
+    let meta = EntryMeta {
+        key: t.key.clone(),
+        specs: t.specs.clone(),
+        source: t.source,
+        init: t.state.init.clone(),
+        params: t.specs.iter().map(|s| s.params(spec)).sum(),
+        tokens,
+        steps,
+        nmse_init: t.state.nmse_init,
+        nmse_final,
+        loss_curve: t.state.loss_curve.clone(),
+        seconds: t.state.seconds,
+        parent_fingerprint: prov.parent.clone(),
+        data_fingerprint: prov.data.clone(),
+        config_hash: prov.config.clone(),
+    };
+    // meta.json last: an entry with a meta is complete.
+    fsutil::write_json(&dir.join("meta.json"), &meta)
+}

@@ -1,0 +1,197 @@
+//! The run config (TOML): what `puzzle run` and every stage command read. Relative paths are
+//! resolved against the config file's folder; the run folder defaults to `runs/<config name>`
+//! beside it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data::DataConfig;
+use crate::error::{Error, Result};
+use crate::train::optim::AdamWConfig;
+use crate::variants::SpaceOptions;
+
+/// `[parent]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentConfig {
+    /// A Hugging Face folder (config.json, safetensors, tokenizer.json).
+    pub path: PathBuf,
+}
+
+/// `[bld]`: blockwise local distillation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BldConfig {
+    /// Training tokens per variant.
+    pub tokens: usize,
+    #[serde(default = "d_seq")]
+    pub seq_len: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Peak learning rate (BLD tolerates higher rates than pretraining).
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default = "d_adamw")]
+    pub adamw: AdamWConfig,
+    /// Save in-progress entries every this many steps.
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    /// Held-out sequences for the normalised MSE at init and at the end.
+    #[serde(default = "d_eval")]
+    pub eval_sequences: usize,
+    /// Calibration sequences for the channel-contribution statistics.
+    #[serde(default = "d_calib")]
+    pub calibration_sequences: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Coupled BLD for a narrowed set: whole blocks `[attention variant, FFN variant]` trained
+    /// together in every layer, in addition to the decoupled library.
+    #[serde(default)]
+    pub coupled: Vec<[crate::variant::VariantId; 2]>,
+}
+
+fn d_seq() -> usize {
+    128
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_warmup() -> usize {
+    10
+}
+fn d_ckpt() -> usize {
+    20
+}
+fn d_eval() -> usize {
+    16
+}
+fn d_calib() -> usize {
+    16
+}
+fn d_adamw() -> AdamWConfig {
+    AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    }
+}
+
+/// A whole run config. Later stages add their sections.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run folder (default `runs/<config file stem>` beside the config).
+    pub run_dir: Option<PathBuf>,
+    pub parent: ParentConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub space: SpaceOptions,
+    pub bld: BldConfig,
+    /// Where the config was read from (set by `load`).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+impl RunConfig {
+    /// Reads and validates a config, resolving relative paths against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = crate::fsutil::read_to_string(path)?;
+        let mut c: RunConfig = toml::from_str(&text)
+            .map_err(|e| Error::config(path, format!("invalid run config: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &Path| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        c.parent.path = rebase(&c.parent.path);
+        c.data.resolve(base);
+        c.run_dir = Some(match &c.run_dir {
+            Some(d) => rebase(d),
+            None => base.join("runs").join(
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "run".into()),
+            ),
+        });
+        c.source = path.to_path_buf();
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        self.data.validate()?;
+        for p in &self.data.paths {
+            if !p.is_file() {
+                return Err(Error::config(
+                    path,
+                    format!("corpus file {} does not exist", p.display()),
+                ));
+            }
+        }
+        if !self.parent.path.join("config.json").is_file() {
+            return Err(Error::config(
+                path,
+                format!("parent {} has no config.json", self.parent.path.display()),
+            ));
+        }
+        let b = &self.bld;
+        if b.tokens == 0
+            || b.seq_len == 0
+            || b.batch_size == 0
+            || b.lr <= 0.0
+            || b.checkpoint_every == 0
+        {
+            return Err(Error::config(
+                path,
+                "[bld] tokens, seq_len, batch_size, lr and checkpoint_every must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir.clone().expect("set by load")
+    }
+
+    /// A hash of a section, for provenance and invalidation.
+    pub fn hash_of<T: Serialize>(section: &T) -> String {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(section).unwrap_or_default());
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// A cheap fingerprint of a checkpoint folder: its config and the safetensors headers and sizes
+/// (hashing hundreds of gigabytes of weights would take minutes).
+pub fn checkpoint_fingerprint(dir: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(crate::fsutil::read_to_string(&dir.join("config.json"))?.as_bytes());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    for f in files {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&f, e))?.len();
+        h.update(len.to_le_bytes());
+        let mut head = vec![0u8; (len.min(1 << 20)) as usize];
+        file.read_exact(&mut head).map_err(|e| Error::io(&f, e))?;
+        h.update(&head);
+    }
+    Ok(format!("{:x}", h.finalize())[..16].to_string())
+}

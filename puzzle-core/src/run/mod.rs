@@ -1,0 +1,124 @@
+//! Runs: the run config and the run folder every stage reads and writes.
+//!
+//! ```text
+//! runs/<name>/
+//!   config.toml     the config the run was started with
+//!   library/        BLD entries: L<layer>/<variant>/{meta.json, weights.safetensors, ckpt/}
+//!   costs.json      per (layer, variant) costs        (puzzle cost)
+//!   scores.json     per (layer, variant) scores       (puzzle score)
+//!   search/         block table, solutions            (puzzle search)
+//! ```
+
+pub mod config;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::bld::Provenance;
+use crate::data::{self, Document, Split};
+use crate::error::{Context as _, Error, Result};
+use crate::model::{LoadedModel, load_model};
+use crate::tokenizer::{DOC_SEPARATOR, Tokenizer};
+use crate::weights::SafetensorsWeights;
+use config::{RunConfig, checkpoint_fingerprint};
+
+/// A run: its config, folder, the loaded parent and the corpus.
+pub struct Run {
+    pub config: RunConfig,
+    pub dir: PathBuf,
+    pub parent: LoadedModel,
+    pub parent_weights: SafetensorsWeights,
+    pub parent_fingerprint: String,
+    pub docs: Vec<Document>,
+    pub data_fingerprint: String,
+}
+
+impl Run {
+    /// Loads the config, the parent and the corpus; creates the run folder.
+    pub fn open(config_path: &Path, run_dir: Option<&Path>, device: &Device) -> Result<Run> {
+        let mut config = RunConfig::load(config_path)?;
+        if let Some(d) = run_dir {
+            config.run_dir = Some(d.to_path_buf());
+        }
+        let dir = config.run_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let copy = dir.join("config.toml");
+        let text = crate::fsutil::read_to_string(config_path)?;
+        crate::fsutil::write_atomic(&copy, text.as_bytes())?;
+        let parent = load_model(&config.parent.path, device).context(format!(
+            "loading the parent {}",
+            config.parent.path.display()
+        ))?;
+        if parent.tokenizer.is_none() {
+            return Err(Error::config(
+                &config.source,
+                format!(
+                    "the parent {} has no tokenizer.json",
+                    config.parent.path.display()
+                ),
+            ));
+        }
+        let parent_weights = SafetensorsWeights::open(&config.parent.path)?;
+        let parent_fingerprint = checkpoint_fingerprint(&config.parent.path)?;
+        let docs = data::read_documents(&config.data.paths)?;
+        let data_fingerprint = data::fingerprint(&docs, &config.data);
+        Ok(Run {
+            config,
+            dir,
+            parent,
+            parent_weights,
+            parent_fingerprint,
+            docs,
+            data_fingerprint,
+        })
+    }
+
+    /// The parent's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        self.parent.tokenizer.as_ref().expect("checked in open")
+    }
+
+    /// The document separator (BOS) of the parent's tokenizer.
+    pub fn separator(&self) -> Result<u32> {
+        self.tokenizer()
+            .token_to_id(DOC_SEPARATOR)
+            .or(self.parent.spec.bos_token_id)
+            .ok_or_else(|| {
+                Error::invalid("the parent's tokenizer has no document separator or BOS token")
+            })
+    }
+
+    /// Windows of `seq_len + 1` tokens of a split.
+    pub fn windows(&self, split: Split, seq_len: usize) -> Result<Vec<Vec<u32>>> {
+        if seq_len > self.parent.spec.max_position_embeddings {
+            return Err(Error::TooLong {
+                what: format!("a sequence length of {seq_len}"),
+                len: seq_len,
+                max: self.parent.spec.max_position_embeddings,
+            });
+        }
+        let s = data::tokenize_split(
+            &self.docs,
+            &self.config.data,
+            split,
+            self.tokenizer(),
+            self.separator()?,
+        )?;
+        Ok(data::windows(&s.tokens, seq_len))
+    }
+
+    /// The library folder.
+    pub fn library(&self) -> PathBuf {
+        self.dir.join("library")
+    }
+
+    /// What BLD entries depend on.
+    pub fn bld_provenance(&self) -> Provenance {
+        Provenance {
+            parent: self.parent_fingerprint.clone(),
+            data: self.data_fingerprint.clone(),
+            config: RunConfig::hash_of(&(&self.config.bld, &self.config.space)),
+        }
+    }
+}
