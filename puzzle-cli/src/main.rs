@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 // Static plugins register themselves when linked.
+use puzzle_cost as _;
 use puzzle_llama as _;
+use puzzle_scorers as _;
 use puzzle_solver_bnb as _;
 use puzzle_solver_highs as _;
 
@@ -34,6 +36,8 @@ enum Command {
     Search(cmd::search::SearchArgs),
     Eval(cmd::eval::EvalArgs),
     Bld(cmd::bld::BldArgs),
+    Cost(cmd::cost::CostArgs),
+    Score(cmd::cost::ScoreArgs),
     #[command(subcommand)]
     Library(cmd::bld::LibraryCommand),
     #[command(subcommand)]
@@ -65,6 +69,8 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Bld(a) => cmd::bld::run(a),
+        Command::Cost(a) => cmd::cost::run_cost(a),
+        Command::Score(a) => cmd::cost::run_score(a),
         Command::Library(c) => cmd::bld::library(c),
         Command::Tasks(TasksCommand::Cloze(a)) => cmd::eval::cloze(a),
     };

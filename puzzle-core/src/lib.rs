@@ -9,7 +9,9 @@
 //! - [`generate`]: KV-cache decoding.
 
 pub mod bld;
+pub mod cost;
 pub mod data;
+pub mod deploy;
 pub mod device;
 pub mod error;
 pub mod eval;
@@ -21,6 +23,7 @@ pub mod model;
 pub mod nn;
 pub mod progress;
 pub mod run;
+pub mod score;
 pub mod search;
 pub mod spec;
 pub mod tokenizer;

@@ -1,4 +1,5 @@
 pub mod bld;
+pub mod cost;
 pub mod eval;
 pub mod generate;
 pub mod import;

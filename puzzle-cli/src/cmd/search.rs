@@ -96,16 +96,66 @@ fn parse_sweep(s: &str) -> Result<(String, Op, Vec<BoundValue>)> {
 
 fn load_source(path: &std::path::Path) -> Result<BlockTable> {
     if path.is_dir() {
+        let (c, s) = (path.join("costs.json"), path.join("scores.json"));
+        if c.is_file() && s.is_file() {
+            let spec = puzzle_core::run::recorded_spec(path)?;
+            let costs = puzzle_core::cost::CostTable::load(&c)?;
+            let scores = puzzle_core::score::ScoreTable::load(&s)?;
+            let out = path.join("search/table.json");
+            let t = puzzle_core::search::from_run::block_table(
+                &spec,
+                &costs,
+                &scores,
+                &out.display().to_string(),
+            )?;
+            puzzle_core::fsutil::write_json(&out, &t)?;
+            return Ok(t);
+        }
         let t = path.join("search/table.json");
         if t.is_file() {
             return Ok(BlockTable::load(&t)?);
         }
         bail!(
-            "{} is a folder without search/table.json: run `puzzle cost` and `puzzle score` on it first, or pass a block-table JSON file",
+            "{} is a run folder without costs.json and scores.json: run `puzzle cost` and `puzzle score` first, or pass a block-table JSON file",
             path.display()
         );
     }
     Ok(BlockTable::load(path)?)
+}
+
+/// The spec with batch-less keys (`throughput`) bound to batch size `b` when the table only
+/// has `throughput@b<N>` forms.
+fn at_batch(spec: &SearchSpec, table: &BlockTable, b: Option<usize>) -> SearchSpec {
+    let Some(b) = b else { return spec.clone() };
+    let k = |key: &str| puzzle_core::search::from_run::at_batch(table, key, b);
+    SearchSpec {
+        objective: Objective {
+            key: k(&spec.objective.key),
+            sense: spec.objective.sense,
+        },
+        constraints: spec
+            .constraints
+            .iter()
+            .map(|c| Constraint {
+                key: k(&c.key),
+                ..c.clone()
+            })
+            .collect(),
+    }
+}
+
+/// Batch sizes to solve for: those of the table when some key needs binding, else one pass.
+fn batch_plan(spec: &SearchSpec, table: &BlockTable) -> Vec<Option<usize>> {
+    let keys = table.common_keys();
+    let needs = std::iter::once(&spec.objective.key)
+        .chain(spec.constraints.iter().map(|c| &c.key))
+        .any(|k| !keys.contains(k));
+    let bs = puzzle_core::search::from_run::batch_sizes(table);
+    if needs && !bs.is_empty() {
+        bs.into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    }
 }
 
 fn solution_json(s: &SearchSolution) -> serde_json::Value {
@@ -236,8 +286,42 @@ pub fn run(a: SearchArgs) -> Result<()> {
         println!("{t}");
         return Ok(());
     }
-    match diverse(&table, &spec, solver, &opts, a.solutions, a.min_diversity)? {
-        Ok(sols) => {
+    // Solve for every batch size the keys need binding to; keep the best first solution.
+    let mut best: Option<(Option<usize>, Vec<SearchSolution>, SearchSpec)> = None;
+    let mut why = None;
+    for b in batch_plan(&spec, &table) {
+        let s = at_batch(&spec, &table, b);
+        match diverse(&table, &s, solver, &opts, a.solutions, a.min_diversity)? {
+            Ok(sols) => {
+                let better = best
+                    .as_ref()
+                    .is_none_or(|(_, cur, _)| match spec.objective.sense {
+                        Sense::Minimize => sols[0].objective < cur[0].objective,
+                        Sense::Maximize => sols[0].objective > cur[0].objective,
+                    });
+                if better {
+                    best = Some((b, sols, s));
+                }
+            }
+            Err(w) => {
+                why.get_or_insert(w);
+            }
+        }
+    }
+    let result = match (best, why) {
+        (Some((b, sols, s)), _) => {
+            if let Some(b) = b
+                && !a.json
+            {
+                println!("best at batch size {b}");
+            }
+            Ok((sols, s))
+        }
+        (None, Some(w)) => Err(w),
+        (None, None) => bail!("nothing was searched"),
+    };
+    match result {
+        Ok((sols, spec)) => {
             if a.json {
                 let v: Vec<_> = sols.iter().map(solution_json).collect();
                 println!(

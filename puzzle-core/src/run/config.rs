@@ -84,6 +84,74 @@ fn d_adamw() -> AdamWConfig {
     }
 }
 
+/// `[cost]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostConfig {
+    /// The cost model for latencies: `measured` (this device), `roofline` (the hardware
+    /// profile), or a plugin's.
+    #[serde(default = "d_cost_model")]
+    pub model: String,
+}
+
+fn d_cost_model() -> String {
+    "measured".into()
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        CostConfig {
+            model: d_cost_model(),
+        }
+    }
+}
+
+/// `[search]`: what `puzzle run` asks of the search.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Metric to optimise (default: the primary score, `kl`).
+    pub objective: Option<String>,
+    #[serde(default)]
+    pub maximize: bool,
+    /// Constraints as on the command line, e.g. `"throughput>=2x"`; a key without `@b<N>`
+    /// is solved for every batch size of the deployment and the best kept.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default = "d_solver")]
+    pub solver: String,
+    #[serde(default = "d_one")]
+    pub solutions: usize,
+    #[serde(default = "d_one")]
+    pub min_diversity: usize,
+    #[serde(default = "d_limit")]
+    pub time_limit_secs: f64,
+}
+
+fn d_solver() -> String {
+    "highs".into()
+}
+fn d_one() -> usize {
+    1
+}
+fn d_limit() -> f64 {
+    60.0
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            objective: None,
+            maximize: false,
+            constraints: vec![],
+            solver: d_solver(),
+            solutions: 1,
+            min_diversity: 1,
+            time_limit_secs: d_limit(),
+        }
+    }
+}
+
 /// A whole run config. Later stages add their sections.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +163,14 @@ pub struct RunConfig {
     #[serde(default)]
     pub space: SpaceOptions,
     pub bld: BldConfig,
+    #[serde(default)]
+    pub deployment: crate::deploy::DeploymentProfile,
+    #[serde(default)]
+    pub cost: CostConfig,
+    #[serde(default)]
+    pub score: crate::score::ScoreConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
     /// Where the config was read from (set by `load`).
     #[serde(skip)]
     pub source: PathBuf,
@@ -116,6 +192,7 @@ impl RunConfig {
         };
         c.parent.path = rebase(&c.parent.path);
         c.data.resolve(base);
+        c.score.tasks = c.score.tasks.iter().map(|p| rebase(p)).collect();
         c.run_dir = Some(match &c.run_dir {
             Some(d) => rebase(d),
             None => base.join("runs").join(
@@ -144,6 +221,15 @@ impl RunConfig {
                 path,
                 format!("parent {} has no config.json", self.parent.path.display()),
             ));
+        }
+        self.deployment.validate()?;
+        for t in &self.score.tasks {
+            if !t.is_file() {
+                return Err(Error::config(
+                    path,
+                    format!("task file {} does not exist", t.display()),
+                ));
+            }
         }
         let b = &self.bld;
         if b.tokens == 0

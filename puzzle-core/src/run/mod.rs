@@ -10,6 +10,7 @@
 //! ```
 
 pub mod config;
+pub mod stages;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,13 @@ impl Run {
         }
         let parent_weights = SafetensorsWeights::open(&config.parent.path)?;
         let parent_fingerprint = checkpoint_fingerprint(&config.parent.path)?;
+        // Resolved facts about the run, for commands given only the run folder.
+        let info = serde_json::json!({
+            "config": std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
+            "parent": std::path::absolute(&config.parent.path).unwrap_or_else(|_| config.parent.path.clone()),
+            "spec": parent.spec,
+        });
+        crate::fsutil::write_json(&dir.join("run.json"), &info)?;
         let docs = data::read_documents(&config.data.paths)?;
         let data_fingerprint = data::fingerprint(&docs, &config.data);
         Ok(Run {
@@ -121,4 +129,12 @@ impl Run {
             config: RunConfig::hash_of(&(&self.config.bld, &self.config.space)),
         }
     }
+}
+
+/// The parent spec recorded in a run folder's `run.json`.
+pub fn recorded_spec(run_dir: &Path) -> Result<crate::spec::ModelSpec> {
+    let p = run_dir.join("run.json");
+    let v: serde_json::Value = crate::fsutil::read_json(&p)?;
+    serde_json::from_value(v["spec"].clone())
+        .map_err(|e| Error::config(&p, format!("bad `spec`: {e}")))
 }

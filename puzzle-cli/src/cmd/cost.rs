@@ -1,0 +1,157 @@
+//! `puzzle cost CONFIG` and `puzzle score CONFIG`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use puzzle_core::run::Run;
+use puzzle_core::run::stages::{cost_stage, score_stage, validate_additivity};
+
+use crate::ui;
+
+/// Measure what every variant of the library costs (Puzzle stage 4) for the run's deployment:
+/// parameters and bytes (exact), KV cache per token, and prefill/decode latency per batch size
+/// from the configured cost model: `measured` times each subblock on this device, `roofline`
+/// estimates from the hardware profile (to plan a GPU deployment on a CPU). Writes costs.json.
+///
+/// --validate N assembles N random children (and the parent), measures them end to end, and
+/// reports how far the sum of block costs is from the measured runtime (the search assumes
+/// runtimes add up).
+///
+/// Example: puzzle cost examples/tiny/tiny.toml --validate 3
+#[derive(Args, Debug)]
+pub struct CostArgs {
+    pub config: PathBuf,
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Check additivity on this many random children.
+    #[arg(long)]
+    pub validate: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run_cost(a: CostArgs) -> Result<()> {
+    let device = puzzle_core::device::parse_device(&a.device)?;
+    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let mut bars = ui::Bars::new();
+    let t = cost_stage(&r, &mut bars)?;
+    let batches = &t.deployment.batch_sizes;
+    let mut header = vec![
+        "layer".to_string(),
+        "variant".into(),
+        "params".into(),
+        "bytes".into(),
+        "KV B/token".into(),
+    ];
+    for b in batches {
+        header.push(format!("prefill ms b{b}"));
+        header.push(format!("decode ms b{b}"));
+    }
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut tab = ui::table(&hdr);
+    for e in t.entries.iter().filter(|e| e.layer == 0) {
+        let mut row = vec![
+            e.layer.to_string(),
+            e.variant.clone(),
+            ui::count(e.costs.params as f64),
+            ui::bytes(e.costs.param_bytes),
+            format!("{:.0}", e.costs.kv_bytes_per_token),
+        ];
+        for b in batches {
+            row.push(
+                e.costs
+                    .prefill_ms
+                    .get(b)
+                    .map_or("-".into(), |v| format!("{v:.3}")),
+            );
+            row.push(
+                e.costs
+                    .decode_ms
+                    .get(b)
+                    .map_or("-".into(), |v| format!("{v:.4}")),
+            );
+        }
+        tab.add_row(row);
+    }
+    println!(
+        "costs ({} model, {}; layer 0 shown, all layers in {}):",
+        t.model,
+        t.hardware.name,
+        r.dir.join("costs.json").display()
+    );
+    println!("{tab}");
+    if let Some(n) = a.validate {
+        let pts = validate_additivity(&r, &t, n, 7)?;
+        let mut tab = ui::table(&["child", "batch", "predicted ms", "measured ms", "error"]);
+        for p in &pts {
+            tab.add_row(vec![
+                p.child.clone(),
+                p.batch.to_string(),
+                format!("{:.1}", p.predicted_ms),
+                format!("{:.1}", p.measured_ms),
+                format!("{:+.1}%", 100.0 * p.error),
+            ]);
+        }
+        println!(
+            "additivity: sum of block costs + non-block constant vs end-to-end generation ({} prompt + {} new tokens)",
+            t.deployment.prefill_len, t.deployment.generation_len
+        );
+        println!("{tab}");
+        let mean = pts.iter().map(|p| p.error.abs()).sum::<f64>() / pts.len().max(1) as f64;
+        println!(
+            "mean |error| {:.1}% (NVIDIA reports ~8% for TensorRT-LLM on H100)",
+            100.0 * mean
+        );
+        puzzle_core::fsutil::write_json(&r.dir.join("cost_validation.json"), &pts)?;
+    }
+    Ok(())
+}
+
+/// Score every library entry by replace-1-block (Puzzle stage 5): the parent with exactly one
+/// subblock replaced runs on the validation split and is compared with the parent by the
+/// configured scorers (KL divergence first by default; LM loss, top-1/top-5 agreement, hidden
+/// cosine, task accuracy). The parent's activations at each layer input are cached so that a
+/// replacement at layer i recomputes only layers >= i. Writes scores.json.
+///
+/// Example: puzzle score examples/tiny/tiny.toml
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    pub config: PathBuf,
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run_score(a: ScoreArgs) -> Result<()> {
+    let device = puzzle_core::device::parse_device(&a.device)?;
+    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let mut bars = ui::Bars::new();
+    let t = score_stage(&r, &mut bars)?;
+    let metrics: Vec<String> = t.parent.keys().cloned().collect();
+    let mut header = vec!["layer".to_string(), "variant".to_string()];
+    header.extend(metrics.iter().cloned());
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut tab = ui::table(&hdr);
+    let mut prow = vec!["-".to_string(), "(parent)".to_string()];
+    prow.extend(metrics.iter().map(|m| format!("{:.5}", t.parent[m])));
+    tab.add_row(prow);
+    for e in &t.entries {
+        let mut row = vec![e.layer.to_string(), e.variant.clone()];
+        row.extend(
+            metrics
+                .iter()
+                .map(|m| e.metrics.get(m).map_or("-".into(), |v| format!("{v:.5}"))),
+        );
+        tab.add_row(row);
+    }
+    println!("{tab}");
+    eprintln!(
+        "scored {} entries in {:.1} s -> {}",
+        t.entries.len(),
+        t.seconds,
+        r.dir.join("scores.json").display()
+    );
+    Ok(())
+}

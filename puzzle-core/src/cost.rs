@@ -1,0 +1,191 @@
+//! What each variant costs (Puzzle stage 4): parameters, bytes, KV cache, and prefill/decode
+//! latency per batch size, from pluggable [`CostModel`]s, collected in `costs.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::{DeploymentProfile, HardwareProfile, dtype_bytes};
+use crate::error::{Error, Result};
+use crate::spec::{AttentionSpec, ModelSpec};
+use crate::variants::SubblockSpec;
+
+/// Costs of one library entry (or of the non-block part of a model).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Costs {
+    pub params: usize,
+    pub param_bytes: f64,
+    /// KV-cache bytes per token of one sequence.
+    pub kv_bytes_per_token: f64,
+    /// Batch size -> milliseconds to prefill `prefill_len` tokens per sequence.
+    #[serde(with = "batch_map")]
+    pub prefill_ms: BTreeMap<usize, f64>,
+    /// Batch size -> milliseconds of one decode step at the mean generation context.
+    #[serde(with = "batch_map")]
+    pub decode_ms: BTreeMap<usize, f64>,
+}
+
+/// JSON object keys are strings: batch sizes go out as `"8"` and come back as numbers.
+mod batch_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<usize, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let as_str: BTreeMap<String, f64> = m.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        as_str.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<usize, f64>, D::Error> {
+        let m = BTreeMap::<String, f64>::deserialize(d)?;
+        m.into_iter()
+            .map(|(k, v)| {
+                k.parse().map(|k| (k, v)).map_err(|_| {
+                    serde::de::Error::custom(format!("batch size `{k}` is not a number"))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Costs {
+    /// Adds another entry's costs (e.g. attention + FFN of a layer).
+    pub fn add(&mut self, o: &Costs) {
+        self.params += o.params;
+        self.param_bytes += o.param_bytes;
+        self.kv_bytes_per_token += o.kv_bytes_per_token;
+        for (b, v) in &o.prefill_ms {
+            *self.prefill_ms.entry(*b).or_default() += v;
+        }
+        for (b, v) in &o.decode_ms {
+            *self.decode_ms.entry(*b).or_default() += v;
+        }
+    }
+
+    /// Milliseconds to serve a batch of `b`: prefill plus `generation_len` decode steps.
+    pub fn runtime_ms(&self, b: usize, deploy: &DeploymentProfile) -> Option<f64> {
+        Some(self.prefill_ms.get(&b)? + deploy.generation_len as f64 * self.decode_ms.get(&b)?)
+    }
+}
+
+/// What a cost model sees.
+pub struct CostContext<'a> {
+    pub parent: &'a ModelSpec,
+    pub deploy: &'a DeploymentProfile,
+    pub hardware: &'a HardwareProfile,
+    /// The device the program runs on (for measuring).
+    pub device: Device,
+}
+
+/// The contract of a cost model: costs of one entry's subblocks (1, or an attention + FFN
+/// pair) and of the non-block part, for the context's deployment. Counts and bytes must be
+/// exact; latencies are per batch size of the deployment (empty when the model does not time).
+pub trait CostModel: Send + Sync + 'static {
+    /// Registry name (`analytic`, `measured`, `roofline`).
+    fn name(&self) -> &'static str;
+    /// One entry.
+    fn entry(&self, ctx: &CostContext, layer: usize, specs: &[SubblockSpec]) -> Result<Costs>;
+    /// Embeddings, final norm, head and sampling.
+    fn non_block(&self, ctx: &CostContext) -> Result<Costs>;
+}
+
+/// A cost model registered by a static plugin.
+pub struct CostModelRegistration {
+    pub model: &'static dyn CostModel,
+    pub provider: &'static str,
+    pub description: &'static str,
+}
+
+inventory::collect!(CostModelRegistration);
+
+/// Every registered cost model.
+pub fn cost_models() -> Vec<&'static CostModelRegistration> {
+    let mut v: Vec<_> = inventory::iter::<CostModelRegistration>
+        .into_iter()
+        .collect();
+    v.sort_by_key(|r| r.model.name());
+    v
+}
+
+/// The cost model registered under `name`.
+pub fn cost_model(name: &str) -> Result<&'static dyn CostModel> {
+    cost_models()
+        .into_iter()
+        .find(|r| r.model.name() == name)
+        .map(|r| r.model)
+        .ok_or_else(|| Error::UnknownPlugin {
+            kind: "cost model",
+            name: name.to_string(),
+            known: cost_models()
+                .iter()
+                .map(|r| r.model.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Exact counts and bytes of an entry: parameters at the weight dtype, KV cache at the KV dtype.
+pub fn analytic_counts(ctx: &CostContext, specs: &[SubblockSpec]) -> Result<Costs> {
+    let wb = dtype_bytes(&ctx.deploy.weight_dtype)?;
+    let kb = dtype_bytes(&ctx.deploy.kv_dtype)?;
+    let mut c = Costs::default();
+    for s in specs {
+        let p = s.params(ctx.parent);
+        c.params += p;
+        c.param_bytes += p as f64 * wb;
+        if let SubblockSpec::Attention(AttentionSpec::Gqa { num_kv_heads, .. }) = s {
+            c.kv_bytes_per_token += (2 * num_kv_heads * ctx.parent.head_dim) as f64 * kb;
+        }
+    }
+    Ok(c)
+}
+
+/// Exact counts and bytes of the non-block part.
+pub fn analytic_non_block(ctx: &CostContext) -> Result<Costs> {
+    let p = ctx.parent.non_block_params();
+    Ok(Costs {
+        params: p,
+        param_bytes: p as f64 * dtype_bytes(&ctx.deploy.weight_dtype)?,
+        ..Default::default()
+    })
+}
+
+/// One row of `costs.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostEntry {
+    pub layer: usize,
+    /// The library entry id (`attn:gqa(kv=2)`, or `attn:..+ffn:..` for a coupled block).
+    pub variant: String,
+    #[serde(flatten)]
+    pub costs: Costs,
+}
+
+/// `costs.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostTable {
+    /// The cost model that produced the latencies.
+    pub model: String,
+    pub deployment: DeploymentProfile,
+    pub hardware: HardwareProfile,
+    pub non_block: Costs,
+    pub entries: Vec<CostEntry>,
+    /// Parent fingerprint, config hash, device description.
+    pub provenance: BTreeMap<String, String>,
+}
+
+impl CostTable {
+    /// Reads `costs.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        crate::fsutil::read_json(path)
+    }
+
+    /// The entry of `(layer, variant)`.
+    pub fn get(&self, layer: usize, variant: &str) -> Option<&Costs> {
+        self.entries
+            .iter()
+            .find(|e| e.layer == layer && e.variant == variant)
+            .map(|e| &e.costs)
+    }
+}

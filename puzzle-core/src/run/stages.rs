@@ -1,0 +1,319 @@
+//! The cost, score and search stages of a run: each reads the run folder, writes its artifact
+//! atomically, and skips the work when the artifact is already there for the same inputs.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use super::Run;
+use super::config::RunConfig;
+use crate::bld::{EntryKey, plan, read_done};
+use crate::cost::{CostContext, CostEntry, CostTable, cost_model};
+use crate::data::Split;
+use crate::deploy::HardwareProfile;
+use crate::error::{Error, Result};
+use crate::eval::tasks::read_tasks;
+use crate::fsutil;
+use crate::nn::{Decoder, KvCache};
+use crate::progress::Progress;
+use crate::score::{ScoreInputs, ScoreTable, run_score};
+use crate::search::BlockTable;
+use crate::spec::{LayerSpec, ModelSpec};
+use crate::train::init::random_weights;
+use crate::variants::{SubblockSpec, catalog_for};
+
+/// The specs of a planned entry.
+pub fn entry_specs(parent: &ModelSpec, key: &EntryKey) -> Result<Vec<SubblockSpec>> {
+    key.variants
+        .iter()
+        .map(|v| catalog_for(v)?.spec(v, parent))
+        .collect()
+}
+
+fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
+    let c = &run.config;
+    BTreeMap::from([
+        ("parent".to_string(), run.parent_fingerprint.clone()),
+        (
+            "config".to_string(),
+            RunConfig::hash_of(&(&c.deployment, &c.cost, &c.space, &c.bld.coupled)),
+        ),
+        ("model".to_string(), model.to_string()),
+        (
+            "device".to_string(),
+            crate::device::describe(&run.parent.decoder.device()),
+        ),
+    ])
+}
+
+/// `costs.json`: every planned entry (costs depend only on shapes, not on BLD) and the
+/// non-block part.
+pub fn cost_stage(run: &Run, progress: &mut dyn Progress) -> Result<CostTable> {
+    let c = &run.config;
+    let path = run.dir.join("costs.json");
+    let prov = cost_provenance(run, &c.cost.model);
+    if let Ok(t) = CostTable::load(&path)
+        && t.provenance == prov
+    {
+        progress.note(&format!("costs: {} is up to date", path.display()));
+        return Ok(t);
+    }
+    let model = cost_model(&c.cost.model)?;
+    let base = c.source.parent().unwrap_or(std::path::Path::new("."));
+    let hardware = HardwareProfile::resolve(&c.deployment.hardware, base)?;
+    let ctx = CostContext {
+        parent: &run.parent.spec,
+        deploy: &c.deployment,
+        hardware: &hardware,
+        device: run.parent.decoder.device(),
+    };
+    let keys = plan(&run.parent.spec, &c.space, &c.bld)?;
+    progress.start("cost", keys.len() as u64 + 1);
+    let non_block = model.non_block(&ctx)?;
+    let mut entries = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let specs = entry_specs(&run.parent.spec, k)?;
+        let costs = model.entry(&ctx, k.layer, &specs)?;
+        progress.set(i as u64 + 2, &format!("L{} {}", k.layer, k.id()));
+        entries.push(CostEntry {
+            layer: k.layer,
+            variant: k.id(),
+            costs,
+        });
+    }
+    progress.finish();
+    let t = CostTable {
+        model: model.name().to_string(),
+        deployment: c.deployment.clone(),
+        hardware,
+        non_block,
+        entries,
+        provenance: prov,
+    };
+    fsutil::write_json(&path, &t)?;
+    Ok(t)
+}
+
+/// `scores.json`: replace-1-block scores of every library entry. The library must be complete.
+pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable> {
+    let c = &run.config;
+    let path = run.dir.join("scores.json");
+    let keys = plan(&run.parent.spec, &c.space, &c.bld)?;
+    let prov_bld = run.bld_provenance();
+    let mut metas = Vec::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for k in &keys {
+        match read_done(&run.library(), k, Some(&prov_bld)) {
+            Some(m) => metas.push(m),
+            None => missing.push(format!("L{} {}", k.layer, k.id())),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::invalid(format!(
+            "the library is incomplete: {} of {} entries are missing (e.g. {}); run `puzzle bld` (all shards) first",
+            missing.len(),
+            keys.len(),
+            missing[..missing.len().min(3)].join(", ")
+        )));
+    }
+    let library_hash = RunConfig::hash_of(&metas);
+    let prov = BTreeMap::from([
+        ("parent".to_string(), run.parent_fingerprint.clone()),
+        ("data".to_string(), run.data_fingerprint.clone()),
+        ("library".to_string(), library_hash),
+        ("config".to_string(), RunConfig::hash_of(&c.score)),
+    ]);
+    if let Ok(t) = ScoreTable::load(&path)
+        && t.provenance == prov
+    {
+        progress.note(&format!("scores: {} is up to date", path.display()));
+        return Ok(t);
+    }
+    let windows = run.windows(Split::Validation, c.score.seq_len)?;
+    let tasks: Vec<(String, Vec<crate::eval::tasks::TaskItem>)> = c
+        .score
+        .tasks
+        .iter()
+        .map(|p| {
+            let mut items = read_tasks(p)?;
+            if c.score.task_items > 0 {
+                items.truncate(c.score.task_items);
+            }
+            Ok((p.display().to_string(), items))
+        })
+        .collect::<Result<_>>()?;
+    let inputs = ScoreInputs {
+        parent_spec: &run.parent.spec,
+        parent: &run.parent.decoder,
+        parent_weights: &run.parent_weights,
+        tokenizer: run.tokenizer(),
+        entries: &metas,
+        library: &run.library(),
+        windows: &windows,
+        tasks: &tasks,
+        provenance: prov,
+    };
+    let t = run_score(&inputs, &c.score, progress)?;
+    fsutil::write_json(&path, &t)?;
+    Ok(t)
+}
+
+/// `search/table.json` from the cost and score tables.
+pub fn search_table(run: &Run, costs: &CostTable, scores: &ScoreTable) -> Result<BlockTable> {
+    let t = crate::search::from_run::block_table(
+        &run.parent.spec,
+        costs,
+        scores,
+        &run.dir.join("search/table.json").display().to_string(),
+    )?;
+    fsutil::write_json(&run.dir.join("search/table.json"), &t)?;
+    Ok(t)
+}
+
+/// One child of the additivity check.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdditivityPoint {
+    pub child: String,
+    pub batch: usize,
+    pub predicted_ms: f64,
+    pub measured_ms: f64,
+    /// `(predicted - measured) / measured`.
+    pub error: f64,
+}
+
+/// Measures a model end to end as it is served: prefill of `prefill_len` tokens per sequence
+/// then `generation_len` greedy steps, for a batch of `b`. Median of `repeats`, in ms.
+pub fn measure_end_to_end(
+    model: &Decoder,
+    b: usize,
+    prefill: usize,
+    generate: usize,
+    repeats: usize,
+) -> f64 {
+    let device = model.device();
+    let vocab = model.spec.vocab_size;
+    let once = || {
+        let ids: Vec<i64> = (0..b * prefill)
+            .map(|i| (i * 7919 % vocab) as i64)
+            .collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, prefill]), &device);
+        let t0 = Instant::now();
+        let mut cache = KvCache::new(model.layers.len(), vec![0; b]);
+        let mut logits = model.step(ids, &mut cache, true);
+        for _ in 0..generate {
+            let next: Vec<i64> = logits.argmax(2).try_into_vec_as::<i64>().expect("ids");
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [b, 1]), &device);
+            logits = model.step(ids, &mut cache, true);
+        }
+        let _ = logits.into_data();
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    once();
+    let mut v: Vec<f64> = (0..repeats.max(1)).map(|_| once()).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The additivity check: `children` random children (plus the parent) from the cost table's
+/// entries, measured end to end and compared with the sum of their blocks' costs plus the
+/// non-block constant.
+pub fn validate_additivity(
+    run: &Run,
+    costs: &CostTable,
+    children: usize,
+    seed: u64,
+) -> Result<Vec<AdditivityPoint>> {
+    let parent = &run.parent.spec;
+    let d = &costs.deployment;
+    let device = run.parent.decoder.device();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for c in 0..=children {
+        // Child 0 is the parent itself.
+        let mut spec = parent.clone();
+        let mut picks = Vec::new();
+        for layer in 0..parent.layers.len() {
+            let of_kind = |kind: &str| -> Vec<&CostEntry> {
+                costs
+                    .entries
+                    .iter()
+                    .filter(|e| {
+                        e.layer == layer && e.variant.starts_with(kind) && !e.variant.contains('+')
+                    })
+                    .collect()
+            };
+            let (attns, ffns) = (of_kind("attn:"), of_kind("ffn:"));
+            let (a, f) = if c == 0 {
+                let pa = parent
+                    .variant_of(layer, crate::variant::SubblockKind::Attention)
+                    .to_string();
+                let pf = parent
+                    .variant_of(layer, crate::variant::SubblockKind::Ffn)
+                    .to_string();
+                (
+                    attns.iter().find(|e| e.variant == pa).copied(),
+                    ffns.iter().find(|e| e.variant == pf).copied(),
+                )
+            } else {
+                (
+                    attns.get(rng.random_range(0..attns.len().max(1))).copied(),
+                    ffns.get(rng.random_range(0..ffns.len().max(1))).copied(),
+                )
+            };
+            let (a, f) = a
+                .zip(f)
+                .ok_or_else(|| Error::invalid(format!("costs.json lacks layer {layer}")))?;
+            let specs = entry_specs(
+                parent,
+                &EntryKey {
+                    layer,
+                    variants: vec![a.variant.parse()?, f.variant.parse()?],
+                },
+            )?;
+            let (SubblockSpec::Attention(att), SubblockSpec::Ffn(ffn)) = (&specs[0], &specs[1])
+            else {
+                return Err(Error::invalid("entry kinds out of order"));
+            };
+            spec.layers[layer] = LayerSpec {
+                attention: att.clone(),
+                ffn: ffn.clone(),
+            };
+            picks.push((a, f));
+        }
+        let model = Decoder::load(
+            &spec,
+            &random_weights(&spec, 0.02, seed + c as u64),
+            &device,
+        )?
+        .valid();
+        let label = if c == 0 {
+            "parent".to_string()
+        } else {
+            format!("random child {c}")
+        };
+        for &b in &d.batch_sizes {
+            let mut predicted = costs.non_block.runtime_ms(b, d).ok_or_else(|| {
+                Error::invalid(format!(
+                    "costs.json has no latency for batch {b}: use a timing cost model"
+                ))
+            })?;
+            for (a, f) in &picks {
+                predicted += a.costs.runtime_ms(b, d).unwrap_or(0.0)
+                    + f.costs.runtime_ms(b, d).unwrap_or(0.0);
+            }
+            let measured = measure_end_to_end(&model, b, d.prefill_len, d.generation_len, 3);
+            out.push(AdditivityPoint {
+                child: label.clone(),
+                batch: b,
+                predicted_ms: predicted,
+                measured_ms: measured,
+                error: (predicted - measured) / measured,
+            });
+        }
+    }
+    Ok(out)
+}
