@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 // Static plugins register themselves when linked.
 use puzzle_cost as _;
 use puzzle_llama as _;
+use puzzle_qwen2 as _;
 use puzzle_scorers as _;
 use puzzle_solver_bnb as _;
 use puzzle_solver_highs as _;
 
 mod cmd;
+mod report;
 mod ui;
 
 /// Make a trained Llama-family model cheaper to serve, by the Puzzle method (NVIDIA,
@@ -29,11 +31,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    Run(cmd::run::RunArgs),
     Inspect(cmd::inspect::InspectArgs),
     Generate(cmd::generate::GenerateArgs),
     Import(cmd::import::ImportArgs),
     Train(cmd::train::TrainArgs),
     Search(cmd::search::SearchArgs),
+    Realize(cmd::run::RealizeArgs),
+    Report(cmd::run::ReportArgs),
     Eval(cmd::eval::EvalArgs),
     Bld(cmd::bld::BldArgs),
     Cost(cmd::cost::CostArgs),
@@ -62,6 +67,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => cmd::run::run(a),
+        Command::Realize(a) => cmd::run::realize_cmd(a),
+        Command::Report(a) => cmd::run::report_cmd(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Import(a) => cmd::import::run(a),

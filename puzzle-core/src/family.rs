@@ -34,6 +34,28 @@ pub trait Family: Send + Sync + 'static {
 
     /// Resolves `config` (read from `path`) into a spec.
     fn parse_config(&self, config: &serde_json::Value, path: &Path) -> Result<ModelSpec>;
+
+    /// The `config.json` of a child (a heterogeneous spec) of a parent of this family, in the
+    /// format serving stacks load, with caveats (features a server does not support).
+    fn child_config(
+        &self,
+        parent_config: &serde_json::Value,
+        child: &ModelSpec,
+        dtype: &str,
+    ) -> Result<(serde_json::Value, Vec<String>)> {
+        let _ = (parent_config, child, dtype);
+        Err(Error::invalid(format!(
+            "family `{}` cannot export children",
+            self.name()
+        )))
+    }
+
+    /// Zero tensors the export format needs beyond the model's own (e.g. a bias the format's
+    /// switch implies but the family does not have); names and shapes.
+    fn export_extra(&self, child: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+        let _ = child;
+        vec![]
+    }
 }
 
 /// A family registered by a static plugin: `inventory::submit!(FamilyRegistration { .. })`.

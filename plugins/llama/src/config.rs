@@ -219,6 +219,15 @@ impl Family for LlamaFamily {
         }
     }
 
+    fn child_config(
+        &self,
+        parent_config: &serde_json::Value,
+        child: &ModelSpec,
+        dtype: &str,
+    ) -> Result<(serde_json::Value, Vec<String>)> {
+        crate::decilm::child_config(parent_config, child, dtype)
+    }
+
     fn parse_config(&self, config: &serde_json::Value, path: &Path) -> Result<ModelSpec> {
         let c = HfLlamaConfig::from_value(config, path)?;
         let mut spec = c.base_spec(self.name(), path)?;

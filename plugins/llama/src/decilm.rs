@@ -97,7 +97,11 @@ fn parse_ffn(f: &Value, layer: usize, hidden: usize, bias: bool, path: &Path) ->
     if flag(f, "replace_with_linear") {
         return Ok(FfnSpec::Linear);
     }
-    let size = if let Some(m) = f.get("ffn_mult").filter(|v| !v.is_null()) {
+    // An absolute width, when present, is authoritative (NVIDIA's own Puzzle code writes it;
+    // our exporter adds it when ffn_mult cannot express the width exactly).
+    let size = if let Some(i) = f.get("intermediate_size").and_then(Value::as_u64) {
+        i as usize
+    } else if let Some(m) = f.get("ffn_mult").filter(|v| !v.is_null()) {
         let m = m.as_f64().filter(|m| *m > 0.0).ok_or_else(|| {
             Error::config(
                 path,
@@ -105,8 +109,6 @@ fn parse_ffn(f: &Value, layer: usize, hidden: usize, bias: bool, path: &Path) ->
             )
         })?;
         ffn_mult_to_intermediate(m, hidden)
-    } else if let Some(i) = f.get("intermediate_size").and_then(Value::as_u64) {
-        i as usize
     } else {
         return Err(Error::config(
             path,
@@ -143,6 +145,15 @@ impl Family for DeciLmFamily {
                 Some("nemotron-nas" | "deci")
             ),
         }
+    }
+
+    fn child_config(
+        &self,
+        parent_config: &serde_json::Value,
+        child: &ModelSpec,
+        dtype: &str,
+    ) -> Result<(serde_json::Value, Vec<String>)> {
+        crate::decilm::child_config(parent_config, child, dtype)
     }
 
     fn parse_config(&self, config: &Value, path: &Path) -> Result<ModelSpec> {
@@ -184,6 +195,105 @@ impl Family for DeciLmFamily {
             .collect::<Result<_>>()?;
         Ok(spec)
     }
+}
+
+/// The DeciLM `config.json` of a (heterogeneous) child of a Llama-family parent, and the
+/// serving caveats that apply to it. `parent_config` is the parent's `config.json`: everything
+/// that is not per-layer (RoPE, vocabulary, special tokens, norms) is kept from it.
+pub fn child_config(
+    parent_config: &Value,
+    child: &ModelSpec,
+    dtype: &str,
+) -> Result<(Value, Vec<String>)> {
+    let mut c = parent_config.clone();
+    let o = c
+        .as_object_mut()
+        .ok_or_else(|| Error::invalid("the parent config.json is not an object"))?;
+    for k in ["layer_types", "auto_map", "quantization_config"] {
+        o.remove(k);
+    }
+    let h = child.hidden_size;
+    let heads = child.num_attention_heads;
+    let mut warnings = Vec::new();
+    let mut blocks = Vec::new();
+    let mut has_linear = false;
+    for (i, l) in child.layers.iter().enumerate() {
+        let attention = match &l.attention {
+            AttentionSpec::Gqa { num_kv_heads, .. } => serde_json::json!({
+                "n_heads_in_group": heads / num_kv_heads, "no_op": false, "replace_with_linear": false,
+                "sparsify": null, "num_sink_tokens": null, "unshifted_sink": false,
+                "use_prefill_window_in_sink_attention": false, "window_length": null}),
+            AttentionSpec::Linear => {
+                has_linear = true;
+                serde_json::json!({"n_heads_in_group": null, "no_op": false, "replace_with_linear": true,
+                    "sparsify": null, "num_sink_tokens": null, "unshifted_sink": false,
+                    "use_prefill_window_in_sink_attention": false, "window_length": null})
+            }
+            AttentionSpec::NoOp => serde_json::json!({"n_heads_in_group": null, "no_op": true,
+                "replace_with_linear": false, "sparsify": null, "num_sink_tokens": null,
+                "unshifted_sink": false, "use_prefill_window_in_sink_attention": false, "window_length": null}),
+        };
+        let ffn = match &l.ffn {
+            FfnSpec::SwiGlu {
+                intermediate_size, ..
+            } => {
+                let mult = intermediate_to_ffn_mult(*intermediate_size, h);
+                if ffn_mult_to_intermediate(mult, h) == *intermediate_size {
+                    serde_json::json!({"ffn_mult": mult, "no_op": false, "replace_with_linear": false, "sparsify": null})
+                } else {
+                    warnings.push(format!(
+                        "layer {i}: FFN width {intermediate_size} is not a multiple of 256; written as `intermediate_size` \
+                         (NVIDIA's absolute form) beside ffn_mult {mult:.4}, which vLLM and llama.cpp round to {}",
+                        ffn_mult_to_intermediate(mult, h)
+                    ));
+                    serde_json::json!({"ffn_mult": mult, "intermediate_size": intermediate_size, "no_op": false,
+                        "replace_with_linear": false, "sparsify": null})
+                }
+            }
+            FfnSpec::Linear => {
+                has_linear = true;
+                serde_json::json!({"ffn_mult": null, "no_op": false, "replace_with_linear": true, "sparsify": null})
+            }
+            FfnSpec::NoOp => {
+                serde_json::json!({"ffn_mult": null, "no_op": true, "replace_with_linear": false, "sparsify": null})
+            }
+        };
+        if matches!(l.ffn, FfnSpec::NoOp) && !matches!(l.attention, AttentionSpec::NoOp) {
+            warnings.push(format!(
+                "layer {i}: attention kept with a no-op FFN; llama.cpp's `deci` converter drops that attention output{}",
+                if i + 1 == child.layers.len() { " and crashes on a no-op FFN in the last layer" } else { "" }
+            ));
+        }
+        if matches!(l.ffn, FfnSpec::Linear) {
+            warnings.push(format!(
+                "layer {i}: linear FFN; llama.cpp refuses `mlp.linear_mlp.weight`"
+            ));
+        }
+        blocks.push(serde_json::json!({"attention": attention, "ffn": ffn}));
+    }
+    if has_linear {
+        warnings.push(
+            "the child has linear subblocks: vLLM's DeciLMForCausalLM does not serve them (TensorRT-LLM does)".into(),
+        );
+    }
+    if child.head_dim * heads != h {
+        warnings.push("head_dim differs from hidden_size / num_attention_heads: llama.cpp's converter refuses it".into());
+    }
+    o.insert(
+        "architectures".into(),
+        serde_json::json!(["DeciLMForCausalLM"]),
+    );
+    o.insert("model_type".into(), serde_json::json!("nemotron-nas"));
+    o.insert("intermediate_size".into(), Value::Null);
+    o.insert("num_key_value_heads".into(), Value::Null);
+    o.insert(
+        "num_hidden_layers".into(),
+        serde_json::json!(child.layers.len()),
+    );
+    o.insert("block_configs".into(), Value::Array(blocks));
+    o.insert("torch_dtype".into(), serde_json::json!(dtype));
+    o.remove("dtype");
+    Ok((c, warnings))
 }
 
 #[cfg(test)]

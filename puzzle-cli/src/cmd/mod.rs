@@ -4,5 +4,6 @@ pub mod eval;
 pub mod generate;
 pub mod import;
 pub mod inspect;
+pub mod run;
 pub mod search;
 pub mod train;

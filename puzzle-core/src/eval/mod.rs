@@ -2,6 +2,7 @@
 //! accuracy, and agreement with a reference model (KL divergence of next-token distributions,
 //! top-1 agreement, accuracy retention).
 
+pub mod speed;
 pub mod tasks;
 
 use burn::tensor::{Int, Tensor, TensorData};

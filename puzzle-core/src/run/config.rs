@@ -152,6 +152,90 @@ impl Default for SearchConfig {
     }
 }
 
+/// `[baselines]`: what Puzzle is compared with at matched measured speed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselinesConfig {
+    /// `uniform` (the same FFN width and KV heads in every layer, pruned, Minitron-style) and
+    /// `layer_removal` (drop the layers of least block influence, ShortGPT-style).
+    #[serde(default = "d_kinds")]
+    pub kinds: Vec<String>,
+}
+
+fn d_kinds() -> Vec<String> {
+    vec!["uniform".into(), "layer_removal".into()]
+}
+
+impl Default for BaselinesConfig {
+    fn default() -> Self {
+        BaselinesConfig { kinds: d_kinds() }
+    }
+}
+
+/// `[eval]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Validation sequences for loss, perplexity and KL.
+    #[serde(default = "d_eval_seqs")]
+    pub sequences: usize,
+    #[serde(default = "d_eval_len")]
+    pub seq_len: usize,
+    #[serde(default = "d_eval_batch")]
+    pub batch_size: usize,
+    /// Task files (default: those of `[score]`).
+    #[serde(default)]
+    pub tasks: Vec<PathBuf>,
+    /// Repeats of each end-to-end speed measurement (median kept).
+    #[serde(default = "d_repeats")]
+    pub speed_repeats: usize,
+}
+
+fn d_eval_seqs() -> usize {
+    64
+}
+fn d_eval_len() -> usize {
+    128
+}
+fn d_eval_batch() -> usize {
+    8
+}
+fn d_repeats() -> usize {
+    3
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            sequences: d_eval_seqs(),
+            seq_len: d_eval_len(),
+            batch_size: d_eval_batch(),
+            tasks: vec![],
+            speed_repeats: d_repeats(),
+        }
+    }
+}
+
+/// `[export]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    #[serde(default = "d_export_dtype")]
+    pub dtype: crate::weights::StoreDtype,
+}
+
+fn d_export_dtype() -> crate::weights::StoreDtype {
+    crate::weights::StoreDtype::Bf16
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            dtype: d_export_dtype(),
+        }
+    }
+}
+
 /// A whole run config. Later stages add their sections.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +255,14 @@ pub struct RunConfig {
     pub score: crate::score::ScoreConfig,
     #[serde(default)]
     pub search: SearchConfig,
+    #[serde(default)]
+    pub distill: crate::distill::DistillConfig,
+    #[serde(default)]
+    pub baselines: BaselinesConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+    #[serde(default)]
+    pub export: ExportConfig,
     /// Where the config was read from (set by `load`).
     #[serde(skip)]
     pub source: PathBuf,
@@ -193,6 +285,10 @@ impl RunConfig {
         c.parent.path = rebase(&c.parent.path);
         c.data.resolve(base);
         c.score.tasks = c.score.tasks.iter().map(|p| rebase(p)).collect();
+        c.eval.tasks = c.eval.tasks.iter().map(|p| rebase(p)).collect();
+        if c.eval.tasks.is_empty() {
+            c.eval.tasks = c.score.tasks.clone();
+        }
         c.run_dir = Some(match &c.run_dir {
             Some(d) => rebase(d),
             None => base.join("runs").join(
@@ -223,7 +319,19 @@ impl RunConfig {
             ));
         }
         self.deployment.validate()?;
-        for t in &self.score.tasks {
+        for k in &self.baselines.kinds {
+            if k != "uniform" && k != "layer_removal" {
+                return Err(Error::config(
+                    path,
+                    format!("[baselines] kind `{k}` is unknown (uniform, layer_removal)"),
+                ));
+            }
+        }
+        for c in &self.search.constraints {
+            c.parse::<crate::search::Constraint>()
+                .map_err(|e| Error::config(path, format!("[search] constraint: {e}")))?;
+        }
+        for t in self.score.tasks.iter().chain(&self.eval.tasks) {
             if !t.is_file() {
                 return Err(Error::config(
                     path,

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod config;
+pub mod pipeline;
 pub mod stages;
 
 use std::path::{Path, PathBuf};

@@ -113,7 +113,7 @@ pub fn block_table(
             let mut values = cost_values(cost_of(&blk.variant)?, costs);
             values.extend(score_values(&blk.metrics, scores));
             choices.push(TableChoice {
-                id: blk.variant.replace('+', " + "),
+                id: format!("coupled {}", blk.variant.replace('+', " + ")),
                 values,
             });
         }

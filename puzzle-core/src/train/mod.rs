@@ -1,5 +1,6 @@
 //! Training: losses, AdamW, schedules, initialisation, pretraining.
 
+pub mod checkpoint;
 pub mod init;
 pub mod loss;
 pub mod optim;

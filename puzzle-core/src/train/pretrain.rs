@@ -4,7 +4,7 @@
 //! Resumption is exact because everything a step depends on is either in the checkpoint
 //! (weights, AdamW moments, step) or a pure function of the step (batch order, learning rate).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -12,6 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::checkpoint::Checkpoint;
 use super::init::random_weights;
 use super::loss::cross_entropy;
 use super::optim::{AdamW, AdamWConfig};
@@ -22,7 +23,7 @@ use crate::fsutil;
 use crate::nn::Decoder;
 use crate::progress::Progress;
 use crate::spec::ModelSpec;
-use crate::weights::{HostTensor, SafetensorsWeights, StoreDtype, write_safetensors};
+use crate::weights::{HostTensor, SafetensorsWeights};
 
 /// Training hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,48 +166,6 @@ pub fn eval_loss(model: &Decoder, windows: &[Vec<u32>], batch: usize) -> f64 {
     sum / n.max(1) as f64
 }
 
-struct Checkpoint {
-    dir: PathBuf,
-}
-
-impl Checkpoint {
-    fn live(&self) -> PathBuf {
-        self.dir.join("checkpoint")
-    }
-
-    /// The checkpoint to resume from: the live one, or the previous one when a kill landed
-    /// between the two renames of a save.
-    fn find(&self) -> Option<PathBuf> {
-        [self.live(), self.dir.join("checkpoint.old")]
-            .into_iter()
-            .find(|d| d.join("state.json").is_file())
-    }
-
-    fn save(&self, model: &Decoder, opt: &AdamW, state: &TrainState) -> Result<()> {
-        let tmp = self.dir.join("checkpoint.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let tensors = model.tensors();
-        write_safetensors(
-            &tmp.join("model.safetensors"),
-            tensors.iter().map(|(n, t)| (n.as_str(), t)),
-            StoreDtype::F32,
-            None,
-        )?;
-        opt.save(&tmp.join("optimizer.safetensors"))?;
-        fsutil::write_json(&tmp.join("state.json"), state)?;
-        let live = self.live();
-        let old = self.dir.join("checkpoint.old");
-        let _ = std::fs::remove_dir_all(&old);
-        if live.exists() {
-            std::fs::rename(&live, &old).map_err(|e| Error::io(&live, e))?;
-        }
-        std::fs::rename(&tmp, &live).map_err(|e| Error::io(&live, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
-    }
-}
-
 /// The token windows a run trains and validates on.
 pub struct TrainData<'a> {
     /// Windows of `seq_len + 1` tokens.
@@ -241,9 +200,7 @@ pub fn pretrain(
         )));
     }
     let fingerprint = run_fingerprint(cfg, spec, data_fingerprint);
-    let ckpt = Checkpoint {
-        dir: out.to_path_buf(),
-    };
+    let ckpt = Checkpoint::new(out);
     let ad = device.clone().autodiff();
     let (mut model, mut opt, mut state) = match ckpt.find() {
         Some(dir) => {

@@ -1,0 +1,207 @@
+//! `puzzle run [CONFIG]`, `puzzle realize`, `puzzle report`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use puzzle_core::run::Run;
+use puzzle_core::run::pipeline::{ChosenSolution, precheck, run_all};
+
+use crate::{report, ui};
+
+/// Run every stage of Puzzle: bld -> cost -> score -> search -> realize -> distill ->
+/// baselines -> eval, then write the report. Each stage keeps its artifacts in the run folder
+/// and is skipped when they are already there for the same inputs: kill it at any point and run
+/// the same command again to continue.
+///
+/// Without CONFIG it runs the embedded example: the tiny parent trained on public-domain
+/// English, searched for at least 2x decode throughput on this CPU (about 15 minutes on two
+/// cores), written to runs/tiny.
+///
+/// Examples:
+///   puzzle run
+///   puzzle run examples/tiny/tiny.toml
+///   puzzle run my-run.toml --run runs/experiment-3
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run config (TOML); default: the embedded tiny example.
+    pub config: Option<PathBuf>,
+    /// Run folder (default: from the config).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Only check the config (search space, constraints, files) and exit.
+    #[arg(long)]
+    pub check: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let device = puzzle_core::device::parse_device(&a.device)?;
+    let config = match &a.config {
+        Some(c) => c.clone(),
+        None => {
+            let dir = a.run.clone().unwrap_or_else(|| PathBuf::from("runs/tiny"));
+            let c =
+                puzzle_zoo::materialize_tiny_example(&dir.join("inputs")).with_context(|| {
+                    format!(
+                        "writing the embedded example to {}",
+                        dir.join("inputs").display()
+                    )
+                })?;
+            eprintln!(
+                "embedded example: {} (run folder {})",
+                c.display(),
+                dir.display()
+            );
+            c
+        }
+    };
+    let run_dir = a
+        .run
+        .clone()
+        .or_else(|| a.config.is_none().then(|| PathBuf::from("runs/tiny")));
+    if a.check {
+        let r = Run::open(&config, run_dir.as_deref(), &device)?;
+        precheck(&r)?;
+        eprintln!("{}: ok", config.display());
+        return Ok(());
+    }
+    let mut bars = ui::Bars::new();
+    let t0 = std::time::Instant::now();
+    let summary = run_all(&config, run_dir.as_deref(), &device, &mut bars)?;
+    let dir = puzzle_core::run::config::RunConfig::load(&config)?
+        .run_dir
+        .map(|d| run_dir.clone().unwrap_or(d))
+        .context("run folder")?;
+    for w in &summary.warnings {
+        eprintln!("export warning: {w}");
+    }
+    let out = report::write(&dir, &config.display().to_string())?;
+    print_summary(&summary.eval, &summary.chosen);
+    eprintln!(
+        "done in {:.0} s; report: {}",
+        t0.elapsed().as_secs_f64(),
+        out.join("README.md").display()
+    );
+    Ok(())
+}
+
+fn print_summary(eval: &puzzle_core::run::pipeline::EvalReport, chosen: &ChosenSolution) {
+    let b = eval.batch;
+    let parent = &eval.models[0];
+    let ps = parent.speed.iter().find(|s| s.batch == b);
+    let mut t = ui::table(&[
+        "model",
+        "params",
+        "decode tok/s",
+        "vs parent",
+        "val loss",
+        "KL",
+        "task acc",
+        "retention",
+    ]);
+    for m in &eval.models {
+        let s = m.speed.iter().find(|s| s.batch == b);
+        t.add_row(vec![
+            m.name.clone(),
+            ui::count(m.params as f64),
+            s.map_or("-".into(), |s| format!("{:.1}", s.decode_throughput)),
+            match (s, ps) {
+                (Some(s), Some(p)) => format!("{:.2}x", s.decode_throughput / p.decode_throughput),
+                _ => "-".into(),
+            },
+            format!("{:.4}", m.lm.loss),
+            m.agreement
+                .as_ref()
+                .map_or("0".into(), |a| format!("{:.4}", a.kl)),
+            m.tasks
+                .first()
+                .map_or("-".into(), |(_, t)| format!("{:.1}%", 100.0 * t.acc_norm)),
+            m.retention
+                .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+        ]);
+    }
+    println!(
+        "batch {b}; search objective {} = {:.4}",
+        chosen.spec.objective.key, chosen.solution.objective
+    );
+    println!("{t}");
+}
+
+/// Write the report of a finished run: RUN/report/README.md with the quality-vs-speed
+/// frontier, the child's per-layer architecture, predicted vs measured speed and every number
+/// with the commands that produced it.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run folder.
+    pub run: PathBuf,
+}
+
+pub fn report_cmd(a: ReportArgs) -> Result<()> {
+    let cfg = a.run.join("config.toml");
+    let out = report::write(&a.run, &cfg.display().to_string())?;
+    println!("{}", out.join("README.md").display());
+    Ok(())
+}
+
+/// Assemble a child from the library and a solution and export it (DeciLM / nemotron-nas:
+/// config.json with block_configs, safetensors, the parent's tokenizer), without distillation.
+///
+/// Example: puzzle realize examples/tiny/tiny.toml --out runs/tiny/realized
+#[derive(Args, Debug)]
+pub struct RealizeArgs {
+    pub config: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A solution JSON (search/solution.json by default), or explicit per-layer choices
+    /// `attn:...+ffn:...` separated by `;`.
+    #[arg(long)]
+    pub solution: Option<String>,
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn realize_cmd(a: RealizeArgs) -> Result<()> {
+    let device = puzzle_core::device::parse_device(&a.device)?;
+    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let choices: Vec<puzzle_core::realize::LayerChoice> = match &a.solution {
+        Some(s) if s.contains("attn:") => s
+            .split(';')
+            .map(|c| c.trim().parse())
+            .collect::<puzzle_core::Result<_>>()?,
+        other => {
+            let p = other
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| r.dir.join("search/solution.json"));
+            let c: ChosenSolution = puzzle_core::fsutil::read_json(&p)?;
+            c.solution
+                .choices
+                .iter()
+                .map(|(_, id)| id.parse())
+                .collect::<puzzle_core::Result<_>>()?
+        }
+    };
+    let child = puzzle_core::realize::realize(
+        &r.parent.decoder,
+        &r.parent_weights,
+        &r.library(),
+        &choices,
+        &device,
+    )?;
+    let warnings =
+        puzzle_core::realize::export(&child, &r.config.parent.path, &a.out, r.config.export.dtype)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "wrote {} ({} parameters)",
+        a.out.display(),
+        ui::count(child.current_spec().num_params() as f64)
+    );
+    Ok(())
+}

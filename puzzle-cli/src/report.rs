@@ -1,0 +1,426 @@
+//! `puzzle report RUN`: a self-contained folder (Markdown + SVG) of what a run measured.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use puzzle_core::run::pipeline::{ChosenSolution, EvalReport, ModelEval};
+use puzzle_core::search::BlockTable;
+use puzzle_core::search::mip::{SolveOptions, solver_by_name};
+use puzzle_core::search::run::sweep;
+use puzzle_core::search::{BoundValue, Op};
+
+fn speed_at(m: &ModelEval, b: usize) -> Option<&puzzle_core::eval::speed::Speed> {
+    m.speed.iter().find(|s| s.batch == b)
+}
+
+/// Short label of a variant id for the architecture map.
+fn short(id: &str) -> String {
+    let v = id.split_once(':').map_or(id, |x| x.1);
+    if let Some(k) = v.strip_prefix("gqa(kv=") {
+        format!("kv{}", k.trim_end_matches(')'))
+    } else if let Some(w) = v.strip_prefix("width(") {
+        format!("w{}", w.trim_end_matches(')'))
+    } else if v == "noop" {
+        "—".into()
+    } else if v == "linear" {
+        "lin".into()
+    } else {
+        v.to_string()
+    }
+}
+
+fn color(id: &str, parent: &str) -> RGBColor {
+    if id == parent {
+        RGBColor(40, 70, 140)
+    } else if id.ends_with("noop") {
+        RGBColor(245, 245, 245)
+    } else if id.ends_with("linear") {
+        RGBColor(250, 200, 120)
+    } else {
+        RGBColor(120, 170, 220)
+    }
+}
+
+fn architecture_svg(path: &Path, child: &ModelEval, parent: &ModelEval) -> Result<()> {
+    let layers = child.layers.len();
+    let cell = 56;
+    let w = (layers as u32 + 2) * cell;
+    let root = SVGBackend::new(path, (w.max(400), 190)).into_drawing_area();
+    root.fill(&WHITE)?;
+    root.draw(&Text::new(
+        "Child architecture (dark: parent's own subblock)",
+        (10, 12),
+        ("sans-serif", 14),
+    ))?;
+    for (row, label) in ["attention", "FFN"].iter().enumerate() {
+        let y = 40 + row as i32 * 60;
+        root.draw(&Text::new(*label, (6, y + 20), ("sans-serif", 12)))?;
+        for l in 0..layers {
+            let parts: Vec<&str> = child.layers[l].split(" + ").collect();
+            let pparts: Vec<&str> = parent.layers[l].split(" + ").collect();
+            let (id, pid) = (
+                parts[row.min(parts.len() - 1)],
+                pparts[row.min(pparts.len() - 1)],
+            );
+            let x = 70 + l as i32 * cell as i32;
+            let c = color(id, pid);
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell as i32 - 4, y + 44)],
+                c.filled(),
+            ))?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell as i32 - 4, y + 44)],
+                BLACK.stroke_width(1),
+            ))?;
+            let text_color = if id == pid { WHITE } else { BLACK };
+            root.draw(&Text::new(
+                short(id),
+                (x + 6, y + 16),
+                ("sans-serif", 12).into_font().color(&text_color),
+            ))?;
+            if row == 1 {
+                root.draw(&Text::new(
+                    format!("L{l}"),
+                    (x + 14, y + 58),
+                    ("sans-serif", 11),
+                ))?;
+            }
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[allow(clippy::type_complexity)]
+fn frontier_svg(
+    path: &Path,
+    frontier: &[(f64, f64)],
+    points: &[(String, f64, f64)],
+    xlabel: &str,
+) -> Result<()> {
+    let root = SVGBackend::new(path, (720, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = frontier
+        .iter()
+        .map(|p| p.0)
+        .chain(points.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let ymax = frontier
+        .iter()
+        .map(|p| p.1)
+        .chain(points.iter().map(|p| p.2))
+        .fold(0.01f64, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Quality vs speed (lower KL is better)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.8f64..xmax, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc(xlabel)
+        .y_desc("KL(parent || model), nats/token")
+        .draw()?;
+    if !frontier.is_empty() {
+        chart
+            .draw_series(LineSeries::new(
+                frontier.iter().copied(),
+                BLUE.stroke_width(2),
+            ))?
+            .label("Puzzle frontier (search estimate: predicted speed, sum of block KLs)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        chart.draw_series(
+            frontier
+                .iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())),
+        )?;
+    }
+    let colors = [RED, GREEN, MAGENTA, BLACK, CYAN];
+    for (i, (name, x, y)) in points.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(
+                (*x, *y),
+                8,
+                c.filled(),
+            )))?
+            .label(format!("{name} (measured)"))
+            .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 6, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Result<()> {
+    let root = SVGBackend::new(path, (640, 380)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let ymax = bars
+        .iter()
+        .map(|b| b.1.unwrap_or(0.0).max(b.2))
+        .fold(1.0f64, f64::max)
+        * 1.2;
+    let n = bars.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{what}: predicted vs measured (x parent)"),
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            bars.get(x.floor() as usize)
+                .map(|b| b.0.clone())
+                .unwrap_or_default()
+        })
+        .y_desc("speed / parent")
+        .draw()?;
+    for (i, (_, pred, meas)) in bars.iter().enumerate() {
+        let x = i as f64;
+        if let Some(p) = pred {
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x + 0.15, 0.0), (x + 0.45, *p)],
+                BLUE.mix(0.6).filled(),
+            )))?;
+        }
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x + 0.5, 0.0), (x + 0.8, *meas)],
+            RED.mix(0.7).filled(),
+        )))?;
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (n as f64, 1.0)],
+        BLACK.stroke_width(1),
+    )))?;
+    root.draw(&Text::new(
+        "blue: predicted by the cost tables   red: measured end to end",
+        (70, 360),
+        ("sans-serif", 12),
+    ))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Writes `RUN/report/`.
+pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
+    let eval: EvalReport = puzzle_core::fsutil::read_json(&run.join("eval/report.json"))
+        .with_context(|| {
+            format!(
+                "{} has no eval/report.json: run `puzzle run` first",
+                run.display()
+            )
+        })?;
+    let chosen: ChosenSolution = puzzle_core::fsutil::read_json(&run.join("search/solution.json"))?;
+    let table = BlockTable::load(&run.join("search/table.json"))?;
+    let out = run.join("report");
+    std::fs::create_dir_all(&out)?;
+    let b = eval.batch;
+    let parent = eval
+        .models
+        .iter()
+        .find(|m| m.name == "parent")
+        .context("no parent in the eval report")?;
+    let child = eval
+        .models
+        .iter()
+        .find(|m| m.name == "child")
+        .context("no child in the eval report")?;
+    let p_speed = speed_at(parent, b).context("parent speed")?;
+    // The speed metric of the search's constraint (decode throughput unless it said otherwise).
+    let speed_key = chosen
+        .spec
+        .constraints
+        .iter()
+        .map(|c| c.key.clone())
+        .find(|k| k.starts_with("throughput@") || k.starts_with("decode_throughput@"))
+        .unwrap_or_else(|| format!("decode_throughput@b{b}"));
+    let decode = speed_key.starts_with("decode");
+    let ratio = |m: &ModelEval| {
+        speed_at(m, b).map(|s| {
+            if decode {
+                s.decode_throughput / p_speed.decode_throughput
+            } else {
+                s.throughput / p_speed.throughput
+            }
+        })
+    };
+    // Frontier: sweep the speed constraint over the table.
+    let spec = puzzle_core::search::SearchSpec {
+        objective: chosen.spec.objective.clone(),
+        constraints: vec![],
+    };
+    let values: Vec<BoundValue> = (0..12)
+        .map(|i| BoundValue::Relative(1.0 + 0.25 * i as f64))
+        .collect();
+    let solver = solver_by_name("highs").or_else(|_| solver_by_name("bnb"))?;
+    let pts = sweep(
+        &table,
+        &spec,
+        solver,
+        &SolveOptions::default(),
+        &speed_key,
+        Op::Ge,
+        &values,
+    )?;
+    let parent_speed_pred = puzzle_core::search::problem::parent_total(&table, &speed_key)?;
+    let frontier: Vec<(f64, f64)> = pts
+        .iter()
+        .filter_map(|p| {
+            p.solution
+                .as_ref()
+                .map(|s| (s.costs[&speed_key] / parent_speed_pred, s.objective))
+        })
+        .collect();
+    let measured: Vec<(String, f64, f64)> = eval
+        .models
+        .iter()
+        .filter_map(|m| {
+            Some((
+                m.name.clone(),
+                ratio(m)?,
+                m.agreement.as_ref().map_or(0.0, |a| a.kl),
+            ))
+        })
+        .collect();
+    let xlabel = format!(
+        "{} / parent (batch {b})",
+        if decode {
+            "decode tokens/s"
+        } else {
+            "generated tokens/s"
+        }
+    );
+    frontier_svg(&out.join("frontier.svg"), &frontier, &measured, &xlabel)?;
+    architecture_svg(&out.join("architecture.svg"), child, parent)?;
+    let pred_child = chosen
+        .solution
+        .costs
+        .get(&speed_key)
+        .map(|v| v / parent_speed_pred);
+    let bars: Vec<(String, Option<f64>, f64)> = eval
+        .models
+        .iter()
+        .filter(|m| m.name != "parent")
+        .filter_map(|m| {
+            Some((
+                m.name.clone(),
+                if m.name == "child" { pred_child } else { None },
+                ratio(m)?,
+            ))
+        })
+        .collect();
+    speed_svg(
+        &out.join("speed.svg"),
+        &bars,
+        if decode {
+            "decode throughput"
+        } else {
+            "throughput"
+        },
+    )?;
+
+    let mut md = String::new();
+    writeln!(md, "# Puzzle report: {}\n", run.display())?;
+    writeln!(
+        md,
+        "Every number below was measured by `puzzle run` on this machine; the commands are at the end.\n"
+    )?;
+    writeln!(
+        md,
+        "## Quality and speed (batch {b}, measured end to end)\n"
+    )?;
+    writeln!(
+        md,
+        "| model | params | weights | KV/token | throughput tok/s | decode tok/s | speed vs parent | latency ms | val loss | ppl | KL vs parent | top-1 | task acc_norm | retention |"
+    )?;
+    writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for m in &eval.models {
+        let s = speed_at(m, b);
+        let acc = m
+            .tasks
+            .iter()
+            .map(|(n, t)| format!("{n} {:.1}%", 100.0 * t.acc_norm))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            md,
+            "| {} | {:.2}M | {:.1} MB | {:.0} B | {} | {} | {} | {} | {:.4} | {:.2} | {} | {} | {} | {} |",
+            m.name,
+            m.params as f64 / 1e6,
+            m.param_bytes / 1e6,
+            m.kv_bytes_per_token,
+            s.map_or("-".into(), |s| format!("{:.1}", s.throughput)),
+            s.map_or("-".into(), |s| format!("{:.1}", s.decode_throughput)),
+            ratio(m).map_or("-".into(), |r| format!("{r:.2}x")),
+            s.map_or("-".into(), |s| format!("{:.0}", s.total_ms)),
+            m.lm.loss,
+            m.lm.perplexity,
+            m.agreement
+                .as_ref()
+                .map_or("0".into(), |a| format!("{:.4}", a.kl)),
+            m.agreement
+                .as_ref()
+                .map_or("100%".into(), |a| format!("{:.1}%", 100.0 * a.top1)),
+            if acc.is_empty() { "-".into() } else { acc },
+            m.retention
+                .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+        )?;
+    }
+    writeln!(md, "\n![quality vs speed](frontier.svg)\n")?;
+    writeln!(md, "## The child\n")?;
+    writeln!(md, "![architecture](architecture.svg)\n")?;
+    writeln!(md, "| layer | attention + FFN |\n|---|---|")?;
+    for (l, a) in child.layers.iter().enumerate() {
+        writeln!(md, "| {l} | {a} |")?;
+    }
+    writeln!(md, "\n## Predicted vs measured speed\n")?;
+    writeln!(
+        md,
+        "The search sums per-block costs; the child is then measured end to end. Rounds where the measured speed missed the target tightened the constraint:\n"
+    )?;
+    writeln!(
+        md,
+        "| round | constraint | predicted | measured |\n|---|---|---|---|"
+    )?;
+    for (i, c) in chosen.calibration.iter().enumerate() {
+        writeln!(
+            md,
+            "| {} | `{}` | {:.2}x | {:.2}x |",
+            i + 1,
+            c.constraint,
+            c.predicted_ratio,
+            c.measured_ratio
+        )?;
+    }
+    writeln!(md, "\n![speed](speed.svg)\n")?;
+    writeln!(md, "## How these numbers were made\n")?;
+    writeln!(
+        md,
+        "```sh\npuzzle run {config_used}\npuzzle report {}\n```\n",
+        run.display()
+    )?;
+    writeln!(
+        md,
+        "Artifacts: `library/` (BLD), `costs.json`, `scores.json`, `search/` (table, solution), `child/` (DeciLM export), `baselines/`, `eval/report.json`."
+    )?;
+    puzzle_core::fsutil::write_atomic(&out.join("README.md"), md.as_bytes())?;
+    Ok(out)
+}

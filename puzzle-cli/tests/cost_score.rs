@@ -1,0 +1,199 @@
+//! Cost and score stages on the tiny-llama fixture: exact zero KL for the parent's own variants,
+//! the prefix cache changes nothing but time, and analytic bytes add up to the checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use puzzle_core::bld::{BldInputs, read_library, run_bld};
+use puzzle_core::burn::tensor::Device;
+use puzzle_core::data::Split;
+use puzzle_core::progress::Silent;
+use puzzle_core::run::Run;
+use puzzle_core::run::stages::{cost_stage, score_stage};
+use puzzle_core::score::{ScoreInputs, run_score};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn link() {
+    puzzle_llama::link();
+    puzzle_cost::link();
+    puzzle_scorers::link();
+}
+
+fn setup(dir: &Path, cost_model: &str, weight_dtype: &str) -> Run {
+    link();
+    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    std::fs::write(
+        dir.join("corpus.txt"),
+        text.lines().take(3000).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"
+[parent]
+path = "{}"
+[data]
+paths = ["corpus.txt"]
+validation_fraction = 0.1
+test_fraction = 0.1
+[space]
+granularity = 32
+ffn_fractions = [0.5]
+[bld]
+tokens = 2048
+seq_len = 32
+batch_size = 4
+checkpoint_every = 100
+eval_sequences = 4
+calibration_sequences = 4
+[deployment]
+batch_sizes = [1, 2]
+prefill_len = 16
+generation_len = 8
+weight_dtype = "{weight_dtype}"
+[cost]
+model = "{cost_model}"
+[score]
+sequences = 8
+seq_len = 32
+batch_size = 4
+"#,
+        root().join("fixtures/hf/tiny-llama").display()
+    );
+    std::fs::write(dir.join("run.toml"), cfg).unwrap();
+    let run = Run::open(&dir.join("run.toml"), None, &Device::flex()).unwrap();
+    let train = run.windows(Split::Train, 32).unwrap();
+    let held = run.windows(Split::Validation, 32).unwrap();
+    let inputs = BldInputs {
+        parent_spec: &run.parent.spec,
+        parent: &run.parent.decoder,
+        parent_weights: &run.parent_weights,
+        train: &train,
+        held_out: &held,
+        provenance: run.bld_provenance(),
+        space: &run.config.space,
+    };
+    run_bld(
+        &inputs,
+        &run.config.bld,
+        &run.library(),
+        (0, 1),
+        &mut Silent,
+    )
+    .unwrap();
+    run
+}
+
+#[test]
+fn parent_variants_score_exactly_zero_kl_and_the_parent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = setup(dir.path(), "analytic", "fp32");
+    let scores = score_stage(&run, &mut Silent).unwrap();
+    let parent_loss = scores.parent["lm_loss"];
+    let mut seen = 0;
+    for e in &scores.entries {
+        if e.variant == "attn:gqa(kv=2)" || e.variant == "ffn:width(176)" {
+            assert_eq!(e.metrics["kl"], 0.0, "L{} {}", e.layer, e.variant);
+            assert_eq!(
+                e.metrics["lm_loss"], parent_loss,
+                "L{} {}",
+                e.layer, e.variant
+            );
+            assert_eq!(e.metrics["top1"], 1.0);
+            seen += 1;
+        } else {
+            assert!(e.metrics["kl"] > 0.0, "L{} {}", e.layer, e.variant);
+        }
+    }
+    assert_eq!(seen, 8);
+}
+
+#[test]
+fn prefix_cache_gives_the_same_scores_as_full_recompute() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = setup(dir.path(), "analytic", "fp32");
+    let metas = read_library(&run.library()).unwrap();
+    let windows = run.windows(Split::Validation, 32).unwrap();
+    let mut cfg = run.config.score.clone();
+    let inputs = ScoreInputs {
+        parent_spec: &run.parent.spec,
+        parent: &run.parent.decoder,
+        parent_weights: &run.parent_weights,
+        tokenizer: run.tokenizer(),
+        entries: &metas,
+        library: &run.library(),
+        windows: &windows,
+        tasks: &[],
+        provenance: Default::default(),
+    };
+    let cached = run_score(&inputs, &cfg, &mut Silent).unwrap();
+    cfg.no_prefix_cache = true;
+    let full = run_score(&inputs, &cfg, &mut Silent).unwrap();
+    eprintln!(
+        "scoring {} entries: prefix cache {:.3} s, full recompute {:.3} s ({:.2}x)",
+        metas.len(),
+        cached.seconds,
+        full.seconds,
+        full.seconds / cached.seconds
+    );
+    for (a, b) in cached.entries.iter().zip(&full.entries) {
+        for (k, v) in &a.metrics {
+            assert!(
+                (v - b.metrics[k]).abs() <= 1e-5 * v.abs().max(1.0),
+                "L{} {} {k}: {v} vs {}",
+                a.layer,
+                a.variant,
+                b.metrics[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn analytic_bytes_of_the_parent_equal_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = setup(dir.path(), "analytic", "fp32");
+    let costs = cost_stage(&run, &mut Silent).unwrap();
+    let spec = &run.parent.spec;
+    let mut total = costs.non_block.param_bytes;
+    for layer in 0..spec.layers.len() {
+        for kind in puzzle_core::variant::SubblockKind::ALL {
+            total += costs
+                .get(layer, &spec.variant_of(layer, kind).to_string())
+                .unwrap()
+                .param_bytes;
+        }
+    }
+    // The fixture is stored in f32: data bytes = file size minus the 8-byte length and header.
+    let f = run.config.parent.path.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(total as usize, bytes.len() - 8 - header);
+    // Roofline costs are ordered as the work is: the parent FFN costs more than half of it.
+    let mut c = run.config.clone();
+    c.cost.model = "roofline".into();
+    let hw = puzzle_core::deploy::HardwareProfile::resolve("h100-sxm", Path::new(".")).unwrap();
+    let ctx = puzzle_core::cost::CostContext {
+        parent: spec,
+        deploy: &c.deployment,
+        hardware: &hw,
+        device: Device::flex(),
+    };
+    let m = puzzle_core::cost::cost_model("roofline").unwrap();
+    let spec_of = |v: &str| {
+        puzzle_core::run::stages::entry_specs(
+            spec,
+            &puzzle_core::bld::EntryKey {
+                layer: 0,
+                variants: vec![v.parse().unwrap()],
+            },
+        )
+        .unwrap()
+    };
+    let full = m.entry(&ctx, 0, &spec_of("ffn:width(176)")).unwrap();
+    let half = m.entry(&ctx, 0, &spec_of("ffn:width(96)")).unwrap();
+    assert!(full.decode_ms[&1] > half.decode_ms[&1] && full.prefill_ms[&2] > half.prefill_ms[&2]);
+}

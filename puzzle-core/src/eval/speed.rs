@@ -1,0 +1,80 @@
+//! Serving speed measured end to end on the running device: a batch prefills its prompts, then
+//! generates greedily with the KV cache, exactly as `puzzle generate` does.
+
+use std::time::Instant;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{Decoder, KvCache};
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    pub batch: usize,
+    pub prefill_len: usize,
+    pub generation_len: usize,
+    /// Median milliseconds of the prefill.
+    pub prefill_ms: f64,
+    /// Median milliseconds of prefill plus generation (the latency of a request).
+    pub total_ms: f64,
+    /// Generated tokens per second over the whole request (prefill included).
+    pub throughput: f64,
+    /// Generated tokens per second of the decode steps alone.
+    pub decode_throughput: f64,
+    /// Prompt tokens per second of the prefill.
+    pub prefill_throughput: f64,
+}
+
+/// Measures `model` serving a batch of `batch` prompts of `prefill` tokens generating
+/// `generate` tokens each; median of `repeats` after one warm-up.
+pub fn measure(
+    model: &Decoder,
+    batch: usize,
+    prefill: usize,
+    generate: usize,
+    repeats: usize,
+) -> Speed {
+    let device = model.device();
+    let vocab = model.spec.vocab_size;
+    let once = || {
+        let ids: Vec<i64> = (0..batch * prefill)
+            .map(|i| (i * 7919 % vocab) as i64)
+            .collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, prefill]), &device);
+        let t0 = Instant::now();
+        let mut cache = KvCache::new(model.layers.len(), vec![0; batch]);
+        let mut logits = model.step(ids, &mut cache, true);
+        let mut next: Vec<i64> = logits
+            .clone()
+            .argmax(2)
+            .try_into_vec_as::<i64>()
+            .expect("ids");
+        let t_prefill = t0.elapsed().as_secs_f64() * 1e3;
+        for _ in 1..generate {
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
+            logits = model.step(ids, &mut cache, true);
+            next = logits
+                .clone()
+                .argmax(2)
+                .try_into_vec_as::<i64>()
+                .expect("ids");
+        }
+        (t_prefill, t0.elapsed().as_secs_f64() * 1e3)
+    };
+    once();
+    let mut runs: Vec<(f64, f64)> = (0..repeats.max(1)).map(|_| once()).collect();
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (p, t) = runs[runs.len() / 2];
+    let decode_steps = generate.saturating_sub(1).max(1) as f64;
+    Speed {
+        batch,
+        prefill_len: prefill,
+        generation_len: generate,
+        prefill_ms: p,
+        total_ms: t,
+        throughput: (batch * generate) as f64 / (t / 1e3),
+        decode_throughput: batch as f64 * decode_steps / ((t - p).max(1e-9) / 1e3),
+        prefill_throughput: (batch * prefill) as f64 / (p / 1e3),
+    }
+}

@@ -1,0 +1,72 @@
+//! Training checkpoints that survive a kill at any instant: weights, optimiser moments and a
+//! state file written into `checkpoint.tmp/`, then swapped in with renames. A kill between the
+//! renames leaves `checkpoint.old/`, which `find` falls back to.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::optim::AdamW;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::nn::Decoder;
+use crate::weights::{StoreDtype, write_safetensors};
+
+/// The checkpoint folder of a training run.
+pub struct Checkpoint {
+    dir: PathBuf,
+}
+
+impl Checkpoint {
+    /// Checkpoints under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Checkpoint {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn live(&self) -> PathBuf {
+        self.dir.join("checkpoint")
+    }
+
+    /// The checkpoint to resume from, if any.
+    pub fn find(&self) -> Option<PathBuf> {
+        [self.live(), self.dir.join("checkpoint.old")]
+            .into_iter()
+            .find(|d| d.join("state.json").is_file())
+    }
+
+    /// Reads the state of the checkpoint to resume from.
+    pub fn state<S: DeserializeOwned>(&self) -> Option<(PathBuf, Result<S>)> {
+        self.find().map(|d| {
+            let s = fsutil::read_json(&d.join("state.json"));
+            (d, s)
+        })
+    }
+
+    /// Saves a consistent checkpoint.
+    pub fn save<S: Serialize>(&self, model: &Decoder, opt: &AdamW, state: &S) -> Result<()> {
+        let tmp = self.dir.join("checkpoint.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let tensors = model.tensors();
+        write_safetensors(
+            &tmp.join("model.safetensors"),
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            StoreDtype::F32,
+            None,
+        )?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        fsutil::write_json(&tmp.join("state.json"), state)?;
+        let live = self.live();
+        let old = self.dir.join("checkpoint.old");
+        let _ = std::fs::remove_dir_all(&old);
+        if live.exists() {
+            std::fs::rename(&live, &old).map_err(|e| Error::io(&live, e))?;
+        }
+        std::fs::rename(&tmp, &live).map_err(|e| Error::io(&live, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
