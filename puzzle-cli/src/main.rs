@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 // Static plugins register themselves when linked.
 use puzzle_cost as _;
+use puzzle_example_window as _;
 use puzzle_llama as _;
 use puzzle_qwen2 as _;
 use puzzle_scorers as _;
@@ -25,6 +26,10 @@ mod ui;
 #[derive(Parser, Debug)]
 #[command(name = "puzzle", version, about, long_about, max_term_width = 100)]
 struct Cli {
+    /// Load a plugin shared library (solvers, cost models, scorers, variant catalogs) before
+    /// running the command; repeatable.
+    #[arg(long = "plugin", global = true, value_name = "PATH")]
+    plugins: Vec<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,6 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Run(cmd::run::RunArgs),
+    Plugins(cmd::plugins::PluginsArgs),
     Inspect(cmd::inspect::InspectArgs),
     Generate(cmd::generate::GenerateArgs),
     Import(cmd::import::ImportArgs),
@@ -66,7 +72,14 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    for p in &cli.plugins {
+        if let Err(e) = puzzle_core::plugin::load(p) {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
+        Command::Plugins(a) => cmd::plugins::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Realize(a) => cmd::run::realize_cmd(a),
         Command::Report(a) => cmd::run::report_cmd(a),

@@ -34,7 +34,8 @@ fn tiny_parent_spec() -> ModelSpec {
                 attention: AttentionSpec::Gqa {
                     num_kv_heads: 4,
                     qkv_bias: false,
-                    o_bias: false
+                    o_bias: false,
+                    window: None,
                 },
                 ffn: FfnSpec::SwiGlu {
                     intermediate_size: 768,
@@ -111,7 +112,7 @@ fn main() {
         flops / total / 1e9,
         100.0 * flops / total / 1e9 / gemm
     );
-    // --- profile pieces under autodiff
+    // Where the time goes: each piece forward and backward alone, one layer's worth.
     {
         use puzzle_core::nn::Subblock;
         let x = Tensor::<3>::random([b, t, 256], Distribution::Default, &ad).require_grad();
@@ -141,9 +142,15 @@ fn main() {
         let q = Tensor::<4>::random([b, 8, t, 32], Distribution::Default, &ad).require_grad();
         let k = Tensor::<4>::random([b, 4, t, 32], Distribution::Default, &ad).require_grad();
         time("sdpa", &|| {
-            puzzle_core::nn::primitives::causal_attention(q.clone(), k.clone(), k.clone(), None)
-                .swap_dims(1, 2)
-                .reshape([b, t, 256])
+            puzzle_core::nn::primitives::causal_attention(
+                q.clone(),
+                k.clone(),
+                k.clone(),
+                None,
+                None,
+            )
+            .swap_dims(1, 2)
+            .reshape([b, t, 256])
         });
         let logits = Tensor::<3>::random([b, t, 4096], Distribution::Default, &ad).require_grad();
         let tg = ids.clone().narrow(1, 1, t);
@@ -158,58 +165,5 @@ fn main() {
             (t1 - t0).as_secs_f64() * 1e3,
             t1.elapsed().as_secs_f64() * 1e3
         );
-    }
-    {
-        use puzzle_core::burn::tensor::Bool;
-        use puzzle_core::burn::tensor::activation::softmax;
-        let q = Tensor::<4>::random([b, 8, t, 32], Distribution::Default, &ad).require_grad();
-        let k = Tensor::<4>::random([b, 4, t, 32], Distribution::Default, &ad).require_grad();
-        // grouped: q [b,kv,g*t,d]
-        let mask_vals: Vec<f32> = (0..2 * t)
-            .flat_map(|r| {
-                let i = r % t;
-                (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })
-            })
-            .collect();
-        let bias = Tensor::<4>::from_data(TensorData::new(mask_vals, [1, 1, 2 * t, t]), &ad);
-        let mk: Vec<bool> = (0..2 * t)
-            .flat_map(|r| {
-                let i = r % t;
-                (0..t).map(move |j| j > i)
-            })
-            .collect();
-        let maskb = Tensor::<4, Bool>::from_data(TensorData::new(mk, [1, 1, 2 * t, t]), &ad);
-        let run = |name: &str, f: &dyn Fn() -> Tensor<4>| {
-            let _ = f().sum().backward();
-            let t0 = Instant::now();
-            let y = f();
-            let _ = y.clone().slice([0..1, 0..1, 0..1, 0..1]).into_data();
-            let t1 = Instant::now();
-            let _ = y.sum().backward();
-            println!(
-                "{name:>10}: fwd {:.1} ms, bwd {:.1} ms",
-                (t1 - t0).as_secs_f64() * 1e3,
-                t1.elapsed().as_secs_f64() * 1e3
-            );
-        };
-        let scale = 1.0 / (32f64).sqrt();
-        run("grp-bias", &|| {
-            let qg = q.clone().reshape([b, 4, 2 * t, 32]);
-            let s = qg.matmul(k.clone().swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
-            let p = softmax(s, 3);
-            p.matmul(k.clone()).reshape([b, 8, t, 32])
-        });
-        run("grp-mask", &|| {
-            let qg = q.clone().reshape([b, 4, 2 * t, 32]);
-            let s = qg
-                .matmul(k.clone().swap_dims(2, 3))
-                .mul_scalar(scale)
-                .mask_fill(maskb.clone(), f32::NEG_INFINITY);
-            let p = softmax(s, 3);
-            p.matmul(k.clone()).reshape([b, 8, t, 32])
-        });
-        run("fallback", &|| {
-            puzzle_core::nn::primitives::causal_attention(q.clone(), k.clone(), k.clone(), None)
-        });
     }
 }

@@ -19,6 +19,10 @@ pub struct Costs {
     pub param_bytes: f64,
     /// KV-cache bytes per token of one sequence.
     pub kv_bytes_per_token: f64,
+    /// KV-cache bytes of one sequence of the deployment's prefill + generation length (less
+    /// than `kv_bytes_per_token` times the length for sliding-window attention).
+    #[serde(default)]
+    pub kv_bytes_per_sequence: f64,
     /// Batch size -> milliseconds to prefill `prefill_len` tokens per sequence.
     #[serde(with = "batch_map")]
     pub prefill_ms: BTreeMap<usize, f64>,
@@ -56,6 +60,7 @@ impl Costs {
         self.params += o.params;
         self.param_bytes += o.param_bytes;
         self.kv_bytes_per_token += o.kv_bytes_per_token;
+        self.kv_bytes_per_sequence += o.kv_bytes_per_sequence;
         for (b, v) in &o.prefill_ms {
             *self.prefill_ms.entry(*b).or_default() += v;
         }
@@ -105,6 +110,7 @@ pub fn cost_models() -> Vec<&'static CostModelRegistration> {
     let mut v: Vec<_> = inventory::iter::<CostModelRegistration>
         .into_iter()
         .collect();
+    v.extend(crate::plugin::dynamic_cost_models());
     v.sort_by_key(|r| r.model.name());
     v
 }
@@ -135,8 +141,16 @@ pub fn analytic_counts(ctx: &CostContext, specs: &[SubblockSpec]) -> Result<Cost
         let p = s.params(ctx.parent);
         c.params += p;
         c.param_bytes += p as f64 * wb;
-        if let SubblockSpec::Attention(AttentionSpec::Gqa { num_kv_heads, .. }) = s {
-            c.kv_bytes_per_token += (2 * num_kv_heads * ctx.parent.head_dim) as f64 * kb;
+        if let SubblockSpec::Attention(AttentionSpec::Gqa {
+            num_kv_heads,
+            window,
+            ..
+        }) = s
+        {
+            let per_token = (2 * num_kv_heads * ctx.parent.head_dim) as f64 * kb;
+            let seq = ctx.deploy.prefill_len + ctx.deploy.generation_len;
+            c.kv_bytes_per_token += per_token;
+            c.kv_bytes_per_sequence += per_token * window.map_or(seq, |w| w.min(seq)) as f64;
         }
     }
     Ok(c)

@@ -22,6 +22,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod nn;
+pub mod plugin;
 pub mod progress;
 pub mod realize;
 pub mod run;

@@ -74,6 +74,7 @@ inventory::collect!(ScorerRegistration);
 /// Every registered scorer.
 pub fn scorers() -> Vec<&'static ScorerRegistration> {
     let mut v: Vec<_> = inventory::iter::<ScorerRegistration>.into_iter().collect();
+    v.extend(crate::plugin::dynamic_scorers());
     v.sort_by_key(|r| r.scorer.name());
     v
 }

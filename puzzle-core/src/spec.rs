@@ -85,6 +85,10 @@ pub enum AttentionSpec {
         /// Bias on o (Llama's `attention_bias`).
         #[serde(default)]
         o_bias: bool,
+        /// Sliding window: each token attends to itself and the `window - 1` before it, and
+        /// the KV cache keeps only that many positions (DeciLM's `window_length`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<usize>,
     },
     /// One `hidden x hidden` matrix: each token attends only to itself (Puzzle's linear attention).
     Linear,
@@ -145,6 +149,7 @@ impl ModelSpec {
                 num_kv_heads,
                 qkv_bias,
                 o_bias,
+                ..
             } => {
                 let kv = num_kv_heads * self.head_dim;
                 let mut n = h + h * q + 2 * h * kv + q * h;
@@ -260,6 +265,7 @@ impl ModelSpec {
                 num_kv_heads,
                 qkv_bias,
                 o_bias,
+                ..
             } => {
                 let kv = num_kv_heads * self.head_dim;
                 let mut v = vec![
@@ -396,6 +402,7 @@ pub(crate) mod tests {
                         num_kv_heads: 8,
                         qkv_bias: false,
                         o_bias: false,
+                        window: None,
                     },
                     ffn: FfnSpec::SwiGlu {
                         intermediate_size: 28672,

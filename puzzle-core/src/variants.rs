@@ -174,6 +174,7 @@ inventory::collect!(CatalogRegistration);
 /// Every registered catalog.
 pub fn catalogs() -> Vec<&'static CatalogRegistration> {
     let mut v: Vec<_> = inventory::iter::<CatalogRegistration>.into_iter().collect();
+    v.extend(crate::plugin::dynamic_catalogs());
     v.sort_by_key(|r| r.catalog.name());
     v
 }

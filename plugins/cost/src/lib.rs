@@ -91,7 +91,8 @@ mod tests {
                     attention: AttentionSpec::Gqa {
                         num_kv_heads: 8,
                         qkv_bias: false,
-                        o_bias: false
+                        o_bias: false,
+                        window: None,
                     },
                     ffn: FfnSpec::SwiGlu {
                         intermediate_size: 28672,

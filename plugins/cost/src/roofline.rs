@@ -73,10 +73,19 @@ fn groups(
     let tokens = b * new;
     let qd = (p.num_attention_heads * p.head_dim) as f64;
     match s {
-        SubblockSpec::Attention(AttentionSpec::Gqa { num_kv_heads, .. }) => {
+        SubblockSpec::Attention(AttentionSpec::Gqa {
+            num_kv_heads,
+            window,
+            ..
+        }) => {
             let kvd = (*num_kv_heads * p.head_dim) as f64;
-            // Positions attended per new token, summed (causal within the new tokens).
-            let attended = new * past + new * (new + 1.0) / 2.0;
+            // Positions attended per new token, summed (causal within the new tokens; a
+            // sliding window caps both what is attended and what the cache holds).
+            let w = window.map_or(f64::INFINITY, |w| w as f64);
+            let attended: f64 = (0..new as usize)
+                .map(|i| (past + i as f64 + 1.0).min(w))
+                .sum();
+            let past = past.min(w);
             vec![
                 norm(tokens, h, r),
                 gemm(tokens, h, qd + 2.0 * kvd, r),

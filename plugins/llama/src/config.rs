@@ -243,6 +243,7 @@ impl Family for LlamaFamily {
                     num_kv_heads: kv,
                     qkv_bias: bias,
                     o_bias: bias,
+                    window: None,
                 },
                 ffn: FfnSpec::SwiGlu {
                     intermediate_size: intermediate,

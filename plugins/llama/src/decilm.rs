@@ -43,7 +43,7 @@ fn parse_attention(
     path: &Path,
 ) -> Result<AttentionSpec> {
     let at = |msg: String| Error::config(path, format!("block_configs[{layer}].attention: {msg}"));
-    for key in ["sparsify", "window_length", "num_sink_tokens"] {
+    for key in ["sparsify", "num_sink_tokens"] {
         if a.get(key).is_some_and(|v| !v.is_null()) {
             return Err(Error::unsupported(
                 path,
@@ -77,10 +77,20 @@ fn parse_attention(
         ));
     };
     check_groups(heads, kv, &format!("block_configs[{layer}]"), path)?;
+    let window = match a.get("window_length").filter(|v| !v.is_null()) {
+        None => None,
+        Some(w) => Some(
+            w.as_u64()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| at(format!("window_length {w} is not a positive integer")))?
+                as usize,
+        ),
+    };
     Ok(AttentionSpec::Gqa {
         num_kv_heads: kv,
         qkv_bias: bias,
         o_bias: bias,
+        window,
     })
 }
 
@@ -219,10 +229,14 @@ pub fn child_config(
     let mut has_linear = false;
     for (i, l) in child.layers.iter().enumerate() {
         let attention = match &l.attention {
-            AttentionSpec::Gqa { num_kv_heads, .. } => serde_json::json!({
+            AttentionSpec::Gqa {
+                num_kv_heads,
+                window,
+                ..
+            } => serde_json::json!({
                 "n_heads_in_group": heads / num_kv_heads, "no_op": false, "replace_with_linear": false,
                 "sparsify": null, "num_sink_tokens": null, "unshifted_sink": false,
-                "use_prefill_window_in_sink_attention": false, "window_length": null}),
+                "use_prefill_window_in_sink_attention": false, "window_length": window}),
             AttentionSpec::Linear => {
                 has_linear = true;
                 serde_json::json!({"n_heads_in_group": null, "no_op": false, "replace_with_linear": true,

@@ -133,6 +133,7 @@ fn parent_kv(parent: &ModelSpec, layer: usize) -> Option<(usize, bool, bool)> {
             num_kv_heads,
             qkv_bias,
             o_bias,
+            ..
         } => Some((num_kv_heads, qkv_bias, o_bias)),
         _ => None,
     }
@@ -268,6 +269,7 @@ impl VariantCatalog for LlamaVariants {
                     num_kv_heads: k,
                     qkv_bias,
                     o_bias,
+                    window: None,
                 }))
             }
             (SubblockKind::Attention, "linear") => {

@@ -47,6 +47,7 @@ impl Family for Qwen2Family {
                     num_kv_heads: kv,
                     qkv_bias: true,
                     o_bias: false,
+                    window: None,
                 },
                 ffn: FfnSpec::SwiGlu {
                     intermediate_size: intermediate,

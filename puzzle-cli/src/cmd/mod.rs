@@ -4,6 +4,7 @@ pub mod eval;
 pub mod generate;
 pub mod import;
 pub mod inspect;
+pub mod plugins;
 pub mod run;
 pub mod search;
 pub mod train;

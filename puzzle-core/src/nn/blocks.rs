@@ -30,6 +30,16 @@ pub struct LayerKv {
 }
 
 impl LayerKv {
+    /// Drops all but the last `n` cached positions.
+    pub fn keep_last(&mut self, n: usize) {
+        for t in [&mut self.k, &mut self.v].into_iter().flatten() {
+            let len = t.dims()[2];
+            if len > n {
+                *t = t.clone().narrow(2, len - n, n);
+            }
+        }
+    }
+
     /// Appends new keys/values and returns the full ones.
     fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let k = match self.k.take() {
@@ -167,6 +177,8 @@ pub struct GqaAttention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding window (positions attended, the query included).
+    pub window: Option<usize>,
 }
 
 impl GqaAttention {
@@ -192,13 +204,35 @@ impl GqaAttention {
             .swap_dims(1, 2);
         let q = ctx.rope.apply(q);
         let k = ctx.rope.apply(k);
-        let (k, v) = match kv {
-            Some(cache) => cache.append(k, v),
-            None => (k, v),
+        let (o, cache) = match kv {
+            Some(cache) => {
+                let (k, v) = cache.append(k, v);
+                (self.attend(q, k, v, ctx), Some(cache))
+            }
+            None => (self.attend(q, k, v, ctx), None),
         };
-        let o = causal_attention(q, k, v, ctx.key_mask.clone()); // [b, nh, t, hd]
+        // A windowed layer's cache only needs the last `window - 1` positions for later steps.
+        if let (Some(w), Some(cache)) = (self.window, cache) {
+            cache.keep_last(w.saturating_sub(1));
+        }
         self.o_proj
             .forward(o.swap_dims(1, 2).reshape([b, t, nh * hd]))
+    }
+
+    /// `[b, nh, t, hd]` attention output for keys/values of any (possibly truncated) length.
+    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &ForwardCtx) -> Tensor<4> {
+        let kv_len = k.dims()[2];
+        // The padding mask covers every position since the start; a truncated cache holds the
+        // last `kv_len` of them.
+        let mask = ctx.key_mask.clone().map(|m| {
+            let total = m.dims()[3];
+            if total > kv_len {
+                m.narrow(3, total - kv_len, kv_len)
+            } else {
+                m
+            }
+        });
+        causal_attention(q, k, v, mask, self.window)
     }
 
     fn tensors(&self) -> Vec<(String, HostTensor)> {
@@ -245,6 +279,7 @@ impl AttentionBlock {
                 num_kv_heads,
                 qkv_bias,
                 o_bias,
+                window,
             } => {
                 let (nh, hd) = (spec.num_attention_heads, spec.head_dim);
                 if *num_kv_heads == 0 || nh % num_kv_heads != 0 {
@@ -271,6 +306,7 @@ impl AttentionBlock {
                     num_heads: nh,
                     num_kv_heads: *num_kv_heads,
                     head_dim: hd,
+                    window: *window,
                 })
             }
             AttentionSpec::Linear => AttentionBlock::Linear(LinearSubblock {
@@ -288,6 +324,7 @@ impl AttentionBlock {
                 num_kv_heads: g.num_kv_heads,
                 qkv_bias: g.q_proj.bias.is_some(),
                 o_bias: g.o_proj.bias.is_some(),
+                window: g.window,
             },
             AttentionBlock::Linear(_) => AttentionSpec::Linear,
             AttentionBlock::NoOp(_) => AttentionSpec::NoOp,

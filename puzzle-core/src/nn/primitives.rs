@@ -161,7 +161,8 @@ impl RopeTables {
 }
 
 /// Causal scaled-dot-product attention with `q_heads / kv_heads` query heads per KV head
-/// (head `h` reads KV head `h / group`, as transformers' `repeat_kv`).
+/// (head `h` reads KV head `h / group`, as transformers' `repeat_kv`), optionally within a
+/// sliding window of `window` positions (the query itself included).
 ///
 /// `key_mask` marks keys to ignore (left padding) with `true`. The causal mask is aligned to the
 /// end, so queries may be the last `seq` of `kv_len` positions (incremental decoding).
@@ -174,6 +175,7 @@ pub fn causal_attention(
     k: Tensor<4>,
     v: Tensor<4>,
     key_mask: Option<Tensor<4, Bool>>,
+    window: Option<usize>,
 ) -> Tensor<4> {
     let opts = AttentionModuleOptions {
         scale: None,
@@ -182,26 +184,45 @@ pub fn causal_attention(
     };
     let [b, heads, t, d] = q.dims();
     let (kv_heads, kv_len) = (k.dims()[1], k.dims()[2]);
+    let device = q.device();
+    // Keys further back than the window, as a mask `[1, 1, t, kv_len]` (query i sits at
+    // position kv_len - t + i).
+    let band = window.filter(|&w| kv_len > w || t > 1).map(|w| {
+        let m: Vec<bool> = (0..t)
+            .flat_map(|i| (0..kv_len).map(move |j| kv_len - t + i >= j + w))
+            .collect();
+        Tensor::<4, Bool>::from_data(TensorData::new(m, [1, 1, t, kv_len]), &device)
+    });
+    let mask = match (key_mask, band) {
+        (Some(a), Some(b)) => Some((a.int() + b.int()).greater_elem(0)),
+        (a, b) => a.or(b),
+    };
     if !q.is_autodiff() {
         // The fused CPU kernel handles grouped heads and the end-aligned causal mask itself.
-        return attention(q, k, v, key_mask, None, opts);
+        return attention(q, k, v, mask, None, opts);
     }
     // Under autodiff burn falls back to a decomposed attention without grouped heads. Doing
     // it ourselves with the query heads of a group stacked along the sequence axis avoids
     // copying K/V per query head and measured ~25% faster forward + backward.
-    if key_mask.is_some() || kv_len != t {
+    if mask.is_some() && (window.is_none() || kv_len != t) {
         let group = heads / kv_heads;
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
-        return attention(q, k, v, key_mask, None, opts);
+        return attention(q, k, v, mask, None, opts);
     }
     let group = heads / kv_heads;
-    let device = q.device();
     // [b, heads, t, d] -> [b, kv, group * t, d]: rows are (query head in group, position).
     let qg = q.reshape([b, kv_heads, group * t, d]);
+    let w = window.unwrap_or(usize::MAX);
     let bias: Vec<f32> = (0..group * t)
         .flat_map(|r| {
             let i = r % t;
-            (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })
+            (0..t).map(move |j| {
+                if j > i || i - j >= w {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
         })
         .collect();
     let bias = Tensor::<4>::from_data(TensorData::new(bias, [1, 1, group * t, t]), &device);
@@ -277,12 +298,45 @@ mod tests {
         let q = Tensor::<4>::random([2, 4, 6, 8], burn::tensor::Distribution::Default, &d);
         let k = Tensor::<4>::random([2, 2, 6, 8], burn::tensor::Distribution::Default, &d);
         let v = Tensor::<4>::random([2, 2, 6, 8], burn::tensor::Distribution::Default, &d);
-        let fused = causal_attention(q.clone(), k.clone(), v.clone(), None);
+        let fused = causal_attention(q.clone(), k.clone(), v.clone(), None, None);
         let ad = d.autodiff();
         let lift = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
-        let grouped = causal_attention(lift(&q), lift(&k), lift(&v), None).inner();
+        let grouped = causal_attention(lift(&q), lift(&k), lift(&v), None, None).inner();
         let diff = (fused - grouped).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn a_window_as_long_as_the_sequence_changes_nothing_and_shorter_ones_agree_everywhere() {
+        let d = dev();
+        let q = Tensor::<4>::random([1, 4, 6, 8], burn::tensor::Distribution::Default, &d);
+        let k = Tensor::<4>::random([1, 2, 6, 8], burn::tensor::Distribution::Default, &d);
+        let v = Tensor::<4>::random([1, 2, 6, 8], burn::tensor::Distribution::Default, &d);
+        let full = causal_attention(q.clone(), k.clone(), v.clone(), None, None);
+        let w6 = causal_attention(q.clone(), k.clone(), v.clone(), None, Some(6));
+        assert!((full - w6).abs().max().into_scalar::<f32>() < 1e-6);
+        // Window 2 (fused) against the differentiable path.
+        let fused = causal_attention(q.clone(), k.clone(), v.clone(), None, Some(2));
+        let ad = d.autodiff();
+        let lift = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &ad).require_grad();
+        let grouped = causal_attention(lift(&q), lift(&k), lift(&v), None, Some(2)).inner();
+        assert!((fused.clone() - grouped).abs().max().into_scalar::<f32>() < 1e-5);
+        // The last query with window 2 only sees the last two keys: decoding it alone against
+        // those keys gives the same result.
+        let last = causal_attention(
+            q.narrow(2, 5, 1),
+            k.narrow(2, 4, 2),
+            v.narrow(2, 4, 2),
+            None,
+            Some(2),
+        );
+        assert!(
+            (fused.narrow(2, 5, 1) - last)
+                .abs()
+                .max()
+                .into_scalar::<f32>()
+                < 1e-6
+        );
     }
 
     #[test]
@@ -291,8 +345,8 @@ mod tests {
         let q = Tensor::<4>::random([1, 4, 5, 8], burn::tensor::Distribution::Default, &d);
         let k = Tensor::<4>::random([1, 2, 5, 8], burn::tensor::Distribution::Default, &d);
         let v = Tensor::<4>::random([1, 2, 5, 8], burn::tensor::Distribution::Default, &d);
-        let a = causal_attention(q.clone(), k.clone(), v.clone(), None);
-        let b = causal_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), None);
+        let a = causal_attention(q.clone(), k.clone(), v.clone(), None, None);
+        let b = causal_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), None, None);
         let diff = (a - b).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-6, "{diff}");
     }

@@ -242,6 +242,9 @@ impl Default for ExportConfig {
 pub struct RunConfig {
     /// Run folder (default `runs/<config file stem>` beside the config).
     pub run_dir: Option<PathBuf>,
+    /// Dynamically loaded plugins (shared libraries), loaded before anything else.
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
     pub parent: ParentConfig,
     pub data: DataConfig,
     #[serde(default)]
@@ -283,6 +286,10 @@ impl RunConfig {
             }
         };
         c.parent.path = rebase(&c.parent.path);
+        c.plugins = c.plugins.iter().map(|p| rebase(p)).collect();
+        for p in &c.plugins {
+            crate::plugin::load(p)?;
+        }
         c.data.resolve(base);
         c.score.tasks = c.score.tasks.iter().map(|p| rebase(p)).collect();
         c.eval.tasks = c.eval.tasks.iter().map(|p| rebase(p)).collect();

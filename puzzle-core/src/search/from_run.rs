@@ -7,7 +7,7 @@
 //! - `params`, `param_bytes`, `kv_bytes_per_token`;
 //! - per deployment batch size `b`: `prefill_ms@b<b>`, `decode_ms@b<b>`, `runtime_ms@b<b>`
 //!   (prefill + generation_len decode steps), `memory_bytes@b<b>` (weights + the batch's KV
-//!   cache), and the ratios `throughput@b<b>` (generated tokens/s) and
+//!   cache, bounded by sliding windows), and the ratios `throughput@b<b>` (generated tokens/s) and
 //!   `decode_throughput@b<b>` (tokens/s of a decode step).
 
 use std::collections::BTreeMap;

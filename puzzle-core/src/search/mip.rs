@@ -197,6 +197,7 @@ inventory::collect!(SolverRegistration);
 /// Every registered solver, by name.
 pub fn solvers() -> Vec<&'static SolverRegistration> {
     let mut v: Vec<_> = inventory::iter::<SolverRegistration>.into_iter().collect();
+    v.extend(crate::plugin::dynamic_solvers());
     v.sort_by_key(|r| r.solver.name().to_string());
     v
 }

@@ -1,0 +1,401 @@
+//! Dynamically loaded plugins (`--plugin lib.so`, `plugins = [...]` in a run config): solvers,
+//! cost models, scorers over plain arrays and variant catalogs behind the stable ABI of
+//! `puzzle-plugin-abi`. Loaded plugins are adapted to the same traits as static ones and appear
+//! in the same registries; libraries stay loaded for the life of the process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use abi_stable::std_types::{RResult, RString, RVec};
+use puzzle_plugin_abi::{ABI_VERSION, NamedTensor, PluginModRef};
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{CostContext, CostModel, CostModelRegistration, Costs};
+use crate::error::{Error, Result};
+use crate::score::{Scorer, ScorerRegistration, TokenBatch};
+use crate::search::mip::{MipProblem, MipSolution, SolveOptions, Solver, SolverRegistration};
+use crate::spec::ModelSpec;
+use crate::train::loss::target_log_probs;
+use crate::variant::{SubblockKind, VariantId};
+use crate::variants::{
+    CatalogRegistration, Initialised, LayerCalibration, SpaceOptions, SubblockSpec, VariantCatalog,
+};
+use crate::weights::{HostTensor, MemoryWeights};
+
+/// What a plugin says it provides.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Provides {
+    pub name: String,
+    #[serde(default)]
+    pub solvers: Vec<String>,
+    #[serde(default)]
+    pub cost_models: Vec<String>,
+    #[serde(default)]
+    pub scorers: Vec<String>,
+    #[serde(default)]
+    pub catalogs: Vec<CatalogDesc>,
+}
+
+/// A catalog's name and variant heads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CatalogDesc {
+    pub name: String,
+    #[serde(default)]
+    pub attn: Vec<String>,
+    #[serde(default)]
+    pub ffn: Vec<String>,
+}
+
+/// A loaded plugin.
+pub struct LoadedPlugin {
+    pub path: PathBuf,
+    pub provides: Provides,
+    module: PluginModRef,
+}
+
+struct Registries {
+    plugins: Vec<&'static LoadedPlugin>,
+    solvers: Vec<&'static SolverRegistration>,
+    cost_models: Vec<&'static CostModelRegistration>,
+    scorers: Vec<&'static ScorerRegistration>,
+    catalogs: Vec<&'static CatalogRegistration>,
+}
+
+static DYNAMIC: Mutex<Registries> = Mutex::new(Registries {
+    plugins: Vec::new(),
+    solvers: Vec::new(),
+    cost_models: Vec::new(),
+    scorers: Vec::new(),
+    catalogs: Vec::new(),
+});
+
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+fn leak_str(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+fn plugin_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("plugin {}: {msg}", path.display()))
+}
+
+fn ok<T>(path: &Path, r: RResult<T, RString>) -> Result<T> {
+    match r {
+        RResult::ROk(v) => Ok(v),
+        RResult::RErr(e) => Err(plugin_err(path, e)),
+    }
+}
+
+/// Loads a plugin library and registers what it provides. Loading the same path twice returns
+/// the first load.
+pub fn load(path: &Path) -> Result<&'static LoadedPlugin> {
+    let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    if let Some(p) = DYNAMIC
+        .lock()
+        .expect("registry")
+        .plugins
+        .iter()
+        .find(|p| p.path == canon)
+    {
+        return Ok(p);
+    }
+    let header = abi_stable::library::lib_header_from_path(&canon)
+        .map_err(|e| plugin_err(&canon, format!("cannot load: {e}")))?;
+    let module: PluginModRef = header
+        .init_root_module()
+        .map_err(|e| plugin_err(&canon, format!("incompatible with this puzzle: {e}")))?;
+    let v = (module.abi_version())();
+    if v != ABI_VERSION {
+        return Err(plugin_err(
+            &canon,
+            format!(
+                "built against puzzle plugin ABI {v}, but this puzzle speaks ABI {ABI_VERSION}; rebuild it against puzzle-plugin-abi {ABI_VERSION}"
+            ),
+        ));
+    }
+    let provides: Provides = serde_json::from_str((module.describe())().as_str())
+        .map_err(|e| plugin_err(&canon, format!("describe() is not valid JSON: {e}")))?;
+    let plugin: &'static LoadedPlugin = leak(LoadedPlugin {
+        path: canon.clone(),
+        provides: provides.clone(),
+        module,
+    });
+    let provider = leak_str(&format!("{} ({})", provides.name, canon.display()));
+    let mut reg = DYNAMIC.lock().expect("registry");
+    reg.plugins.push(plugin);
+    for s in &provides.solvers {
+        let solver: &'static DynSolver = leak(DynSolver {
+            plugin,
+            name: s.clone(),
+        });
+        reg.solvers.push(leak(SolverRegistration {
+            solver,
+            provider,
+            description: "dynamically loaded",
+        }));
+    }
+    for m in &provides.cost_models {
+        let name = leak_str(m);
+        let model: &'static DynCost = leak(DynCost { plugin, name });
+        reg.cost_models.push(leak(CostModelRegistration {
+            model,
+            provider,
+            description: "dynamically loaded",
+        }));
+    }
+    for s in &provides.scorers {
+        let name = leak_str(s);
+        let scorer: &'static DynScorer = leak(DynScorer { plugin, name });
+        reg.scorers.push(leak(ScorerRegistration {
+            scorer,
+            provider,
+            description: "dynamically loaded (per-token target log-probabilities)",
+        }));
+    }
+    for c in &provides.catalogs {
+        let cat: &'static DynCatalog = leak(DynCatalog {
+            plugin,
+            name: leak_str(&c.name),
+            attn: c.attn.iter().map(|h| leak_str(h)).collect(),
+            ffn: c.ffn.iter().map(|h| leak_str(h)).collect(),
+        });
+        reg.catalogs.push(leak(CatalogRegistration {
+            catalog: cat,
+            provider,
+        }));
+    }
+    Ok(plugin)
+}
+
+/// Every loaded plugin.
+pub fn loaded() -> Vec<&'static LoadedPlugin> {
+    DYNAMIC.lock().expect("registry").plugins.clone()
+}
+
+pub(crate) fn dynamic_solvers() -> Vec<&'static SolverRegistration> {
+    DYNAMIC.lock().expect("registry").solvers.clone()
+}
+pub(crate) fn dynamic_cost_models() -> Vec<&'static CostModelRegistration> {
+    DYNAMIC.lock().expect("registry").cost_models.clone()
+}
+pub(crate) fn dynamic_scorers() -> Vec<&'static ScorerRegistration> {
+    DYNAMIC.lock().expect("registry").scorers.clone()
+}
+pub(crate) fn dynamic_catalogs() -> Vec<&'static CatalogRegistration> {
+    DYNAMIC.lock().expect("registry").catalogs.clone()
+}
+
+/// A plugin's solver.
+pub struct DynSolver {
+    plugin: &'static LoadedPlugin,
+    name: String,
+}
+
+impl Solver for DynSolver {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn solve(&self, problem: &MipProblem, options: &SolveOptions) -> Result<MipSolution> {
+        let p = self.plugin;
+        let req = serde_json::to_string(problem).map_err(|e| Error::invalid(e.to_string()))?;
+        let opt = serde_json::to_string(options).map_err(|e| Error::invalid(e.to_string()))?;
+        let out = ok(
+            &p.path,
+            (p.module.solve())(self.name.clone().into(), req.into(), opt.into()),
+        )?;
+        serde_json::from_str(out.as_str()).map_err(|e| {
+            plugin_err(
+                &p.path,
+                format!("solver `{}` returned invalid JSON: {e}", self.name),
+            )
+        })
+    }
+}
+
+/// A plugin's cost model.
+pub struct DynCost {
+    plugin: &'static LoadedPlugin,
+    name: &'static str,
+}
+
+impl DynCost {
+    fn call(
+        &self,
+        ctx: &CostContext,
+        layer: Option<usize>,
+        specs: Option<&[SubblockSpec]>,
+    ) -> Result<Costs> {
+        let p = self.plugin;
+        let req = serde_json::json!({
+            "parent": ctx.parent, "deployment": ctx.deploy, "hardware": ctx.hardware,
+            "layer": layer, "specs": specs,
+        });
+        let out = ok(
+            &p.path,
+            (p.module.cost())(self.name.into(), req.to_string().into()),
+        )?;
+        serde_json::from_str(out.as_str()).map_err(|e| {
+            plugin_err(
+                &p.path,
+                format!("cost model `{}` returned invalid JSON: {e}", self.name),
+            )
+        })
+    }
+}
+
+impl CostModel for DynCost {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn entry(&self, ctx: &CostContext, layer: usize, specs: &[SubblockSpec]) -> Result<Costs> {
+        self.call(ctx, Some(layer), Some(specs))
+    }
+    fn non_block(&self, ctx: &CostContext) -> Result<Costs> {
+        self.call(ctx, None, None)
+    }
+}
+
+/// A plugin's scorer, fed per-token target log-probabilities of the parent and the child.
+pub struct DynScorer {
+    plugin: &'static LoadedPlugin,
+    name: &'static str,
+}
+
+impl Scorer for DynScorer {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+        let flat = |logits: &burn::tensor::Tensor<3>| -> RVec<f32> {
+            target_log_probs(logits.clone(), b.targets.clone())
+                .try_into_vec_as::<f32>()
+                .expect("f32")
+                .into()
+        };
+        let p = self.plugin;
+        match (p.module.score())(
+            self.name.into(),
+            flat(b.parent_logits),
+            flat(b.child_logits),
+        ) {
+            RResult::ROk(part) => Some((part.sum, part.count)),
+            RResult::RErr(e) => {
+                // The trait has no error channel per batch: report and skip the batch.
+                eprintln!("plugin {}: scorer `{}`: {e}", p.path.display(), self.name);
+                None
+            }
+        }
+    }
+}
+
+/// A plugin's variant catalog; inits go through flat arrays.
+pub struct DynCatalog {
+    plugin: &'static LoadedPlugin,
+    name: &'static str,
+    attn: Vec<&'static str>,
+    ffn: Vec<&'static str>,
+}
+
+impl VariantCatalog for DynCatalog {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn heads(&self, kind: SubblockKind) -> Vec<&'static str> {
+        match kind {
+            SubblockKind::Attention => self.attn.clone(),
+            SubblockKind::Ffn => self.ffn.clone(),
+        }
+    }
+
+    fn enumerate(
+        &self,
+        parent: &ModelSpec,
+        layer: usize,
+        kind: SubblockKind,
+        space: &SpaceOptions,
+    ) -> Vec<VariantId> {
+        let p = self.plugin;
+        let req =
+            serde_json::json!({"parent": parent, "layer": layer, "kind": kind, "space": space});
+        match (p.module.catalog_enumerate())(self.name.into(), req.to_string().into()) {
+            RResult::ROk(s) => {
+                serde_json::from_str::<Vec<VariantId>>(s.as_str()).unwrap_or_else(|e| {
+                    eprintln!(
+                        "plugin {}: catalog `{}` returned invalid variant ids: {e}",
+                        p.path.display(),
+                        self.name
+                    );
+                    vec![]
+                })
+            }
+            RResult::RErr(e) => {
+                eprintln!("plugin {}: catalog `{}`: {e}", p.path.display(), self.name);
+                vec![]
+            }
+        }
+    }
+
+    fn spec(&self, v: &VariantId, parent: &ModelSpec) -> Result<SubblockSpec> {
+        let p = self.plugin;
+        let req = serde_json::json!({"parent": parent, "variant": v});
+        let out = ok(
+            &p.path,
+            (p.module.catalog_spec())(self.name.into(), req.to_string().into()),
+        )?;
+        serde_json::from_str(out.as_str()).map_err(|e| {
+            plugin_err(
+                &p.path,
+                format!(
+                    "catalog `{}` returned an invalid spec for {v}: {e}",
+                    self.name
+                ),
+            )
+        })
+    }
+
+    fn init(
+        &self,
+        v: &VariantId,
+        parent: &ModelSpec,
+        layer: usize,
+        w: &MemoryWeights,
+        _calib: &LayerCalibration,
+    ) -> Result<Initialised> {
+        let p = self.plugin;
+        let spec = self.spec(v, parent)?;
+        let tensors: RVec<NamedTensor> = w
+            .tensors
+            .iter()
+            .map(|(n, t)| NamedTensor {
+                name: n.as_str().into(),
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                data: t.data.clone().into(),
+            })
+            .collect();
+        let req = serde_json::json!({"parent": parent, "variant": v, "layer": layer});
+        let out = ok(
+            &p.path,
+            (p.module.catalog_init())(self.name.into(), req.to_string().into(), tensors),
+        )?;
+        let mut weights = MemoryWeights::new(format!("{} init of {v}", p.provides.name));
+        for t in out {
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            if shape.iter().product::<usize>() != t.data.len() {
+                return Err(plugin_err(
+                    &p.path,
+                    format!("init of {v}: tensor `{}` has a wrong element count", t.name),
+                ));
+            }
+            weights.insert(t.name.as_str(), HostTensor::new(shape, t.data.into_vec()));
+        }
+        Ok(Initialised {
+            spec,
+            weights,
+            method: format!("{} (plugin {})", self.name, p.provides.name),
+        })
+    }
+}
