@@ -692,6 +692,7 @@ pub fn run_bld(
             steps * cfg.batch_size * cfg.seq_len,
         )?;
         let _ = std::fs::remove_dir_all(t.key.dir(library).join("ckpt"));
+        let _ = std::fs::remove_dir_all(t.key.dir(library).join("ckpt.tmp"));
         finished += 1;
     }
     report.finished_now = finished;

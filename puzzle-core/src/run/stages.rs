@@ -120,7 +120,16 @@ pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable>
             missing[..missing.len().min(3)].join(", ")
         )));
     }
-    let library_hash = RunConfig::hash_of(&metas);
+    // What the entries are, not how long they took.
+    let timeless: Vec<_> = metas
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.seconds = 0.0;
+            m
+        })
+        .collect();
+    let library_hash = RunConfig::hash_of(&timeless);
     let prov = BTreeMap::from([
         ("parent".to_string(), run.parent_fingerprint.clone()),
         ("data".to_string(), run.data_fingerprint.clone()),

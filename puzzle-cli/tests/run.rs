@@ -1,0 +1,311 @@
+//! `puzzle run` end to end on the tiny-llama fixture: killed at least once in every stage and
+//! restarted, it ends with the same artifacts as an uninterrupted run; bad configs are refused
+//! before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    std::fs::write(
+        dir.join("corpus.txt"),
+        text.lines().take(3000).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"
+[parent]
+path = "{}"
+[data]
+paths = ["corpus.txt"]
+validation_fraction = 0.1
+test_fraction = 0.1
+[space]
+granularity = 32
+ffn_fractions = [0.5]
+[bld]
+tokens = 16384
+seq_len = 32
+batch_size = 4
+checkpoint_every = 8
+eval_sequences = 4
+calibration_sequences = 4
+[deployment]
+hardware = "h100-sxm"
+batch_sizes = [1, 4]
+prefill_len = 16
+generation_len = 8
+[cost]
+model = "roofline"
+[score]
+sequences = 4
+seq_len = 32
+batch_size = 4
+[search]
+constraints = ["params<=0.8x"]
+[distill]
+tokens = 8192
+seq_len = 32
+batch_size = 4
+checkpoint_every = 8
+[baselines]
+kinds = []
+[eval]
+sequences = 4
+seq_len = 32
+batch_size = 4
+speed_repeats = 1
+{extra}
+"#,
+        root().join("fixtures/hf/tiny-llama").display()
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn run(cfg: &Path, dir: &Path) -> std::process::Output {
+    Proc::cargo_bin("puzzle")
+        .unwrap()
+        .arg("run")
+        .arg(cfg)
+        .arg("--run")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// The artifacts that must not depend on interruptions (timings excluded).
+fn artifacts(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut walk = vec![dir.join("library")];
+    while let Some(d) = walk.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk.push(p);
+            } else if p.file_name().unwrap() == "weights.safetensors" {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    format!("{:?}", std::fs::read(&p).unwrap()),
+                ));
+            } else if p.file_name().unwrap() == "meta.json" {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                v["seconds"] = serde_json::Value::Null;
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    v.to_string(),
+                ));
+            }
+        }
+    }
+    let mut scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scores.json")).unwrap()).unwrap();
+    scores["seconds"] = serde_json::Value::Null;
+    out.push(("scores".into(), scores.to_string()));
+    out.push((
+        "costs".into(),
+        std::fs::read_to_string(dir.join("costs.json")).unwrap(),
+    ));
+    let sol: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("search/solution.json")).unwrap())
+            .unwrap();
+    out.push(("choices".into(), sol["solution"]["choices"].to_string()));
+    out.push(("objective".into(), sol["solution"]["objective"].to_string()));
+    out.push((
+        "child".into(),
+        format!(
+            "{:?}",
+            std::fs::read(dir.join("child/model.safetensors")).unwrap()
+        ),
+    ));
+    out.push((
+        "child config".into(),
+        std::fs::read_to_string(dir.join("child/config.json")).unwrap(),
+    ));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval/report.json")).unwrap())
+            .unwrap();
+    for m in eval["models"].as_array().unwrap() {
+        out.push((
+            format!("eval {}", m["name"]),
+            format!("{} {}", m["lm"], m["agreement"]),
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_in_every_stage_it_finishes_with_the_same_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let reference = dir.path().join("reference");
+    let o = run(&cfg, &reference);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(reference.join("report/README.md").is_file());
+    let want = artifacts(&reference);
+
+    // Milestones in pipeline order; each kill lands in the stage after one appears.
+    let killed = dir.path().join("killed");
+    let milestones: Vec<(&str, Box<dyn Fn(&Path) -> bool>)> = vec![
+        (
+            "bld",
+            Box::new(|d: &Path| has_file(&d.join("library"), "state.json")),
+        ),
+        (
+            "cost",
+            Box::new(|d: &Path| {
+                d.join("library").exists()
+                    && has_file(&d.join("library"), "meta.json")
+                    && !has_file(&d.join("library"), "state.json")
+            }),
+        ),
+        ("score", Box::new(|d: &Path| d.join("costs.json").exists())),
+        (
+            "search",
+            Box::new(|d: &Path| d.join("scores.json").exists()),
+        ),
+        (
+            "distill",
+            Box::new(|d: &Path| has_file(&d.join("distill"), "state.json")),
+        ),
+        (
+            "eval",
+            Box::new(|d: &Path| d.join("child/config.json").exists()),
+        ),
+    ];
+    let mut kills = Vec::new();
+    for (stage, reached) in &milestones {
+        let mut child = Proc::cargo_bin("puzzle")
+            .unwrap()
+            .arg("run")
+            .arg(&cfg)
+            .arg("--run")
+            .arg(&killed)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        loop {
+            if reached(&killed) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills.push(*stage);
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success());
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "stage {stage} never reached"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(kills.len() >= 5, "kills landed in {kills:?}");
+    let o = run(&cfg, &killed);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = artifacts(&killed);
+    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&want), "different artifacts");
+    let differ: Vec<&String> = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| &a.0)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "after kills at {kills:?} these differ from an uninterrupted run: {differ:?}"
+    );
+}
+
+fn has_file(dir: &Path, name: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            has_file(&p, name)
+        } else {
+            p.file_name().is_some_and(|n| n == name)
+        }
+    })
+}
+
+#[test]
+fn bad_configs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>, &str)> = vec![
+        (
+            "unknown variant",
+            Box::new(|c: &str| {
+                c.replace(
+                    "ffn_fractions = [0.5]",
+                    "ffn_fractions = [0.5]\nextra = [\"ffn:lowrank(r=4)\"]",
+                )
+            }),
+            "ffn:lowrank(r=4)",
+        ),
+        (
+            "impossible constraint",
+            Box::new(|c: &str| c.replace("params<=0.8x", "params<=0.01x")),
+            "cannot be met",
+        ),
+        (
+            "unknown metric",
+            Box::new(|c: &str| c.replace("params<=0.8x", "speed>=2x")),
+            "unknown metric `speed`",
+        ),
+        (
+            "missing corpus",
+            Box::new(|c: &str| c.replace("corpus.txt", "nowhere.txt")),
+            "nowhere.txt",
+        ),
+        (
+            "not a llama",
+            Box::new(|c: &str| c.replace("tiny-llama\"", "not-a-llama\"")),
+            "GPT2LMHeadModel",
+        ),
+    ];
+    for (name, edit, why) in cases {
+        let sub = dir.path().join(name.replace(' ', "_"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let cfg = write_config(&sub, "");
+        let mut text = edit(&std::fs::read_to_string(&cfg).unwrap());
+        if name == "not a llama" {
+            let fake = sub.join("not-a-llama");
+            std::fs::create_dir_all(&fake).unwrap();
+            std::fs::write(
+                fake.join("config.json"),
+                r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#,
+            )
+            .unwrap();
+            text = text.replace(
+                &root().join("fixtures/hf/not-a-llama").display().to_string(),
+                &fake.display().to_string(),
+            );
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let out = sub.join("run");
+        let o = run(&cfg, &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{name}: {err}");
+        assert!(!out.join("library").exists(), "{name}: work started");
+    }
+}
