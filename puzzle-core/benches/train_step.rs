@@ -38,7 +38,7 @@ fn tiny_parent_spec() -> ModelSpec {
                     window: None,
                 },
                 ffn: FfnSpec::SwiGlu {
-                    intermediate_size: 768,
+                    intermediate_size: 1024,
                     bias: false
                 },
             };

@@ -76,10 +76,11 @@ pub fn write_tasks(path: &Path, items: &[TaskItem]) -> Result<()> {
     crate::fsutil::write_atomic(path, out.as_bytes())
 }
 
-/// Builds a cloze suite from the test split: the opening lines of a held-out passage (at least 60
-/// characters), the true next line, and `choices - 1` next lines of other held-out passages of
-/// the same corpus file (so style alone does not give the answer away) whose length is within
-/// 25% of the true one. Deterministic for a seed.
+/// Builds a cloze suite from the test split, LAMBADA-style: the opening of a held-out passage
+/// (up to a word boundary at least 60 characters in), its true continuation (the next three
+/// words), and `choices - 1` three-word continuations of other held-out passages of the same
+/// corpus file (so style alone does not give the answer away) whose length is within 25% of the
+/// true one. Deterministic for a seed.
 pub fn build_cloze(
     docs: &[Document],
     cfg: &DataConfig,
@@ -88,25 +89,36 @@ pub fn build_cloze(
     seed: u64,
 ) -> Result<Vec<TaskItem>> {
     const MIN_CONTEXT: usize = 60;
+    const WORDS: usize = 3;
     // (context, next line, source file)
     let mut candidates: Vec<(String, String, String)> = Vec::new();
     for d in docs.iter().filter(|d| d.split(cfg) == Split::Test) {
-        let lines: Vec<&str> = d.text.lines().collect();
-        let mut ctx_len = 0;
-        for k in 0..lines.len().saturating_sub(1) {
-            ctx_len += lines[k].len() + 1;
-            if ctx_len >= MIN_CONTEXT {
-                let next = lines[k + 1].trim();
-                if (20..=160).contains(&next.len()) {
-                    let file = d.origin.rsplit_once(':').map_or(d.origin.as_str(), |o| o.0);
-                    candidates.push((
-                        lines[..=k].join("\n"),
-                        format!("\n{next}"),
-                        file.to_string(),
-                    ));
+        // Context: the passage up to a word boundary at least MIN_CONTEXT characters in.
+        // Continuation: the next WORDS words of the same line, with their leading space.
+        let text = d.text.as_str();
+        let mut cut = None;
+        for (i, ch) in text.char_indices() {
+            if i >= MIN_CONTEXT && ch == ' ' {
+                let rest = &text[i..];
+                let line = rest.split('\n').next().unwrap_or("");
+                if line.split_whitespace().count() >= WORDS {
+                    cut = Some(i);
+                    break;
                 }
-                break;
             }
+        }
+        let Some(i) = cut else { continue };
+        let words: Vec<&str> = text[i..]
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .take(WORDS)
+            .collect();
+        let cont = format!(" {}", words.join(" "));
+        if cont.len() >= 8 {
+            let file = d.origin.rsplit_once(':').map_or(d.origin.as_str(), |o| o.0);
+            candidates.push((text[..i].to_string(), cont, file.to_string()));
         }
     }
     if candidates.len() < choices * 2 {
