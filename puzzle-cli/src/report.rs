@@ -113,7 +113,8 @@ fn frontier_svg(
         .map(|p| p.1)
         .chain(points.iter().map(|p| p.2))
         .fold(0.01f64, f64::max)
-        * 1.15;
+        // Head room for the legend above the data.
+        * 1.6;
     let mut chart = ChartBuilder::on(&root)
         .caption("Quality vs speed (lower KL is better)", ("sans-serif", 18))
         .margin(12)
@@ -182,14 +183,17 @@ fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Re
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            bars.get(x.floor() as usize)
-                .map(|b| b.0.clone())
-                .unwrap_or_default()
-        })
+        .x_labels(0)
         .y_desc("speed / parent")
         .draw()?;
+    for (i, (name, _, _)) in bars.iter().enumerate() {
+        let at = (i as f64 + 0.3, 0.05 * ymax);
+        chart.draw_series(std::iter::once(Text::new(
+            name.clone(),
+            at,
+            ("sans-serif", 13),
+        )))?;
+    }
     for (i, (_, pred, meas)) in bars.iter().enumerate() {
         let x = i as f64;
         if let Some(p) = pred {
@@ -307,22 +311,21 @@ pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
     );
     frontier_svg(&out.join("frontier.svg"), &frontier, &measured, &xlabel)?;
     architecture_svg(&out.join("architecture.svg"), child, parent)?;
-    let pred_child = chosen
-        .solution
-        .costs
-        .get(&speed_key)
-        .map(|v| v / parent_speed_pred);
+    // Predicted speed of any evaluated model whose layers are choices of the table.
+    let predicted = |m: &ModelEval| -> Option<f64> {
+        let idx: Option<Vec<usize>> = table
+            .groups
+            .iter()
+            .zip(&m.layers)
+            .map(|(g, id)| g.choices.iter().position(|c| &c.id == id))
+            .collect();
+        Some(table.total(&idx?, &speed_key).ok()? / parent_speed_pred)
+    };
     let bars: Vec<(String, Option<f64>, f64)> = eval
         .models
         .iter()
         .filter(|m| m.name != "parent")
-        .filter_map(|m| {
-            Some((
-                m.name.clone(),
-                if m.name == "child" { pred_child } else { None },
-                ratio(m)?,
-            ))
-        })
+        .filter_map(|m| Some((m.name.clone(), predicted(m), ratio(m)?)))
         .collect();
     speed_svg(
         &out.join("speed.svg"),
@@ -409,6 +412,15 @@ pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
             c.predicted_ratio,
             c.measured_ratio
         )?;
+    }
+    writeln!(
+        md,
+        "\nIn the evaluation (all models measured round-robin):\n"
+    )?;
+    writeln!(md, "| model | predicted | measured |\n|---|---|---|")?;
+    for (name, p, m) in &bars {
+        let p = p.map_or("-".into(), |p| format!("{p:.2}x"));
+        writeln!(md, "| {name} | {p} | {m:.2}x |")?;
     }
     writeln!(md, "\n![speed](speed.svg)\n")?;
     writeln!(md, "## How these numbers were made\n")?;

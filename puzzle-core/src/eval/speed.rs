@@ -35,46 +35,72 @@ pub fn measure(
     generate: usize,
     repeats: usize,
 ) -> Speed {
+    measure_together(&[model], batch, prefill, generate, repeats).remove(0)
+}
+
+/// Measures several models round-robin (one request each per round, `rounds` rounds after a
+/// warm-up round) so that drifts of the machine (other load, clocks) hit all of them alike;
+/// ratios between the results are far steadier than separate measurements.
+pub fn measure_together(
+    models: &[&Decoder],
+    batch: usize,
+    prefill: usize,
+    generate: usize,
+    rounds: usize,
+) -> Vec<Speed> {
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); models.len()];
+    for round in 0..=rounds.max(1) {
+        for (i, m) in models.iter().enumerate() {
+            let r = once(m, batch, prefill, generate);
+            if round > 0 {
+                runs[i].push(r);
+            }
+        }
+    }
+    runs.into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let (p, t) = v[v.len() / 2];
+            let decode_steps = generate.saturating_sub(1).max(1) as f64;
+            Speed {
+                batch,
+                prefill_len: prefill,
+                generation_len: generate,
+                prefill_ms: p,
+                total_ms: t,
+                throughput: (batch * generate) as f64 / (t / 1e3),
+                decode_throughput: batch as f64 * decode_steps / ((t - p).max(1e-9) / 1e3),
+                prefill_throughput: (batch * prefill) as f64 / (p / 1e3),
+            }
+        })
+        .collect()
+}
+
+/// One request: (prefill ms, total ms).
+fn once(model: &Decoder, batch: usize, prefill: usize, generate: usize) -> (f64, f64) {
     let device = model.device();
     let vocab = model.spec.vocab_size;
-    let once = || {
-        let ids: Vec<i64> = (0..batch * prefill)
-            .map(|i| (i * 7919 % vocab) as i64)
-            .collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, prefill]), &device);
-        let t0 = Instant::now();
-        let mut cache = KvCache::new(model.layers.len(), vec![0; batch]);
-        let mut logits = model.step(ids, &mut cache, true);
-        let mut next: Vec<i64> = logits
+    let ids: Vec<i64> = (0..batch * prefill)
+        .map(|i| (i * 7919 % vocab) as i64)
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, prefill]), &device);
+    let t0 = Instant::now();
+    let mut cache = KvCache::new(model.layers.len(), vec![0; batch]);
+    let mut logits = model.step(ids, &mut cache, true);
+    let mut next: Vec<i64> = logits
+        .clone()
+        .argmax(2)
+        .try_into_vec_as::<i64>()
+        .expect("ids");
+    let t_prefill = t0.elapsed().as_secs_f64() * 1e3;
+    for _ in 1..generate {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
+        logits = model.step(ids, &mut cache, true);
+        next = logits
             .clone()
             .argmax(2)
             .try_into_vec_as::<i64>()
             .expect("ids");
-        let t_prefill = t0.elapsed().as_secs_f64() * 1e3;
-        for _ in 1..generate {
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
-            logits = model.step(ids, &mut cache, true);
-            next = logits
-                .clone()
-                .argmax(2)
-                .try_into_vec_as::<i64>()
-                .expect("ids");
-        }
-        (t_prefill, t0.elapsed().as_secs_f64() * 1e3)
-    };
-    once();
-    let mut runs: Vec<(f64, f64)> = (0..repeats.max(1)).map(|_| once()).collect();
-    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let (p, t) = runs[runs.len() / 2];
-    let decode_steps = generate.saturating_sub(1).max(1) as f64;
-    Speed {
-        batch,
-        prefill_len: prefill,
-        generation_len: generate,
-        prefill_ms: p,
-        total_ms: t,
-        throughput: (batch * generate) as f64 / (t / 1e3),
-        decode_throughput: batch as f64 * decode_steps / ((t - p).max(1e-9) / 1e3),
-        prefill_throughput: (batch * prefill) as f64 / (p / 1e3),
     }
+    (t_prefill, t0.elapsed().as_secs_f64() * 1e3)
 }
