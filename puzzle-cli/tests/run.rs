@@ -158,7 +158,7 @@ fn killed_in_every_stage_it_finishes_with_the_same_artifacts() {
 
     // Milestones in pipeline order; each kill lands in the stage after one appears.
     let killed = dir.path().join("killed");
-    let milestones: Vec<(&str, Box<dyn Fn(&Path) -> bool>)> = vec![
+    let milestones: Vec<(&str, Milestone)> = vec![
         (
             "bld",
             Box::new(|d: &Path| has_file(&d.join("library"), "state.json")),
@@ -234,6 +234,11 @@ fn killed_in_every_stage_it_finishes_with_the_same_artifacts() {
     );
 }
 
+/// A condition on the run folder.
+type Milestone = Box<dyn Fn(&Path) -> bool>;
+/// A change to a config's text.
+type Edit = Box<dyn Fn(&str) -> String>;
+
 fn has_file(dir: &Path, name: &str) -> bool {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return false;
@@ -251,7 +256,7 @@ fn has_file(dir: &Path, name: &str) -> bool {
 #[test]
 fn bad_configs_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "unknown variant",
             Box::new(|c: &str| {
