@@ -66,12 +66,26 @@ seq_len = 128
         provenance: run.bld_provenance(),
         space: &run.config.space,
     };
-    run_bld(&inputs, &run.config.bld, &run.library(), (0, 1), &mut Silent).unwrap();
+    run_bld(
+        &inputs,
+        &run.config.bld,
+        &run.library(),
+        (0, 1),
+        &mut Silent,
+    )
+    .unwrap();
 
     // BLD lowers the held-out normalised MSE of every trained entry below its init.
     let lib = read_library(&run.library()).unwrap();
-    let trained: Vec<_> = lib.iter().filter(|e| e.source == EntrySource::Trained).collect();
-    assert_eq!(trained.len(), 6 * 7, "kv2, kv1, linear attention and 768, 512, 256, linear FFN per layer");
+    let trained: Vec<_> = lib
+        .iter()
+        .filter(|e| e.source == EntrySource::Trained)
+        .collect();
+    assert_eq!(
+        trained.len(),
+        6 * 7,
+        "kv2, kv1, linear attention and 768, 512, 256, linear FFN per layer"
+    );
     for e in &trained {
         assert!(
             e.nmse_final < e.nmse_init,
@@ -88,21 +102,45 @@ seq_len = 128
     for layer in 0..6 {
         assert_eq!(kl(layer, "attn:gqa(kv=4)"), 0.0);
         assert_eq!(kl(layer, "ffn:width(1024)"), 0.0);
-        assert_eq!(scores.get(layer, "ffn:width(1024)").unwrap()["lm_loss"], scores.parent["lm_loss"]);
+        assert_eq!(
+            scores.get(layer, "ffn:width(1024)").unwrap()["lm_loss"],
+            scores.parent["lm_loss"]
+        );
     }
     // Removing the first layer's FFN hurts more than keeping 75% of it.
-    assert!(kl(0, "ffn:noop") > kl(0, "ffn:width(768)"), "{} vs {}", kl(0, "ffn:noop"), kl(0, "ffn:width(768)"));
+    assert!(
+        kl(0, "ffn:noop") > kl(0, "ffn:width(768)"),
+        "{} vs {}",
+        kl(0, "ffn:noop"),
+        kl(0, "ffn:width(768)")
+    );
 
     // Measured costs are ordered as the work is: no-op < linear < narrow < parent.
     let costs = cost_stage(&run, &mut Silent).unwrap();
     for (b, which) in [(8usize, "prefill"), (8, "decode")] {
         let ms = |v: &str| {
             let c = costs.get(0, v).unwrap();
-            if which == "prefill" { c.prefill_ms[&b] } else { c.decode_ms[&b] }
+            if which == "prefill" {
+                c.prefill_ms[&b]
+            } else {
+                c.decode_ms[&b]
+            }
         };
-        let ffn = ["ffn:noop", "ffn:linear", "ffn:width(256)", "ffn:width(1024)"].map(ms);
-        assert!(ffn.windows(2).all(|w| w[0] < w[1]), "{which} b{b} FFN costs not increasing: {ffn:?}");
+        let ffn = [
+            "ffn:noop",
+            "ffn:linear",
+            "ffn:width(256)",
+            "ffn:width(1024)",
+        ]
+        .map(ms);
+        assert!(
+            ffn.windows(2).all(|w| w[0] < w[1]),
+            "{which} b{b} FFN costs not increasing: {ffn:?}"
+        );
         let attn = ["attn:noop", "attn:linear", "attn:gqa(kv=4)"].map(ms);
-        assert!(attn.windows(2).all(|w| w[0] < w[1]), "{which} b{b} attention costs not increasing: {attn:?}");
+        assert!(
+            attn.windows(2).all(|w| w[0] < w[1]),
+            "{which} b{b} attention costs not increasing: {attn:?}"
+        );
     }
 }
