@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use puzzle_core::bld::{BldInputs, read_library, run_bld};
+use puzzle_core::bld::read_library;
 use puzzle_core::burn::tensor::Device;
 use puzzle_core::data::Split;
 use puzzle_core::progress::Silent;
 use puzzle_core::run::Run;
+use puzzle_core::run::pipeline::bld_shard;
 use puzzle_core::run::stages::{cost_stage, score_stage};
 use puzzle_core::score::{ScoreInputs, run_score};
 
@@ -65,25 +66,7 @@ batch_size = 4
     );
     std::fs::write(dir.join("run.toml"), cfg).unwrap();
     let run = Run::open(&dir.join("run.toml"), None, &Device::flex()).unwrap();
-    let train = run.windows(Split::Train, 32).unwrap();
-    let held = run.windows(Split::Validation, 32).unwrap();
-    let inputs = BldInputs {
-        parent_spec: &run.parent.spec,
-        parent: &run.parent.decoder,
-        parent_weights: &run.parent_weights,
-        train: &train,
-        held_out: &held,
-        provenance: run.bld_provenance(),
-        space: &run.config.space,
-    };
-    run_bld(
-        &inputs,
-        &run.config.bld,
-        &run.library(),
-        (0, 1),
-        &mut Silent,
-    )
-    .unwrap();
+    bld_shard(&run, (0, 1), &mut Silent).unwrap();
     run
 }
 

@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use puzzle_core::bld::{BldInputs, EntrySource, read_library, run_bld};
+use puzzle_core::bld::{EntrySource, read_library};
 use puzzle_core::burn::tensor::Device;
-use puzzle_core::data::Split;
 use puzzle_core::progress::Silent;
 use puzzle_core::run::Run;
+use puzzle_core::run::pipeline::bld_shard;
 use puzzle_core::run::stages::{cost_stage, score_stage};
 
 fn root() -> PathBuf {
@@ -55,25 +55,7 @@ seq_len = 128
     );
     std::fs::write(dir.path().join("run.toml"), cfg).unwrap();
     let run = Run::open(&dir.path().join("run.toml"), None, &Device::flex()).unwrap();
-    let train = run.windows(Split::Train, 128).unwrap();
-    let held = run.windows(Split::Validation, 128).unwrap();
-    let inputs = BldInputs {
-        parent_spec: &run.parent.spec,
-        parent: &run.parent.decoder,
-        parent_weights: &run.parent_weights,
-        train: &train,
-        held_out: &held,
-        provenance: run.bld_provenance(),
-        space: &run.config.space,
-    };
-    run_bld(
-        &inputs,
-        &run.config.bld,
-        &run.library(),
-        (0, 1),
-        &mut Silent,
-    )
-    .unwrap();
+    bld_shard(&run, (0, 1), &mut Silent).unwrap();
 
     // BLD lowers the held-out normalised MSE of every trained entry below its init.
     let lib = read_library(&run.library()).unwrap();

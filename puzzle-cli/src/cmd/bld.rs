@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use puzzle_core::bld::{BldInputs, EntrySource, parse_shard, read_library, run_bld};
-use puzzle_core::data::Split;
+use puzzle_core::bld::{EntrySource, parse_shard, read_library};
 use puzzle_core::run::Run;
+use puzzle_core::run::pipeline::bld_shard;
 
 use crate::ui;
 
@@ -43,20 +43,8 @@ pub fn run(a: BldArgs) -> Result<()> {
         .transpose()?
         .unwrap_or((0, 1));
     let r = Run::open(&a.config, a.run.as_deref(), &device)?;
-    let cfg = &r.config.bld;
-    let train = r.windows(Split::Train, cfg.seq_len)?;
-    let held = r.windows(Split::Validation, cfg.seq_len)?;
-    let inputs = BldInputs {
-        parent_spec: &r.parent.spec,
-        parent: &r.parent.decoder,
-        parent_weights: &r.parent_weights,
-        train: &train,
-        held_out: &held,
-        provenance: r.bld_provenance(),
-        space: &r.config.space,
-    };
     let mut bars = ui::Bars::new();
-    let rep = run_bld(&inputs, cfg, &r.library(), shard, &mut bars)?;
+    let rep = bld_shard(&r, shard, &mut bars)?;
     eprintln!(
         "bld: {} entries planned, {} in this shard, {} were done, {} finished now in {:.0} s ({:.0} entry-tokens/s); library {}",
         rep.planned,

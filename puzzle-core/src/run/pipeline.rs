@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::Run;
 use super::config::RunConfig;
 use super::stages::{cost_stage, score_stage, search_table};
-use crate::bld::{BldInputs, calibrate, plan, run_bld};
+use crate::bld::{BldInputs, BldReport, calibrate, plan, run_bld};
 use crate::cost::CostTable;
 use crate::data::Split;
 use crate::distill::{DistillReport, distill};
@@ -154,6 +154,16 @@ pub fn precheck(run: &Run) -> Result<()> {
 
 /// The library: every planned entry trained.
 pub fn bld_stage(run: &Run, progress: &mut dyn Progress) -> Result<()> {
+    bld_shard(run, (0, 1), progress).map(|_| ())
+}
+
+/// Shard `i` of `n` of the library (`(0, 1)` is all of it), from the run's parent, data and
+/// config; what `puzzle bld --shard i/n` runs.
+pub fn bld_shard(
+    run: &Run,
+    shard: (usize, usize),
+    progress: &mut dyn Progress,
+) -> Result<BldReport> {
     let cfg = &run.config.bld;
     let train = run.windows(Split::Train, cfg.seq_len)?;
     let held = run.windows(Split::Validation, cfg.seq_len)?;
@@ -166,8 +176,7 @@ pub fn bld_stage(run: &Run, progress: &mut dyn Progress) -> Result<()> {
         provenance: run.bld_provenance(),
         space: &run.config.space,
     };
-    run_bld(&inputs, cfg, &run.library(), (0, 1), progress)?;
-    Ok(())
+    run_bld(&inputs, cfg, &run.library(), shard, progress)
 }
 
 fn parse_choices(sol: &SearchSolution) -> Result<Vec<LayerChoice>> {

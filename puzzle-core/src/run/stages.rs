@@ -11,16 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use super::Run;
 use super::config::RunConfig;
-use crate::bld::{EntryKey, plan, read_done};
+use crate::bld::{EntryKey, EntryMeta, plan, read_done};
 use crate::cost::{CostContext, CostEntry, CostTable, cost_model};
 use crate::data::Split;
 use crate::deploy::HardwareProfile;
 use crate::error::{Error, Result};
-use crate::eval::tasks::read_tasks;
+use crate::eval::tasks::{TaskItem, read_tasks};
 use crate::fsutil;
 use crate::nn::{Decoder, KvCache};
 use crate::progress::Progress;
-use crate::score::{ScoreInputs, ScoreTable, run_score};
+use crate::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
 use crate::search::BlockTable;
 use crate::spec::{LayerSpec, ModelSpec};
 use crate::train::init::random_weights;
@@ -143,7 +143,7 @@ pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable>
         return Ok(t);
     }
     let windows = run.windows(Split::Validation, c.score.seq_len)?;
-    let tasks: Vec<(String, Vec<crate::eval::tasks::TaskItem>)> = c
+    let tasks: Vec<(String, Vec<TaskItem>)> = c
         .score
         .tasks
         .iter()
@@ -155,20 +155,34 @@ pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable>
             Ok((p.display().to_string(), items))
         })
         .collect::<Result<_>>()?;
+    let t = score_entries(run, &metas, &windows, &tasks, prov, &c.score, progress)?;
+    fsutil::write_json(&path, &t)?;
+    Ok(t)
+}
+
+/// Replace-1-block scores of `entries` against the run's parent on `windows` and `tasks`, with
+/// `cfg` (which may differ from the run's own, e.g. to compare with the prefix cache off).
+pub fn score_entries(
+    run: &Run,
+    entries: &[EntryMeta],
+    windows: &[Vec<u32>],
+    tasks: &[(String, Vec<TaskItem>)],
+    provenance: BTreeMap<String, String>,
+    cfg: &ScoreConfig,
+    progress: &mut dyn Progress,
+) -> Result<ScoreTable> {
     let inputs = ScoreInputs {
         parent_spec: &run.parent.spec,
         parent: &run.parent.decoder,
         parent_weights: &run.parent_weights,
         tokenizer: run.tokenizer(),
-        entries: &metas,
+        entries,
         library: &run.library(),
-        windows: &windows,
-        tasks: &tasks,
-        provenance: prov,
+        windows,
+        tasks,
+        provenance,
     };
-    let t = run_score(&inputs, &c.score, progress)?;
-    fsutil::write_json(&path, &t)?;
-    Ok(t)
+    run_score(&inputs, cfg, progress)
 }
 
 /// `search/table.json` from the cost and score tables.
