@@ -212,6 +212,33 @@ fn scorer_cost_model_and_catalog_swapped_in_by_config_only() {
         "{meta}"
     );
     assert!(meta["nmse_final"].as_f64().unwrap() < meta["nmse_init"].as_f64().unwrap());
+
+    // A scorer that errors fails the stage, naming the plugin and the scorer, instead of a
+    // metric over fewer batches; the scores already written stay.
+    let refusing = dir.path().join("refusing.toml");
+    std::fs::write(
+        &refusing,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            "metrics = [\"nll_gap\", \"kl\"]",
+            "metrics = [\"kl\", \"refuses\"]",
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = puzzle(&[
+        "score",
+        refusing.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("scorer `refuses`")
+            && err.contains("on purpose")
+            && err.contains("libpuzzle_example_plugin"),
+        "{err}"
+    );
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("scores.json")).unwrap()).unwrap();
+    assert_eq!(kept["primary"], "nll_gap");
 }
 
 #[test]

@@ -268,7 +268,7 @@ impl Scorer for DynScorer {
     fn name(&self) -> &'static str {
         self.name
     }
-    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+    fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
         let flat = |logits: &burn::tensor::Tensor<3>| -> RVec<f32> {
             target_log_probs(logits.clone(), b.targets.clone())
                 .try_into_vec_as::<f32>()
@@ -281,12 +281,8 @@ impl Scorer for DynScorer {
             flat(b.parent_logits),
             flat(b.child_logits),
         ) {
-            RResult::ROk(part) => Some((part.sum, part.count)),
-            RResult::RErr(e) => {
-                // The trait has no error channel per batch: report and skip the batch.
-                eprintln!("plugin {}: scorer `{}`: {e}", p.path.display(), self.name);
-                None
-            }
+            RResult::ROk(part) => Ok(Some((part.sum, part.count))),
+            RResult::RErr(e) => Err(plugin_err(&p.path, format!("scorer `{}`: {e}", self.name))),
         }
     }
 }

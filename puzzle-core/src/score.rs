@@ -48,13 +48,15 @@ pub trait Scorer: Send + Sync + 'static {
     fn higher_is_better(&self) -> bool {
         false
     }
-    /// Contribution of one validation batch.
-    fn token_batch(&self, _b: &TokenBatch) -> Option<(f64, f64)> {
-        None
+    /// Contribution of one validation batch: (sum, count), the metric being the sums' ratio over
+    /// all batches; `None` when the scorer does not use token batches. An error fails the
+    /// scoring stage: a metric over some of the batches would look valid and not be.
+    fn token_batch(&self, _b: &TokenBatch) -> Result<Option<(f64, f64)>> {
+        Ok(None)
     }
-    /// Score from task log-likelihoods.
-    fn tasks(&self, _t: &TaskBatch) -> Option<f64> {
-        None
+    /// Score from task log-likelihoods; `None` when the scorer does not use tasks.
+    fn tasks(&self, _t: &TaskBatch) -> Result<Option<f64>> {
+        Ok(None)
     }
     /// Whether it needs task items.
     fn needs_tasks(&self) -> bool {
@@ -328,7 +330,7 @@ pub fn run_score(
                     targets: &cb.targets,
                 };
                 for (k, s) in scorers.iter().enumerate() {
-                    if let Some((a, c)) = s.token_batch(&batch) {
+                    if let Some((a, c)) = s.token_batch(&batch)? {
                         sums[k].0 += a;
                         sums[k].1 += c;
                     }
@@ -345,7 +347,7 @@ pub fn run_score(
                             items,
                             child: &child_ll,
                             parent: &task_ll_parent[ti],
-                        }) {
+                        })? {
                             vals.push(v);
                         }
                     }

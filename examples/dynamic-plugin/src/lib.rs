@@ -7,6 +7,7 @@
 //! - solver `panicky`: panics, to show that a panic in a plugin becomes an error;
 //! - cost model `flops`: latency = FLOPs / 1 TFLOP/s + bytes / 100 GB/s per subblock;
 //! - scorer `nll_gap`: mean |log p_child(target) - log p_parent(target)|;
+//! - scorer `refuses`: returns an error, to show that a scorer's error fails the stage;
 //! - catalog `magnitude`: `ffn:magnitude(n)`, FFN width pruning by weight magnitude
 //!   (`||gate_i|| * ||up_i|| * ||down[:, i]||`), no calibration data needed.
 
@@ -42,7 +43,7 @@ extern "C" fn describe() -> RString {
         "name": "example",
         "solvers": ["dfs", "panicky"],
         "cost_models": ["flops"],
-        "scorers": ["nll_gap"],
+        "scorers": ["nll_gap", "refuses"],
         "catalogs": [{"name": "magnitude", "ffn": ["magnitude"]}],
     })
     .to_string()
@@ -245,6 +246,9 @@ extern "C" fn score(
     parent: RVec<f32>,
     child: RVec<f32>,
 ) -> RResult<ScorePart, RString> {
+    if name.as_str() == "refuses" {
+        return RResult::RErr("this scorer always refuses (on purpose)".into());
+    }
     if name.as_str() != "nll_gap" {
         return unsupported("scorer", name.as_str());
     }

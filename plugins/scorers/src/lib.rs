@@ -8,6 +8,7 @@
 //! - `cosine`: mean cosine similarity of the final hidden states.
 //! - `accuracy`: multiple-choice task accuracy (acc_norm), needs `[score] tasks`.
 
+use puzzle_core::error::Result;
 use puzzle_core::eval::tasks::score_from_logliks;
 use puzzle_core::score::{Scorer, TaskBatch, TokenBatch};
 use puzzle_core::train::loss::{cross_entropy, kl_per_token};
@@ -26,10 +27,10 @@ impl Scorer for KlScorer {
     fn name(&self) -> &'static str {
         "kl"
     }
-    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+    fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
         let per = kl_per_token(b.parent_logits.clone(), b.child_logits.clone());
         let n = per.dims().iter().product::<usize>() as f64;
-        Some((per.sum().into_scalar::<f32>() as f64, n))
+        Ok(Some((per.sum().into_scalar::<f32>() as f64, n)))
     }
 }
 register!(
@@ -43,11 +44,11 @@ impl Scorer for LmLossScorer {
     fn name(&self) -> &'static str {
         "lm_loss"
     }
-    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+    fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
         let n = b.targets.dims().iter().product::<usize>() as f64;
         let l =
             cross_entropy(b.child_logits.clone(), b.targets.clone()).into_scalar::<f32>() as f64;
-        Some((l * n, n))
+        Ok(Some((l * n, n)))
     }
 }
 register!(LmLossScorer, "the child's next-token cross-entropy (nats)");
@@ -61,7 +62,7 @@ impl Scorer for Top1Scorer {
     fn higher_is_better(&self) -> bool {
         true
     }
-    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+    fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
         let same = b
             .parent_logits
             .clone()
@@ -71,7 +72,7 @@ impl Scorer for Top1Scorer {
             .sum()
             .into_scalar::<i64>();
         let n = b.targets.dims().iter().product::<usize>() as f64;
-        Some((same as f64, n))
+        Ok(Some((same as f64, n)))
     }
 }
 register!(
@@ -88,7 +89,7 @@ impl Scorer for Top5Scorer {
     fn higher_is_better(&self) -> bool {
         true
     }
-    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+    fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
         let [bs, t, v] = b.child_logits.dims();
         let k = 5.min(v);
         let parent_top = b.parent_logits.clone().argmax(2); // [b, t, 1]
@@ -98,7 +99,7 @@ impl Scorer for Top5Scorer {
             .int()
             .sum()
             .into_scalar::<i64>();
-        Some((hit as f64, (bs * t) as f64))
+        Ok(Some((hit as f64, (bs * t) as f64)))
     }
 }
 register!(
@@ -115,13 +116,13 @@ impl Scorer for CosineScorer {
     fn higher_is_better(&self) -> bool {
         true
     }
-    fn token_batch(&self, b: &TokenBatch) -> Option<(f64, f64)> {
+    fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
         let (p, c) = (b.parent_hidden.clone(), b.child_hidden.clone());
         let dot = (p.clone() * c.clone()).sum_dim(2);
         let norms = p.square().sum_dim(2).sqrt() * c.square().sum_dim(2).sqrt();
         let cos = dot / norms.add_scalar(1e-12);
         let n = cos.dims().iter().product::<usize>() as f64;
-        Some((cos.sum().into_scalar::<f32>() as f64, n))
+        Ok(Some((cos.sum().into_scalar::<f32>() as f64, n)))
     }
 }
 register!(
@@ -141,8 +142,8 @@ impl Scorer for AccuracyScorer {
     fn needs_tasks(&self) -> bool {
         true
     }
-    fn tasks(&self, t: &TaskBatch) -> Option<f64> {
-        Some(score_from_logliks(t.items, t.child).acc_norm)
+    fn tasks(&self, t: &TaskBatch) -> Result<Option<f64>> {
+        Ok(Some(score_from_logliks(t.items, t.child).acc_norm))
     }
 }
 register!(
