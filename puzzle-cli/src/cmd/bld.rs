@@ -21,6 +21,8 @@ use crate::ui;
 ///   puzzle bld examples/tiny/tiny.toml
 ///   puzzle bld run.toml --shard 3/8      # one task of a job array (e.g. SLURM_ARRAY_TASK_ID)
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(verbatim_doc_comment)]
 pub struct BldArgs {
     /// Run config (TOML).
     pub config: PathBuf,

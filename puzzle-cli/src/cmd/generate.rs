@@ -16,6 +16,8 @@ use puzzle_core::model::load_model;
 ///   puzzle generate model-zoo/smollm2/hf --prompt "The capital of France is" --greedy
 ///   puzzle generate MODEL --prompt "Once" --temperature 0.8 --top-p 0.95 --seed 7 --batch 4
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(verbatim_doc_comment)]
 pub struct GenerateArgs {
     /// Checkpoint folder with config.json, safetensors and tokenizer.json.
     pub model: PathBuf,

@@ -15,14 +15,16 @@ use crate::{report, ui};
 /// the same command again to continue.
 ///
 /// Without CONFIG it runs the embedded example: the tiny parent trained on public-domain
-/// English, searched for at least 2x decode throughput on this CPU (about 15 minutes on two
-/// cores), written to runs/tiny.
+/// English, searched for at least 2x decode throughput on this CPU (about 10 minutes on two
+/// cores after the build), written to runs/tiny.
 ///
 /// Examples:
 ///   puzzle run
 ///   puzzle run examples/tiny/tiny.toml
 ///   puzzle run my-run.toml --run runs/experiment-3
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(verbatim_doc_comment)]
 pub struct RunArgs {
     /// Run config (TOML); default: the embedded tiny example.
     pub config: Option<PathBuf>,

@@ -28,6 +28,8 @@ use crate::ui;
 ///       --constraint 'runtime_ms<=0.5x' --solutions 5 --min-diversity 8 --json
 ///   puzzle search library.json --objective kl_div --sweep 'runtime_ms<=0.3x..1x:8'
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(verbatim_doc_comment)]
 pub struct SearchArgs {
     /// Run folder or block-table JSON.
     pub source: PathBuf,

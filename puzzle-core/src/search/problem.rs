@@ -60,9 +60,16 @@ impl fmt::Display for Constraint {
         };
         match self.value {
             BoundValue::Absolute(v) => write!(f, "{}{op}{v}", self.key),
-            BoundValue::Relative(v) => write!(f, "{}{op}{v}x", self.key),
+            BoundValue::Relative(v) => write!(f, "{}{op}{}x", self.key, short_ratio(v)),
         }
     }
+}
+
+/// A ratio with at most 4 decimals (a calibrated bound is 1.6315105195045034 otherwise).
+fn short_ratio(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
 }
 
 impl FromStr for BoundValue {
@@ -266,5 +273,10 @@ mod tests {
         for bad in ["runtime_ms<0.5", "<=3", "x<=fast"] {
             assert!(bad.parse::<Constraint>().is_err(), "{bad}");
         }
+        // Shown short: whole ratios bare, calibrated ones to 4 decimals.
+        let mut c: Constraint = "decode_throughput@b1>=2x".parse().unwrap();
+        assert_eq!(c.to_string(), "decode_throughput@b1>=2x");
+        c.value = BoundValue::Relative(1.6315105195045034);
+        assert_eq!(c.to_string(), "decode_throughput@b1>=1.6315x");
     }
 }
