@@ -32,6 +32,7 @@ pub struct BldArgs {
     /// Run folder (default: from the config).
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// Device: cpu, or cuda[:N] when built with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -21,12 +21,15 @@ use crate::ui;
 /// Example: puzzle cost examples/tiny/tiny.toml --validate 3
 #[derive(Args, Debug)]
 pub struct CostArgs {
+    /// Run config (TOML); the run folder, parent, data and stage settings come from it.
     pub config: PathBuf,
+    /// Run folder (default: from the config).
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Check additivity on this many random children.
     #[arg(long)]
     pub validate: Option<usize>,
+    /// Device: cpu, or cuda[:N] when built with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -117,9 +120,12 @@ pub fn run_cost(a: CostArgs) -> Result<()> {
 /// Example: puzzle score examples/tiny/tiny.toml
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
+    /// Run config (TOML); the run folder, parent, data and stage settings come from it.
     pub config: PathBuf,
+    /// Run folder (default: from the config).
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// Device: cpu, or cuda[:N] when built with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -24,6 +24,8 @@ use crate::ui;
 ///   puzzle eval model-zoo/tiny-parent --corpus model-zoo/corpora/kjv.txt.gz \
 ///       --corpus model-zoo/corpora/shakespeare.txt.gz --tasks model-zoo/tasks/cloze.jsonl
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(verbatim_doc_comment)]
 pub struct EvalArgs {
     /// Checkpoint folder to evaluate.
     pub model: PathBuf,
@@ -33,8 +35,10 @@ pub struct EvalArgs {
     /// Corpus files (.txt, .jsonl, optionally .gz) whose validation split is used.
     #[arg(long)]
     pub corpus: Vec<PathBuf>,
+    /// Share of documents in the validation split (must match how the model was trained).
     #[arg(long, default_value_t = 0.05)]
     pub validation_fraction: f64,
+    /// Share of documents in the test split (must match how the model was trained).
     #[arg(long, default_value_t = 0.05)]
     pub test_fraction: f64,
     /// Tokens per evaluation window (default: the model's max positions, capped at 256).
@@ -55,6 +59,7 @@ pub struct EvalArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Device: cpu, or cuda[:N] when built with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -273,8 +278,10 @@ pub struct ClozeArgs {
     /// Corpus files; items come from the test split.
     #[arg(long, required = true)]
     pub corpus: Vec<PathBuf>,
+    /// Share of documents in the validation split (must match how the model was trained).
     #[arg(long, default_value_t = 0.05)]
     pub validation_fraction: f64,
+    /// Share of documents in the test split (must match how the model was trained).
     #[arg(long, default_value_t = 0.05)]
     pub test_fraction: f64,
     /// Items to build.
@@ -283,6 +290,7 @@ pub struct ClozeArgs {
     /// Choices per item (one true).
     #[arg(long, default_value_t = 4)]
     pub choices: usize,
+    /// Seed for drawing the wrong choices.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output JSONL.

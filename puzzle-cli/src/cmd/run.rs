@@ -34,6 +34,7 @@ pub struct RunArgs {
     /// Only check the config (search space, constraints, files) and exit.
     #[arg(long)]
     pub check: bool,
+    /// Device: cpu, or cuda[:N] when built with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -153,6 +154,7 @@ pub fn report_cmd(a: ReportArgs) -> Result<()> {
 /// Example: puzzle realize examples/tiny/tiny.toml --out runs/tiny/realized
 #[derive(Args, Debug)]
 pub struct RealizeArgs {
+    /// Run config (TOML); the run folder, parent, data and stage settings come from it.
     pub config: PathBuf,
     /// Output folder.
     #[arg(long)]
@@ -161,8 +163,10 @@ pub struct RealizeArgs {
     /// `attn:...+ffn:...` separated by `;`.
     #[arg(long)]
     pub solution: Option<String>,
+    /// Run folder (default: from the config).
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// Device: cpu, or cuda[:N] when built with the cuda feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -22,6 +22,8 @@ use crate::ui;
 /// Example (the tiny parent, about an hour on two cores):
 ///   puzzle train model-zoo/tiny-parent/recipe.toml --out runs/tiny-parent
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(verbatim_doc_comment)]
 pub struct TrainArgs {
     /// The recipe (TOML).
     pub recipe: PathBuf,
