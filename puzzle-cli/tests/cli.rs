@@ -40,6 +40,71 @@ fn help_lists_the_commands_and_teaches() {
 }
 
 #[test]
+fn every_argument_is_described_and_examples_stay_on_their_own_lines() {
+    let commands: &[&[&str]] = &[
+        &["run"],
+        &["bld"],
+        &["cost"],
+        &["score"],
+        &["search"],
+        &["realize"],
+        &["eval"],
+        &["train"],
+        &["generate"],
+        &["inspect"],
+        &["report"],
+        &["plugins"],
+        &["library", "show"],
+        &["import", "gguf"],
+        &["tasks", "cloze"],
+    ];
+    for c in commands {
+        let (ok, out, err) = output(puzzle().args(*c).arg("--help"));
+        assert!(ok, "{c:?}: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        // Items are listed after `Usage:` (the about text may hold indented example lines).
+        let usage = lines
+            .iter()
+            .position(|l| l.starts_with("Usage:"))
+            .unwrap_or(0);
+        for (i, l) in lines.iter().enumerate().skip(usage) {
+            let t = l.trim_start();
+            // Items are indented 2-6 columns; their wrapped descriptions 10 or more.
+            let indent = l.len() - t.len();
+            let is_item = (2..10).contains(&indent) && (t.starts_with('<') || t.starts_with('-'));
+            if !is_item || t.starts_with("-h, --help") || t.starts_with("-V") {
+                continue;
+            }
+            // Long help puts the description on the next line, short help after the name.
+            let inline = t
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            let next = lines.get(i + 1).map_or("", |n| n.trim());
+            assert!(
+                inline || (!next.is_empty() && !next.starts_with("[default")),
+                "{c:?}: `{}` has no description\n{out}",
+                t
+            );
+        }
+        for (i, l) in lines.iter().enumerate() {
+            // Joined examples look like `Examples: puzzle run puzzle run x.toml` or carry a
+            // shell continuation `\ ` in mid-line.
+            assert!(
+                l.matches("puzzle ").count() <= 1 && !l.contains("\\ "),
+                "{c:?}: examples joined into one line: `{l}`\n{out}"
+            );
+            if l.starts_with("Example") && l.trim_end().ends_with(':') {
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                assert!(
+                    next.trim_start().starts_with("puzzle "),
+                    "{c:?}: the example after `{l}` is not on its own line\n{out}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn inspect_shows_a_heterogeneous_child() {
     let (ok, out, err) = output(puzzle().args(["inspect", "fixtures/hf/tiny-decilm"]));
     assert!(ok, "{err}");
