@@ -5,19 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 use std::time::{Duration, Instant};
 
-use assert_cmd::cargo::CommandCargoExt;
+mod common;
+use common::root;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use assert_cmd::cargo::CommandCargoExt;
 
 /// A run config on the tiny-llama fixture and a slice of the Bible.
 fn config(dir: &Path) -> PathBuf {
-    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
-    let head: String = text.lines().take(3000).collect::<Vec<_>>().join("\n");
-    std::fs::write(dir.join("corpus.txt"), head).unwrap();
+    common::write_small_corpus(dir);
     let cfg = format!(
         r#"
 [parent]

@@ -1,13 +1,10 @@
 //! The `puzzle` binary end to end on the tiny fixtures: help that teaches, tables, generation,
 //! and clear errors with a non-zero exit.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::root;
 
 use assert_cmd::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn puzzle() -> Command {
     let mut c = Command::cargo_bin("puzzle").unwrap();

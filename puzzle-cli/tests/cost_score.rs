@@ -1,7 +1,10 @@
 //! Cost and score stages on the tiny-llama fixture: exact zero KL for the parent's own variants,
 //! the prefix cache changes nothing but time, and analytic bytes add up to the checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
+use common::root;
 
 use puzzle_core::bld::read_library;
 use puzzle_core::burn::tensor::Device;
@@ -9,12 +12,8 @@ use puzzle_core::data::Split;
 use puzzle_core::progress::Silent;
 use puzzle_core::run::Run;
 use puzzle_core::run::pipeline::bld_shard;
-use puzzle_core::run::stages::{cost_stage, score_stage};
-use puzzle_core::score::{ScoreInputs, run_score};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use puzzle_core::run::stages::{cost_stage, score_entries, score_stage};
+use puzzle_core::score::ScoreConfig;
 
 fn link() {
     puzzle_llama::link();
@@ -24,14 +23,7 @@ fn link() {
 
 fn setup(dir: &Path, cost_model: &str, weight_dtype: &str) -> Run {
     link();
-    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
-    std::fs::write(
-        dir.join("corpus.txt"),
-        text.lines().take(3000).collect::<Vec<_>>().join("\n"),
-    )
-    .unwrap();
+    common::write_small_corpus(dir);
     let cfg = format!(
         r#"
 [parent]
@@ -101,20 +93,21 @@ fn prefix_cache_gives_the_same_scores_as_full_recompute() {
     let metas = read_library(&run.library()).unwrap();
     let windows = run.windows(Split::Validation, 32).unwrap();
     let mut cfg = run.config.score.clone();
-    let inputs = ScoreInputs {
-        parent_spec: &run.parent.spec,
-        parent: &run.parent.decoder,
-        parent_weights: &run.parent_weights,
-        tokenizer: run.tokenizer(),
-        entries: &metas,
-        library: &run.library(),
-        windows: &windows,
-        tasks: &[],
-        provenance: Default::default(),
+    let score = |cfg: &ScoreConfig| {
+        score_entries(
+            &run,
+            &metas,
+            &windows,
+            &[],
+            Default::default(),
+            cfg,
+            &mut Silent,
+        )
+        .unwrap()
     };
-    let cached = run_score(&inputs, &cfg, &mut Silent).unwrap();
+    let cached = score(&cfg);
     cfg.no_prefix_cache = true;
-    let full = run_score(&inputs, &cfg, &mut Silent).unwrap();
+    let full = score(&cfg);
     eprintln!(
         "scoring {} entries: prefix cache {:.3} s, full recompute {:.3} s ({:.2}x)",
         metas.len(),

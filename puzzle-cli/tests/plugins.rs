@@ -5,11 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 
-use assert_cmd::cargo::CommandCargoExt;
+mod common;
+use common::root;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use assert_cmd::cargo::CommandCargoExt;
 
 /// Builds the example plugins (dev profile) and returns (example, abi-mismatch) library paths.
 fn plugins() -> (PathBuf, PathBuf) {
@@ -59,14 +58,7 @@ fn puzzle(args: &[&str]) -> (bool, String, String) {
 
 /// A run config on the tiny-llama fixture with extra TOML appended.
 fn config(dir: &Path, space: &str, extra: &str) -> PathBuf {
-    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
-    std::fs::write(
-        dir.join("corpus.txt"),
-        text.lines().take(3000).collect::<Vec<_>>().join("\n"),
-    )
-    .unwrap();
+    common::write_small_corpus(dir);
     let cfg = format!(
         r#"{extra_top}
 [parent]

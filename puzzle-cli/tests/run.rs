@@ -6,21 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::root;
+
 use assert_cmd::cargo::CommandCargoExt;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let gz = std::fs::read(root().join("model-zoo/corpora/kjv.txt.gz")).unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
-    std::fs::write(
-        dir.join("corpus.txt"),
-        text.lines().take(3000).collect::<Vec<_>>().join("\n"),
-    )
-    .unwrap();
+    common::write_small_corpus(dir);
     let cfg = format!(
         r#"
 [parent]

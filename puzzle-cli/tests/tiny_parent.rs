@@ -3,7 +3,8 @@
 //! variants score zero; an early no-op hurts more than a 75%-wide FFN; measured costs are
 //! ordered as the work is.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::root;
 
 use puzzle_core::bld::{EntrySource, read_library};
 use puzzle_core::burn::tensor::Device;
@@ -11,10 +12,6 @@ use puzzle_core::progress::Silent;
 use puzzle_core::run::Run;
 use puzzle_core::run::pipeline::bld_shard;
 use puzzle_core::run::stages::{cost_stage, score_stage};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 #[test]
 fn tiny_parent_library_costs_and_scores_behave() {

@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
 use std::time::{Duration, Instant};
 
-use assert_cmd::cargo::CommandCargoExt;
+mod common;
+use common::root;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use assert_cmd::cargo::CommandCargoExt;
 
 /// A small corpus and a micro recipe in `dir`.
 fn micro_recipe(dir: &Path, steps: usize, hidden: usize) -> PathBuf {

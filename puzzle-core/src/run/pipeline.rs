@@ -14,7 +14,6 @@ use super::Run;
 use super::config::RunConfig;
 use super::stages::{cost_stage, score_stage, search_table};
 use crate::bld::{BldInputs, BldReport, calibrate, plan, run_bld};
-use crate::cost::CostTable;
 use crate::data::Split;
 use crate::distill::{DistillReport, distill};
 use crate::error::{Error, Result};
@@ -234,7 +233,6 @@ fn measured_metric(s: &Speed, which: &str) -> f64 {
 pub fn search_stage(
     run: &Run,
     table: &BlockTable,
-    costs: &CostTable,
     scores: &ScoreTable,
     progress: &mut dyn Progress,
 ) -> Result<ChosenSolution> {
@@ -285,7 +283,6 @@ pub fn search_stage(
         }
     };
     let mut calibration = Vec::new();
-    let _ = costs;
     // The relative targets as asked, before any tightening.
     let targets: Vec<Option<f64>> = spec
         .constraints
@@ -360,23 +357,28 @@ pub fn search_stage(
         // Check speed constraints end to end (weights do not change speed: the undistilled child
         // is measured).
         let mut checks = Vec::new();
+        // Realized once per round, on the first speed constraint (there may be none).
+        let mut child: Option<Decoder> = None;
         for (i, con) in bound.constraints.iter().enumerate() {
             let (Some((which, mb)), BoundValue::Relative(target), Op::Ge) =
                 (speed_metric(&con.key), con.value, con.op)
             else {
                 continue;
             };
-            let child = realize(
-                &run.parent.decoder,
-                &run.parent_weights,
-                &run.library(),
-                &parse_choices(&sols[0])?,
-                &run.parent.decoder.device(),
-            )?;
+            if child.is_none() {
+                child = Some(realize(
+                    &run.parent.decoder,
+                    &run.parent_weights,
+                    &run.library(),
+                    &parse_choices(&sols[0])?,
+                    &run.parent.decoder.device(),
+                )?);
+            }
+            let child = child.as_ref().expect("realized just above");
             let d = &c.deployment;
             let reps = c.eval.speed_repeats.max(5);
             let both = measure_together(
-                &[&run.parent.decoder, &child],
+                &[&run.parent.decoder, child],
                 mb,
                 d.prefill_len,
                 d.generation_len,
@@ -888,7 +890,7 @@ pub fn run_all(
     let costs = cost_stage(&run, progress)?;
     let scores = score_stage(&run, progress)?;
     let table = search_table(&run, &costs, &scores)?;
-    let chosen = search_stage(&run, &table, &costs, &scores, progress)?;
+    let chosen = search_stage(&run, &table, &scores, progress)?;
     let child = realize(
         &run.parent.decoder,
         &run.parent_weights,
