@@ -157,13 +157,31 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         "two shards differ from one run"
     );
 
-    // A finished library is not retrained.
+    // A finished library is not retrained, and a checkpoint left by a kill between an
+    // entry's meta.json and the checkpoint's removal is swept (seen in CI: a half-removed
+    // ckpt/ with only weights.safetensors left).
+    let entry = std::fs::read_dir(full.join("library/L001"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("weights.safetensors").exists())
+        .unwrap()
+        .path();
+    for d in ["ckpt", "ckpt.tmp"] {
+        std::fs::create_dir_all(entry.join(d)).unwrap();
+        std::fs::copy(
+            entry.join("weights.safetensors"),
+            entry.join(d).join("weights.safetensors"),
+        )
+        .unwrap();
+    }
     let o = bld(&cfg, &full, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success() && err.contains("already trained"),
         "{err}"
     );
+    assert!(!entry.join("ckpt.tmp").exists(), "stale ckpt.tmp kept");
+    assert_eq!(snapshot(&full), reference, "the sweep changed the library");
     // Bad shard syntax.
     let o = bld(&cfg, &full, &["--shard", "2/2"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("INDEX/COUNT"));

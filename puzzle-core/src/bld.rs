@@ -450,10 +450,16 @@ pub fn run_bld(
         in_shard: mine.len(),
         ..Default::default()
     };
-    let todo: Vec<EntryKey> = mine
-        .into_iter()
-        .filter(|k| read_done(library, k, Some(&inputs.provenance)).is_none())
-        .collect();
+    let mut todo = Vec::new();
+    for k in mine {
+        if read_done(library, &k, Some(&inputs.provenance)).is_none() {
+            todo.push(k);
+        } else {
+            // A kill between an entry's meta.json and the removal of its checkpoint
+            // leaves a stale ckpt/ behind; the meta is the truth, so sweep it.
+            remove_checkpoint(&k.dir(library));
+        }
+    }
     report.already_done = report.in_shard - todo.len();
     if todo.is_empty() {
         progress.note(&format!(
@@ -691,8 +697,7 @@ pub fn run_bld(
             steps,
             steps * cfg.batch_size * cfg.seq_len,
         )?;
-        let _ = std::fs::remove_dir_all(t.key.dir(library).join("ckpt"));
-        let _ = std::fs::remove_dir_all(t.key.dir(library).join("ckpt.tmp"));
+        remove_checkpoint(&t.key.dir(library));
         finished += 1;
     }
     report.finished_now = finished;
@@ -753,6 +758,13 @@ fn held_out_nmse(
 
 fn subblock_tensors(modules: &[Subblock]) -> BTreeMap<String, HostTensor> {
     modules.iter().flat_map(|m| m.valid().tensors()).collect()
+}
+
+/// Removes an entry's training checkpoint (live and half-written); missing is fine.
+fn remove_checkpoint(entry: &Path) {
+    for d in ["ckpt", "ckpt.tmp"] {
+        let _ = std::fs::remove_dir_all(entry.join(d));
+    }
 }
 
 fn save_ckpt(library: &Path, t: &Trainee) -> Result<()> {
