@@ -166,7 +166,7 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         .find(|e| e.path().join("weights.safetensors").exists())
         .unwrap()
         .path();
-    for d in ["ckpt", "ckpt.tmp"] {
+    for d in ["ckpt", "ckpt.tmp", "ckpt.old"] {
         std::fs::create_dir_all(entry.join(d)).unwrap();
         std::fs::copy(
             entry.join("weights.safetensors"),
@@ -180,7 +180,9 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         o.status.success() && err.contains("already trained"),
         "{err}"
     );
-    assert!(!entry.join("ckpt.tmp").exists(), "stale ckpt.tmp kept");
+    for d in ["ckpt.tmp", "ckpt.old"] {
+        assert!(!entry.join(d).exists(), "stale {d} kept");
+    }
     assert_eq!(snapshot(&full), reference, "the sweep changed the library");
     // Bad shard syntax.
     let o = bld(&cfg, &full, &["--shard", "2/2"]);

@@ -539,12 +539,14 @@ pub fn run_bld(
         } else {
             EntrySource::Trained
         };
-        let ckpt = key.dir(library).join("ckpt");
-        let resumed: Option<EntryState> = fsutil::read_json::<EntryState>(&ckpt.join("state.json"))
-            .ok()
-            .filter(|s| s.fingerprint == fingerprint);
+        let resumed: Option<(PathBuf, EntryState)> = checkpoint_of(&key.dir(library))
+            .find("state.json")
+            .and_then(|d| {
+                let st = fsutil::read_json::<EntryState>(&d.join("state.json")).ok()?;
+                (st.fingerprint == fingerprint).then_some((d, st))
+            });
         let (modules, opt, state) = match (&resumed, source) {
-            (Some(st), EntrySource::Trained) => {
+            (Some((ckpt, st)), EntrySource::Trained) => {
                 let w = SafetensorsWeights::open(&ckpt.join("weights.safetensors"))?;
                 let mut m = MemoryWeights::new(ckpt.display().to_string());
                 for n in w.names() {
@@ -760,18 +762,19 @@ fn subblock_tensors(modules: &[Subblock]) -> BTreeMap<String, HostTensor> {
     modules.iter().flat_map(|m| m.valid().tensors()).collect()
 }
 
-/// Removes an entry's training checkpoint (live and half-written); missing is fine.
+/// An entry's training checkpoint (weights, optimiser moments, state), swapped in whole.
+fn checkpoint_of(entry: &Path) -> fsutil::SwappedDir {
+    fsutil::SwappedDir::new(entry.join("ckpt"))
+}
+
+/// Removes an entry's training checkpoint (live, half-written and previous); missing is fine.
 fn remove_checkpoint(entry: &Path) {
-    for d in ["ckpt", "ckpt.tmp"] {
-        let _ = std::fs::remove_dir_all(entry.join(d));
-    }
+    checkpoint_of(entry).remove();
 }
 
 fn save_ckpt(library: &Path, t: &Trainee) -> Result<()> {
-    let dir = t.key.dir(library);
-    let tmp = dir.join("ckpt.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let ckpt = checkpoint_of(&t.key.dir(library));
+    let tmp = ckpt.stage()?;
     let tensors = subblock_tensors(&t.modules);
     write_safetensors(
         &tmp.join("weights.safetensors"),
@@ -781,9 +784,7 @@ fn save_ckpt(library: &Path, t: &Trainee) -> Result<()> {
     )?;
     t.opt.save(&tmp.join("optimizer.safetensors"))?;
     fsutil::write_json(&tmp.join("state.json"), &t.state)?;
-    let live = dir.join("ckpt");
-    let _ = std::fs::remove_dir_all(&live);
-    std::fs::rename(&tmp, &live).map_err(|e| Error::io(&live, e))
+    ckpt.commit()
 }
 
 fn write_entry(

@@ -66,6 +66,64 @@ pub fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
+/// A folder replaced as a whole (a training checkpoint): the new contents are written into
+/// `<live>.tmp`, then swapped in by renames. A kill at any instant leaves the old or the new
+/// contents complete in `<live>` or `<live>.old`, which [`SwappedDir::find`] falls back to.
+pub struct SwappedDir {
+    live: PathBuf,
+}
+
+impl SwappedDir {
+    /// The swapped folder at `live`.
+    pub fn new(live: PathBuf) -> Self {
+        SwappedDir { live }
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let name = self
+            .live
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.live.with_file_name(format!("{name}.{suffix}"))
+    }
+
+    /// An empty staging folder to write the new contents into.
+    pub fn stage(&self) -> Result<PathBuf> {
+        let tmp = self.sibling("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(tmp)
+    }
+
+    /// Swaps the staged folder in; the previous contents are removed only once it is in place.
+    pub fn commit(&self) -> Result<()> {
+        let (tmp, old) = (self.sibling("tmp"), self.sibling("old"));
+        let _ = std::fs::remove_dir_all(&old);
+        if self.live.exists() {
+            std::fs::rename(&self.live, &old).map_err(|e| Error::io(&self.live, e))?;
+        }
+        std::fs::rename(&tmp, &self.live).map_err(|e| Error::io(&self.live, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// The complete folder to read: `<live>`, else `<live>.old`, whichever holds `marker`
+    /// (the file written last).
+    pub fn find(&self, marker: &str) -> Option<PathBuf> {
+        [self.live.clone(), self.sibling("old")]
+            .into_iter()
+            .find(|d| d.join(marker).is_file())
+    }
+
+    /// Removes every trace (live, staging and old); missing is fine.
+    pub fn remove(&self) {
+        for d in [self.live.clone(), self.sibling("tmp"), self.sibling("old")] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +150,33 @@ mod tests {
         std::fs::write(&p, "{ nope").unwrap();
         let e = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
         assert!(e.contains("bad.json") && e.contains("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_swapped_folder_is_found_after_a_kill_between_its_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SwappedDir::new(dir.path().join("ckpt"));
+        assert!(s.find("state.json").is_none());
+        for step in ["1", "2"] {
+            let tmp = s.stage().unwrap();
+            std::fs::write(tmp.join("state.json"), step).unwrap();
+            s.commit().unwrap();
+        }
+        let read = |s: &SwappedDir| {
+            std::fs::read_to_string(s.find("state.json").unwrap().join("state.json")).unwrap()
+        };
+        assert_eq!(read(&s), "2");
+        // A kill after the first rename of a commit: live gone, old complete, tmp complete.
+        let tmp = s.stage().unwrap();
+        std::fs::write(tmp.join("state.json"), "3").unwrap();
+        std::fs::rename(dir.path().join("ckpt"), dir.path().join("ckpt.old")).unwrap();
+        assert_eq!(read(&s), "2");
+        // A staging folder half written (no marker) is never read; the next commit recovers.
+        let tmp = s.stage().unwrap();
+        std::fs::write(tmp.join("state.json"), "4").unwrap();
+        s.commit().unwrap();
+        assert_eq!(read(&s), "4");
+        s.remove();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::optim::AdamW;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fsutil;
 use crate::nn::Decoder;
 use crate::weights::{StoreDtype, write_safetensors};
@@ -26,15 +26,13 @@ impl Checkpoint {
         }
     }
 
-    fn live(&self) -> PathBuf {
-        self.dir.join("checkpoint")
+    fn swapped(&self) -> fsutil::SwappedDir {
+        fsutil::SwappedDir::new(self.dir.join("checkpoint"))
     }
 
     /// The checkpoint to resume from, if any.
     pub fn find(&self) -> Option<PathBuf> {
-        [self.live(), self.dir.join("checkpoint.old")]
-            .into_iter()
-            .find(|d| d.join("state.json").is_file())
+        self.swapped().find("state.json")
     }
 
     /// Reads the state of the checkpoint to resume from.
@@ -47,9 +45,8 @@ impl Checkpoint {
 
     /// Saves a consistent checkpoint.
     pub fn save<S: Serialize>(&self, model: &Decoder, opt: &AdamW, state: &S) -> Result<()> {
-        let tmp = self.dir.join("checkpoint.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let swapped = self.swapped();
+        let tmp = swapped.stage()?;
         let tensors = model.tensors();
         write_safetensors(
             &tmp.join("model.safetensors"),
@@ -59,14 +56,6 @@ impl Checkpoint {
         )?;
         opt.save(&tmp.join("optimizer.safetensors"))?;
         fsutil::write_json(&tmp.join("state.json"), state)?;
-        let live = self.live();
-        let old = self.dir.join("checkpoint.old");
-        let _ = std::fs::remove_dir_all(&old);
-        if live.exists() {
-            std::fs::rename(&live, &old).map_err(|e| Error::io(&live, e))?;
-        }
-        std::fs::rename(&tmp, &live).map_err(|e| Error::io(&live, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        swapped.commit()
     }
 }
