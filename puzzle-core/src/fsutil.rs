@@ -99,8 +99,10 @@ impl SwappedDir {
     /// Swaps the staged folder in; the previous contents are removed only once it is in place.
     pub fn commit(&self) -> Result<()> {
         let (tmp, old) = (self.sibling("tmp"), self.sibling("old"));
-        let _ = std::fs::remove_dir_all(&old);
+        // Without `live` (a kill between the renames), `old` is the only complete copy: it
+        // stays until the new one is in place.
         if self.live.exists() {
+            let _ = std::fs::remove_dir_all(&old);
             std::fs::rename(&self.live, &old).map_err(|e| Error::io(&self.live, e))?;
         }
         std::fs::rename(&tmp, &self.live).map_err(|e| Error::io(&self.live, e))?;
