@@ -51,7 +51,8 @@ pub fn measure_together(
     let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); models.len()];
     for round in 0..=rounds.max(1) {
         for (i, m) in models.iter().enumerate() {
-            let r = once(m, batch, prefill, generate);
+            // `generate` tokens: the first comes from the prefill, the rest from decode steps.
+            let r = once(m, batch, prefill, generate.saturating_sub(1));
             if round > 0 {
                 runs[i].push(r);
             }
@@ -76,8 +77,26 @@ pub fn measure_together(
         .collect()
 }
 
+/// Median milliseconds (after one warm-up) of a request: a prefill of `prefill` tokens per
+/// sequence then `decode_steps` greedy decode steps, for a batch of `batch`. This is what the
+/// cost tables add up (prefill + steps x decode), hence steps rather than generated tokens.
+pub fn request_ms(
+    model: &Decoder,
+    batch: usize,
+    prefill: usize,
+    decode_steps: usize,
+    repeats: usize,
+) -> f64 {
+    once(model, batch, prefill, decode_steps);
+    let mut v: Vec<f64> = (0..repeats.max(1))
+        .map(|_| once(model, batch, prefill, decode_steps).1)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// One request: (prefill ms, total ms).
-fn once(model: &Decoder, batch: usize, prefill: usize, generate: usize) -> (f64, f64) {
+fn once(model: &Decoder, batch: usize, prefill: usize, decode_steps: usize) -> (f64, f64) {
     let device = model.device();
     let vocab = model.spec.vocab_size;
     let ids: Vec<i64> = (0..batch * prefill)
@@ -93,7 +112,7 @@ fn once(model: &Decoder, batch: usize, prefill: usize, generate: usize) -> (f64,
         .try_into_vec_as::<i64>()
         .expect("ids");
     let t_prefill = t0.elapsed().as_secs_f64() * 1e3;
-    for _ in 1..generate {
+    for _ in 0..decode_steps {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
         logits = model.step(ids, &mut cache, true);
         next = logits

@@ -225,6 +225,20 @@ fn measured_metric(s: &Speed, which: &str) -> f64 {
     }
 }
 
+/// `which` speed metric of `model` over the parent's, at batch `batch`, the two measured
+/// together (round-robin) on the run's deployment workload.
+fn speed_vs_parent(run: &Run, model: &Decoder, batch: usize, which: &str) -> f64 {
+    let d = &run.config.deployment;
+    let s = measure_together(
+        &[&run.parent.decoder, model],
+        batch,
+        d.prefill_len,
+        d.generation_len,
+        run.config.eval.speed_repeats.max(5),
+    );
+    measured_metric(&s[1], which) / measured_metric(&s[0], which)
+}
+
 /// Search with the run's `[search]` settings, then check relative speed constraints end to end on
 /// the realized child (at most 4 rounds): one measured short of the target is tightened; when
 /// every one is met with more than 10% to spare they are loosened, because the block sums can be
@@ -375,16 +389,7 @@ pub fn search_stage(
                 )?);
             }
             let child = child.as_ref().expect("realized just above");
-            let d = &c.deployment;
-            let reps = c.eval.speed_repeats.max(5);
-            let both = measure_together(
-                &[&run.parent.decoder, child],
-                mb,
-                d.prefill_len,
-                d.generation_len,
-                reps,
-            );
-            let measured = measured_metric(&both[1], which) / measured_metric(&both[0], which);
+            let measured = speed_vs_parent(run, child, mb, which);
             let predicted = sols[0].costs.get(&con.key).copied().unwrap_or(f64::NAN)
                 / crate::search::problem::parent_total(table, &con.key)?;
             let original_target = targets[i].unwrap_or(target);
@@ -597,18 +602,7 @@ pub fn baselines_stage(
         .unwrap_or_else(|| format!("decode_throughput@b{b}"));
     let (which, mb) = speed_metric(&key).unwrap_or(("decode_throughput", b));
     let device = run.parent.decoder.device();
-    let reps = c.eval.speed_repeats.max(5);
-    // Speed of `m` relative to the parent, the two measured together.
-    let ratio = |m: &Decoder| {
-        let s = measure_together(
-            &[&run.parent.decoder, m],
-            mb,
-            d.prefill_len,
-            d.generation_len,
-            reps,
-        );
-        measured_metric(&s[1], which) / measured_metric(&s[0], which)
-    };
+    let ratio = |m: &Decoder| speed_vs_parent(run, m, mb, which);
     let mut out = Vec::new();
     let pending: Vec<&String> = c
         .baselines

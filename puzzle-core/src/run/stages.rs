@@ -2,10 +2,8 @@
 //! atomically, and skips the work when the artifact is already there for the same inputs.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +14,10 @@ use crate::cost::{CostContext, CostEntry, CostTable, cost_model};
 use crate::data::Split;
 use crate::deploy::HardwareProfile;
 use crate::error::{Error, Result};
+use crate::eval::speed::request_ms;
 use crate::eval::tasks::{TaskItem, read_tasks};
 use crate::fsutil;
-use crate::nn::{Decoder, KvCache};
+use crate::nn::Decoder;
 use crate::progress::Progress;
 use crate::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
 use crate::search::BlockTable;
@@ -208,39 +207,6 @@ pub struct AdditivityPoint {
     pub error: f64,
 }
 
-/// Measures a model end to end as it is served: prefill of `prefill_len` tokens per sequence
-/// then `generation_len` greedy steps, for a batch of `b`. Median of `repeats`, in ms.
-pub fn measure_end_to_end(
-    model: &Decoder,
-    b: usize,
-    prefill: usize,
-    generate: usize,
-    repeats: usize,
-) -> f64 {
-    let device = model.device();
-    let vocab = model.spec.vocab_size;
-    let once = || {
-        let ids: Vec<i64> = (0..b * prefill)
-            .map(|i| (i * 7919 % vocab) as i64)
-            .collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, prefill]), &device);
-        let t0 = Instant::now();
-        let mut cache = KvCache::new(model.layers.len(), vec![0; b]);
-        let mut logits = model.step(ids, &mut cache, true);
-        for _ in 0..generate {
-            let next: Vec<i64> = logits.argmax(2).try_into_vec_as::<i64>().expect("ids");
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [b, 1]), &device);
-            logits = model.step(ids, &mut cache, true);
-        }
-        let _ = logits.into_data();
-        t0.elapsed().as_secs_f64() * 1e3
-    };
-    once();
-    let mut v: Vec<f64> = (0..repeats.max(1)).map(|_| once()).collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The additivity check: `children` random children (plus the parent) from the cost table's
 /// entries, measured end to end and compared with the sum of their blocks' costs plus the
 /// non-block constant.
@@ -328,7 +294,7 @@ pub fn validate_additivity(
                 predicted += a.costs.runtime_ms(b, d).unwrap_or(0.0)
                     + f.costs.runtime_ms(b, d).unwrap_or(0.0);
             }
-            let measured = measure_end_to_end(&model, b, d.prefill_len, d.generation_len, 3);
+            let measured = request_ms(&model, b, d.prefill_len, d.generation_len, 3);
             out.push(AdditivityPoint {
                 child: label.clone(),
                 batch: b,
