@@ -13,10 +13,10 @@ use puzzle_core::bld::{EntrySource, read_library};
 use puzzle_core::burn::tensor::{Device, Distribution, Tensor};
 use puzzle_core::data::Split;
 use puzzle_core::progress::Silent;
-use puzzle_core::run::Run;
-use puzzle_core::run::pipeline::bld_shard;
-use puzzle_core::run::stages::{cost_stage, score_entries};
 use puzzle_core::score::ScoreConfig;
+use puzzle_pipeline::Run;
+use puzzle_pipeline::pipeline::bld_shard;
+use puzzle_pipeline::stages::{cost_stage, score_entries};
 
 /// Best f32 GEMM rate (GFLOP/s) over several rounds: the peak the MFU figures are relative to.
 /// The best round, not the mean, because other load on a shared machine only ever slows it.

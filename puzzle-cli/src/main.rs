@@ -6,12 +6,13 @@ use clap::{Parser, Subcommand};
 
 // Static plugins register themselves when linked.
 use puzzle_cost as _;
-use puzzle_example_window as _;
 use puzzle_llama as _;
+use puzzle_llama_ops as _;
 use puzzle_qwen2 as _;
 use puzzle_scorers as _;
 use puzzle_solver_bnb as _;
 use puzzle_solver_highs as _;
+use puzzle_window as _;
 
 mod cmd;
 mod report;
@@ -72,12 +73,14 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    let mut plugins = puzzle_core::Plugins::builtin();
     for p in &cli.plugins {
-        if let Err(e) = puzzle_core::plugin::load(p) {
+        if let Err(e) = puzzle_pipeline::host::load(p, &mut plugins) {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     }
+    cmd::set_plugins(plugins);
     let result = match cli.command {
         Command::Plugins(a) => cmd::plugins::run(a),
         Command::Run(a) => cmd::run::run(a),

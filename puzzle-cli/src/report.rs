@@ -5,11 +5,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
-use puzzle_core::run::pipeline::{ChosenSolution, EvalReport, ModelEval};
 use puzzle_core::search::BlockTable;
-use puzzle_core::search::mip::{SolveOptions, solver_by_name};
+use puzzle_core::search::mip::SolveOptions;
 use puzzle_core::search::run::sweep;
 use puzzle_core::search::{BoundValue, Op};
+use puzzle_pipeline::pipeline::{ChosenSolution, EvalReport, ModelEval};
 
 fn speed_at(m: &ModelEval, b: usize) -> Option<&puzzle_core::eval::speed::Speed> {
     m.speed.iter().find(|s| s.batch == b)
@@ -271,7 +271,8 @@ pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
     let values: Vec<BoundValue> = (0..12)
         .map(|i| BoundValue::Relative(1.0 + 0.25 * i as f64))
         .collect();
-    let solver = solver_by_name("highs").or_else(|_| solver_by_name("bnb"))?;
+    let solvers = &crate::cmd::plugins().solvers;
+    let solver = solvers.get("highs").or_else(|_| solvers.get("bnb"))?;
     let pts = sweep(
         &table,
         &spec,

@@ -10,10 +10,10 @@ use puzzle_core::bld::read_library;
 use puzzle_core::burn::tensor::Device;
 use puzzle_core::data::Split;
 use puzzle_core::progress::Silent;
-use puzzle_core::run::Run;
-use puzzle_core::run::pipeline::bld_shard;
-use puzzle_core::run::stages::{cost_stage, score_entries, score_stage};
 use puzzle_core::score::ScoreConfig;
+use puzzle_pipeline::Run;
+use puzzle_pipeline::pipeline::bld_shard;
+use puzzle_pipeline::stages::{cost_stage, score_entries, score_stage};
 
 fn link() {
     puzzle_llama::link();
@@ -151,16 +151,17 @@ fn analytic_bytes_of_the_parent_equal_its_checkpoint() {
     // Roofline costs are ordered as the work is: the parent FFN costs more than half of it.
     let mut c = run.config.clone();
     c.cost.model = "roofline".into();
-    let hw = puzzle_core::deploy::HardwareProfile::resolve("h100-sxm", Path::new(".")).unwrap();
+    let hw = puzzle_core::deploy::resolve_hardware("h100-sxm", Path::new(".")).unwrap();
     let ctx = puzzle_core::cost::CostContext {
         parent: spec,
         deploy: &c.deployment,
         hardware: &hw,
         device: Device::flex(),
     };
-    let m = puzzle_core::cost::cost_model("roofline").unwrap();
+    let m = run.plugins.cost_models.get("roofline").unwrap();
     let spec_of = |v: &str| {
-        puzzle_core::run::stages::entry_specs(
+        puzzle_pipeline::stages::entry_specs(
+            &run.plugins,
             spec,
             &puzzle_core::bld::EntryKey {
                 layer: 0,

@@ -139,16 +139,23 @@ fn dynamic_solver_matches_the_built_in_one_and_mismatches_and_panics_are_errors(
         "{err}"
     );
     // A panic inside the plugin is an error, and the process goes on (library level).
-    puzzle_core::plugin::load(&lib).unwrap();
+    // Into registries holding exactly this plugin: nothing else is there.
+    let mut plugins = puzzle_core::Plugins::empty();
+    puzzle_pipeline::host::load(&lib, &mut plugins).unwrap();
+    assert!(plugins.solvers.get("highs").is_err());
     let p = puzzle_core::search::mip::random::instance(1, 3, 3, 1);
     let opts = puzzle_core::search::SolveOptions::default();
-    let e = puzzle_core::search::mip::solver_by_name("panicky")
+    let e = plugins
+        .solvers
+        .get("panicky")
         .unwrap()
         .solve(&p, &opts)
         .unwrap_err()
         .to_string();
     assert!(e.contains("panicked") && e.contains("on purpose"), "{e}");
-    let ok_after = puzzle_core::search::mip::solver_by_name("dfs")
+    let ok_after = plugins
+        .solvers
+        .get("dfs")
         .unwrap()
         .solve(&p, &opts)
         .unwrap();

@@ -306,3 +306,40 @@ fn bad_configs_are_refused_before_any_work() {
         assert!(!out.join("library").exists(), "{name}: work started");
     }
 }
+
+#[test]
+fn baselines_matched_to_an_old_child_are_rebuilt_for_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("kinds = []", "kinds = [\"layer_removal\"]");
+    std::fs::write(&cfg, &text).unwrap();
+    let out = dir.path().join("run");
+    let record = out.join("baselines/layer_removal/baseline.json");
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let o = run(&cfg, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = read(&record);
+    let first_choices = read(&out.join("search/solution.json"))["solution"]["choices"].clone();
+    // A different [search] gives a different child; its baseline must be matched to it.
+    std::fs::write(&cfg, text.replace("params<=0.8x", "params<=0.55x")).unwrap();
+    let o = run(&cfg, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let choices = read(&out.join("search/solution.json"))["solution"]["choices"].clone();
+    assert_ne!(
+        choices, first_choices,
+        "the new constraint must change the child"
+    );
+    // Rebuilt, not reused: the old code kept any baseline whose files existed.
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("baseline layer_removal:") && l.ends_with("is up to date")),
+        "{err}"
+    );
+    let second = read(&record);
+    assert_ne!(first["provenance"], second["provenance"], "{err}");
+}

@@ -9,9 +9,9 @@ use common::root;
 use puzzle_core::bld::{EntrySource, read_library};
 use puzzle_core::burn::tensor::Device;
 use puzzle_core::progress::Silent;
-use puzzle_core::run::Run;
-use puzzle_core::run::pipeline::bld_shard;
-use puzzle_core::run::stages::{cost_stage, score_stage};
+use puzzle_pipeline::Run;
+use puzzle_pipeline::pipeline::bld_shard;
+use puzzle_pipeline::stages::{cost_stage, score_stage};
 
 #[test]
 fn tiny_parent_library_costs_and_scores_behave() {

@@ -22,20 +22,85 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::nn::{Decoder, FfnBlock, ForwardCtx, Layer, RopeTables, Subblock as _};
 use crate::progress::Progress;
-use crate::run::config::BldConfig;
+use crate::registry::Registry;
 use crate::spec::ModelSpec;
 use crate::train::loss::normalized_mse;
-use crate::train::optim::AdamW;
+use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::WarmupCosine;
 use crate::variant::{SubblockKind, VariantId};
 use crate::variants::{
-    LayerCalibration, Subblock, SubblockSpec, build_subblock, catalog_for, layer_weights,
+    LayerCalibration, Subblock, SubblockSpec, VariantCatalog, build_subblock, catalog_for,
+    layer_weights,
 };
 use crate::weights::{
     HostTensor, MemoryWeights, SafetensorsWeights, StoreDtype, WeightSource, write_safetensors,
 };
 
 const EPS: f64 = 1e-6;
+
+/// `[bld]`: blockwise local distillation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BldConfig {
+    /// Training tokens per variant.
+    pub tokens: usize,
+    #[serde(default = "d_seq")]
+    pub seq_len: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Peak learning rate (BLD tolerates higher rates than pretraining).
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default = "d_adamw")]
+    pub adamw: AdamWConfig,
+    /// Save in-progress entries every this many steps.
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    /// Held-out sequences for the normalised MSE at init and at the end.
+    #[serde(default = "d_eval")]
+    pub eval_sequences: usize,
+    /// Calibration sequences for the channel-contribution statistics.
+    #[serde(default = "d_calib")]
+    pub calibration_sequences: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Coupled BLD for a narrowed set: whole blocks `[attention variant, FFN variant]` trained
+    /// together in every layer, in addition to the decoupled library.
+    #[serde(default)]
+    pub coupled: Vec<[VariantId; 2]>,
+}
+
+fn d_seq() -> usize {
+    128
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_warmup() -> usize {
+    10
+}
+fn d_ckpt() -> usize {
+    20
+}
+fn d_eval() -> usize {
+    16
+}
+fn d_calib() -> usize {
+    16
+}
+fn d_adamw() -> AdamWConfig {
+    AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    }
+}
 
 /// What a library entry is: one variant (decoupled) or an attention + FFN pair (coupled).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -145,11 +210,12 @@ impl Provenance {
 /// The library entries of a run, in canonical order (layer, attention before FFN, catalog
 /// order; coupled blocks last).
 pub fn plan(
+    catalogs: &Registry<dyn VariantCatalog>,
     parent: &ModelSpec,
     space: &crate::variants::SpaceOptions,
     cfg: &BldConfig,
 ) -> Result<Vec<EntryKey>> {
-    let mut keys: Vec<EntryKey> = crate::variants::enumerate_space(parent, space)?
+    let mut keys: Vec<EntryKey> = crate::variants::enumerate_space(catalogs, parent, space)?
         .into_iter()
         .map(|(layer, v)| EntryKey {
             layer,
@@ -162,8 +228,8 @@ pub fn plan(
                 "bld.coupled entry [{a}, {f}] must be [attention variant, FFN variant]"
             )));
         }
-        catalog_for(a)?.spec(a, parent)?;
-        catalog_for(f)?.spec(f, parent)?;
+        catalog_for(catalogs, a)?.spec(a, parent)?;
+        catalog_for(catalogs, f)?.spec(f, parent)?;
         for layer in 0..parent.layers.len() {
             keys.push(EntryKey {
                 layer,
@@ -304,6 +370,23 @@ pub fn parent_activations(parent: &Decoder, ids: Tensor<2, Int>) -> (Vec<LayerAc
     (acts, ctx)
 }
 
+/// Block influence of every layer, `1 - cos(x_in, x_out)` averaged over tokens (ShortGPT).
+pub fn block_influence(parent: &Decoder, windows: &[Vec<u32>], batch: usize) -> Vec<f64> {
+    let device = parent.device();
+    let mut sums = vec![0.0; parent.layers.len()];
+    let mut n = 0;
+    for chunk in windows.chunks(batch.max(1)) {
+        let ids = ids_of(chunk, &device);
+        let (acts, _) = parent_activations(parent, ids);
+        for (i, a) in acts.iter().enumerate() {
+            sums[i] += crate::train::loss::cosine_distance(a.input.clone(), a.output.clone())
+                .into_scalar::<f32>() as f64;
+        }
+        n += 1;
+    }
+    sums.into_iter().map(|s| s / n.max(1) as f64).collect()
+}
+
 /// Calibration statistics of every layer (mean |X| of SwiGLU intermediate channels).
 pub fn calibrate(parent: &Decoder, windows: &[Vec<u32>], batch: usize) -> Vec<LayerCalibration> {
     let device = parent.device();
@@ -426,6 +509,8 @@ pub struct BldInputs<'a> {
     pub held_out: &'a [Vec<u32>],
     pub provenance: Provenance,
     pub space: &'a crate::variants::SpaceOptions,
+    /// Where variant ids find the catalog that builds them.
+    pub catalogs: &'a Registry<dyn VariantCatalog>,
 }
 
 /// Trains the shard's unfinished entries of the library in `library`.
@@ -438,7 +523,7 @@ pub fn run_bld(
 ) -> Result<BldReport> {
     let t_start = Instant::now();
     let spec = inputs.parent_spec;
-    let keys = plan(spec, inputs.space, cfg)?;
+    let keys = plan(inputs.catalogs, spec, inputs.space, cfg)?;
     let mine: Vec<EntryKey> = keys
         .iter()
         .enumerate()
@@ -519,7 +604,7 @@ pub fn run_bld(
         let parent_layer = layer_weights(inputs.parent_weights, key.layer)?;
         let mut is_parent = true;
         for v in &key.variants {
-            let cat = catalog_for(v)?;
+            let cat = catalog_for(inputs.catalogs, v)?;
             let init = cat.init(v, spec, key.layer, &parent_layer, &calib[key.layer])?;
             is_parent &= match &init.spec {
                 SubblockSpec::Attention(a) => *a == spec.layers[key.layer].attention,

@@ -7,10 +7,11 @@ use std::path::Path;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::{DeploymentProfile, HardwareProfile, dtype_bytes};
-use crate::error::{Error, Result};
+use crate::deploy::{DeploymentProfile, HardwareProfile};
+use crate::error::Result;
 use crate::spec::{AttentionSpec, ModelSpec};
 use crate::variants::SubblockSpec;
+use puzzle_types::registry::Registry;
 
 /// Costs of one library entry (or of the non-block part of a model).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -105,37 +106,26 @@ pub struct CostModelRegistration {
 
 inventory::collect!(CostModelRegistration);
 
-/// Every registered cost model.
-pub fn cost_models() -> Vec<&'static CostModelRegistration> {
-    let mut v: Vec<_> = inventory::iter::<CostModelRegistration>
-        .into_iter()
-        .collect();
-    v.extend(crate::plugin::dynamic_cost_models());
-    v.sort_by_key(|r| r.model.name());
-    v
+impl puzzle_types::registry::Named for dyn CostModel {
+    fn name(&self) -> &str {
+        CostModel::name(self)
+    }
 }
 
-/// The cost model registered under `name`.
-pub fn cost_model(name: &str) -> Result<&'static dyn CostModel> {
-    cost_models()
-        .into_iter()
-        .find(|r| r.model.name() == name)
-        .map(|r| r.model)
-        .ok_or_else(|| Error::UnknownPlugin {
-            kind: "cost model",
-            name: name.to_string(),
-            known: cost_models()
-                .iter()
-                .map(|r| r.model.name())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+/// The statically linked cost models (their `inventory` submissions), as a registry.
+pub fn static_cost_models() -> Registry<dyn CostModel> {
+    let mut r = Registry::new("cost model");
+    for m in inventory::iter::<CostModelRegistration> {
+        r.add(m.model, m.provider, m.description)
+            .expect("two static cost models share a name");
+    }
+    r
 }
 
 /// Exact counts and bytes of an entry: parameters at the weight dtype, KV cache at the KV dtype.
 pub fn analytic_counts(ctx: &CostContext, specs: &[SubblockSpec]) -> Result<Costs> {
-    let wb = dtype_bytes(&ctx.deploy.weight_dtype)?;
-    let kb = dtype_bytes(&ctx.deploy.kv_dtype)?;
+    let wb = ctx.deploy.weight_dtype.bytes();
+    let kb = ctx.deploy.kv_dtype.bytes();
     let mut c = Costs::default();
     for s in specs {
         let p = s.params(ctx.parent);
@@ -161,7 +151,7 @@ pub fn analytic_non_block(ctx: &CostContext) -> Result<Costs> {
     let p = ctx.parent.non_block_params();
     Ok(Costs {
         params: p,
-        param_bytes: p as f64 * dtype_bytes(&ctx.deploy.weight_dtype)?,
+        param_bytes: p as f64 * ctx.deploy.weight_dtype.bytes(),
         ..Default::default()
     })
 }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::error::Result;
-use crate::family::read_spec;
+use crate::family::{Family, read_spec, static_families};
 use crate::nn::Decoder;
+use crate::registry::Registry;
 use crate::spec::ModelSpec;
 use crate::tokenizer::Tokenizer;
 use crate::weights::SafetensorsWeights;
@@ -25,7 +26,17 @@ pub struct LoadedModel {
 /// Loads a Hugging Face style folder: `config.json`, safetensors (single or sharded) and
 /// `tokenizer.json` when present.
 pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
-    let spec = read_spec(dir)?;
+    load_model_with(&static_families(), dir, device)
+}
+
+/// [`load_model`] with the families of `families` (families are static plugins only, so the
+/// statically linked ones are what `load_model` uses).
+pub fn load_model_with(
+    families: &Registry<dyn Family>,
+    dir: &Path,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let spec = read_spec(families, dir)?;
     let weights = SafetensorsWeights::open(dir)?;
     let decoder = Decoder::load(&spec, &weights, device)?;
     let tok_path = dir.join("tokenizer.json");

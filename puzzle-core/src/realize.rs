@@ -9,7 +9,7 @@ use burn::tensor::Device;
 
 use crate::bld::{EntryKey, load_entry, read_done};
 use crate::error::{Error, Result};
-use crate::family::family_by_name;
+use crate::family::static_families;
 use crate::fsutil;
 use crate::nn::Decoder;
 use crate::score::swapped;
@@ -114,7 +114,8 @@ pub fn export(
 ) -> Result<Vec<String>> {
     let parent_config: serde_json::Value = fsutil::read_json(&parent_dir.join("config.json"))?;
     let spec = model.current_spec();
-    let family = family_by_name(&spec.family)?;
+    // Families are static plugins only.
+    let family = static_families().get(&spec.family)?;
     let (config, warnings) = family.child_config(&parent_config, &spec, dtype.torch_name())?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut tensors = model.tensors();

@@ -18,6 +18,7 @@ use crate::progress::Progress;
 use crate::spec::ModelSpec;
 use crate::variants::Subblock;
 use crate::weights::WeightSource;
+use puzzle_types::registry::Registry;
 
 /// One validation batch as scorers see it.
 pub struct TokenBatch<'a> {
@@ -73,29 +74,20 @@ pub struct ScorerRegistration {
 
 inventory::collect!(ScorerRegistration);
 
-/// Every registered scorer.
-pub fn scorers() -> Vec<&'static ScorerRegistration> {
-    let mut v: Vec<_> = inventory::iter::<ScorerRegistration>.into_iter().collect();
-    v.extend(crate::plugin::dynamic_scorers());
-    v.sort_by_key(|r| r.scorer.name());
-    v
+impl puzzle_types::registry::Named for dyn Scorer {
+    fn name(&self) -> &str {
+        Scorer::name(self)
+    }
 }
 
-/// The scorer registered under `name`.
-pub fn scorer(name: &str) -> Result<&'static dyn Scorer> {
-    scorers()
-        .into_iter()
-        .find(|r| r.scorer.name() == name)
-        .map(|r| r.scorer)
-        .ok_or_else(|| Error::UnknownPlugin {
-            kind: "scorer",
-            name: name.to_string(),
-            known: scorers()
-                .iter()
-                .map(|r| r.scorer.name())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+/// The statically linked scorers (their `inventory` submissions), as a registry.
+pub fn static_scorers() -> Registry<dyn Scorer> {
+    let mut r = Registry::new("scorer");
+    for m in inventory::iter::<ScorerRegistration> {
+        r.add(m.scorer, m.provider, m.description)
+            .expect("two static scorers share a name");
+    }
+    r
 }
 
 /// One row of `scores.json`.
@@ -242,6 +234,8 @@ pub struct ScoreInputs<'a> {
     /// Task suites: (name, items).
     pub tasks: &'a [(String, Vec<TaskItem>)],
     pub provenance: BTreeMap<String, String>,
+    /// Where metric names find their scorer.
+    pub scorers: &'a Registry<dyn Scorer>,
 }
 
 /// Replace-1-block scores of every entry.
@@ -254,7 +248,7 @@ pub fn run_score(
     let scorers: Vec<&dyn Scorer> = cfg
         .metrics
         .iter()
-        .map(|m| scorer(m))
+        .map(|m| inputs.scorers.get(m))
         .collect::<Result<_>>()?;
     if scorers.is_empty() {
         return Err(Error::invalid("[score] metrics is empty"));

@@ -13,6 +13,7 @@ use crate::nn::{AttentionBlock, FfnBlock, Loader};
 use crate::spec::{AttentionSpec, FfnSpec, ModelSpec};
 use crate::variant::{SubblockKind, VariantId};
 use crate::weights::{HostTensor, MemoryWeights, WeightSource};
+use puzzle_types::registry::Registry;
 
 /// What a variant builds: an attention or an FFN subblock of a given spec.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,42 +172,52 @@ pub struct CatalogRegistration {
 
 inventory::collect!(CatalogRegistration);
 
-/// Every registered catalog.
-pub fn catalogs() -> Vec<&'static CatalogRegistration> {
-    let mut v: Vec<_> = inventory::iter::<CatalogRegistration>.into_iter().collect();
-    v.extend(crate::plugin::dynamic_catalogs());
-    v.sort_by_key(|r| r.catalog.name());
-    v
+impl puzzle_types::registry::Named for dyn VariantCatalog {
+    fn name(&self) -> &str {
+        VariantCatalog::name(self)
+    }
+}
+
+/// The statically linked catalogs (their `inventory` submissions), as a registry.
+pub fn static_catalogs() -> Registry<dyn VariantCatalog> {
+    let mut r = Registry::new("variant catalog");
+    for c in inventory::iter::<CatalogRegistration> {
+        r.add(c.catalog, c.provider, "")
+            .expect("two static catalogs share a name");
+    }
+    r
+}
+
+/// The heads every catalog offers for `kind`, as `kind:head`.
+fn known_heads(catalogs: &Registry<dyn VariantCatalog>, kinds: &[SubblockKind]) -> String {
+    catalogs
+        .iter()
+        .flat_map(|r| {
+            kinds
+                .iter()
+                .flat_map(move |&k| r.item.heads(k).into_iter().map(move |h| format!("{k}:{h}")))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The catalog that builds `v`.
-pub fn catalog_for(v: &VariantId) -> Result<&'static dyn VariantCatalog> {
-    catalogs()
-        .into_iter()
-        .map(|r| r.catalog)
+pub fn catalog_for(
+    catalogs: &Registry<dyn VariantCatalog>,
+    v: &VariantId,
+) -> Result<&'static dyn VariantCatalog> {
+    catalogs
         .find(|c| c.handles(v))
-        .ok_or_else(|| {
-            let known: Vec<String> = catalogs()
-                .iter()
-                .flat_map(|r| {
-                    SubblockKind::ALL.into_iter().flat_map(move |k| {
-                        r.catalog
-                            .heads(k)
-                            .into_iter()
-                            .map(move |h| format!("{k}:{h}"))
-                    })
-                })
-                .collect();
-            Error::UnknownPlugin {
-                kind: "variant",
-                name: v.to_string(),
-                known: known.join(", "),
-            }
+        .ok_or_else(|| Error::UnknownPlugin {
+            kind: "variant",
+            name: v.to_string(),
+            known: known_heads(catalogs, &SubblockKind::ALL),
         })
 }
 
 /// Every variant of the search space for every layer and kind, in a stable order.
 pub fn enumerate_space(
+    catalogs: &Registry<dyn VariantCatalog>,
     parent: &ModelSpec,
     space: &SpaceOptions,
 ) -> Result<Vec<(usize, VariantId)>> {
@@ -216,32 +227,27 @@ pub fn enumerate_space(
         (SubblockKind::Ffn, &space.ffn),
     ] {
         for h in heads {
-            let known = catalogs()
+            let known = catalogs
                 .iter()
-                .any(|r| r.catalog.heads(kind).contains(&h.as_str()));
+                .any(|r| r.item.heads(kind).contains(&h.as_str()));
             if !known {
                 return Err(Error::UnknownPlugin {
                     kind: "variant head",
                     name: format!("{kind}:{h}"),
-                    known: catalogs()
-                        .iter()
-                        .flat_map(|r| r.catalog.heads(kind))
-                        .map(|h| format!("{kind}:{h}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: known_heads(catalogs, &[kind]),
                 });
             }
         }
     }
     for v in &space.extra {
-        catalog_for(v)?.spec(v, parent)?;
+        catalog_for(catalogs, v)?.spec(v, parent)?;
     }
     let mut out = Vec::new();
     for layer in 0..parent.layers.len() {
         for kind in SubblockKind::ALL {
-            let mut vs: Vec<VariantId> = catalogs()
+            let mut vs: Vec<VariantId> = catalogs
                 .iter()
-                .flat_map(|r| r.catalog.enumerate(parent, layer, kind, space))
+                .flat_map(|r| r.item.enumerate(parent, layer, kind, space))
                 .collect();
             vs.extend(space.extra.iter().filter(|v| v.kind() == kind).cloned());
             let mut seen = std::collections::BTreeSet::new();

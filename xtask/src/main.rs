@@ -115,7 +115,7 @@ fn fetch_smollm2() -> Result<()> {
         }
     }
     eprintln!("converting {} -> {}", gguf.display(), hf.display());
-    puzzle_llama::gguf_import::import_gguf(&gguf, &hf, &Default::default(), |_, _| {})
+    puzzle_llama_ops::gguf_import::import_gguf(&gguf, &hf, &Default::default(), |_, _| {})
         .with_context(|| format!("importing {}", gguf.display()))?;
     eprintln!("SmolLM2 ready at {}", hf.display());
     Ok(())

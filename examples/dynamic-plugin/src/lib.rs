@@ -17,6 +17,7 @@ use abi_stable::std_types::{RResult, RString, RVec};
 use puzzle_plugin_abi::{
     ABI_VERSION, NamedTensor, PluginMod, PluginModRef, ScorePart, guard, unsupported,
 };
+use puzzle_types::search::mip::MipProblem;
 use serde_json::{Value, json};
 
 #[export_root_module]
@@ -50,26 +51,20 @@ extern "C" fn describe() -> RString {
     .into()
 }
 
-fn num(v: &Value) -> f64 {
-    // puzzle writes infinite bounds as null.
-    v.as_f64().unwrap_or(f64::NAN)
-}
-
 /// Exact DFS over groups with objective and feasibility bounds.
-fn dfs_solve(p: &Value) -> Result<Value, String> {
-    let groups: Vec<Vec<usize>> =
-        serde_json::from_value(p["groups"].clone()).map_err(|e| e.to_string())?;
-    let obj: Vec<f64> =
-        serde_json::from_value(p["objective"].clone()).map_err(|e| e.to_string())?;
-    let n = obj.len();
+fn dfs_solve(p: &MipProblem) -> Result<Value, String> {
+    p.validate().map_err(|e| e.to_string())?;
+    let groups = &p.groups;
+    let obj = &p.objective;
+    let n = p.num_vars;
     // Rows as `a . x <= b`.
     let mut rows: Vec<(Vec<f64>, f64)> = Vec::new();
-    for r in p["rows"].as_array().ok_or("no rows")? {
+    for r in &p.rows {
         let mut a = vec![0.0; n];
-        for c in r["coefs"].as_array().ok_or("no coefs")? {
-            a[c[0].as_u64().ok_or("bad var")? as usize] += num(&c[1]);
+        for &(v, c) in &r.coefs {
+            a[v] += c;
         }
-        let (lo, hi) = (num(&r["lo"]), num(&r["hi"]));
+        let (lo, hi) = (r.lo, r.hi);
         if hi.is_finite() {
             rows.push((a.clone(), hi));
         }
@@ -141,8 +136,8 @@ fn dfs_solve(p: &Value) -> Result<Value, String> {
     }
     let t0 = std::time::Instant::now();
     let mut st = St {
-        groups: &groups,
-        obj: &obj,
+        groups,
+        obj,
         rows: &rows,
         suffix_obj: &suffix_obj,
         suffix_row: &suffix_row,
@@ -151,7 +146,7 @@ fn dfs_solve(p: &Value) -> Result<Value, String> {
     };
     let mut used = vec![0.0; rows.len()];
     go(&mut st, 0, 0.0, &mut used);
-    let k = num(&p["objective_constant"]);
+    let k = p.objective_constant;
     Ok(match st.best {
         Some((o, choice)) => {
             json!({"status": "optimal", "choice": choice, "objective": o + k, "bound": o + k,
@@ -169,7 +164,8 @@ extern "C" fn solve(
 ) -> RResult<RString, RString> {
     match name.as_str() {
         "dfs" => guard(|| {
-            let p: Value = serde_json::from_str(problem.as_str()).map_err(|e| e.to_string())?;
+            let p: MipProblem =
+                serde_json::from_str(problem.as_str()).map_err(|e| e.to_string())?;
             dfs_solve(&p).map(|v| v.to_string().into())
         }),
         "panicky" => guard(|| -> Result<RString, String> {

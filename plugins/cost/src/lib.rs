@@ -65,7 +65,8 @@ pub fn link() {}
 mod tests {
     use super::*;
     use puzzle_core::burn::tensor::Device;
-    use puzzle_core::deploy::{DeploymentProfile, HardwareProfile};
+    use puzzle_core::deploy::{DeploymentProfile, resolve_hardware};
+    use puzzle_core::kinds::Dtype;
     use puzzle_core::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec, RopeScaling, RopeSpec};
 
     /// Llama-3.1-70B's shapes.
@@ -108,11 +109,11 @@ mod tests {
     fn analytic_counts_match_hand_computed_llama70b_layer_sizes() {
         let spec = llama70b();
         let deploy = DeploymentProfile {
-            weight_dtype: "fp8".into(),
-            kv_dtype: "bf16".into(),
+            weight_dtype: Dtype::Fp8,
+            kv_dtype: Dtype::Bf16,
             ..Default::default()
         };
-        let hw = HardwareProfile::resolve("h100-sxm", std::path::Path::new(".")).unwrap();
+        let hw = resolve_hardware("h100-sxm", std::path::Path::new(".")).unwrap();
         let ctx = CostContext {
             parent: &spec,
             deploy: &deploy,

@@ -1,7 +1,6 @@
 //! Roofline latencies from a hardware profile (see the crate docs for what it ignores).
 
 use puzzle_core::cost::{CostContext, CostModel, Costs, analytic_counts, analytic_non_block};
-use puzzle_core::deploy::dtype_bytes;
 use puzzle_core::error::Result;
 use puzzle_core::spec::{AttentionSpec, FfnSpec};
 use puzzle_core::variants::SubblockSpec;
@@ -27,11 +26,11 @@ struct Rates {
 impl Rates {
     fn of(ctx: &CostContext) -> Result<Rates> {
         Ok(Rates {
-            flops: ctx.hardware.peak_flops(&ctx.deploy.activation_dtype)?,
+            flops: ctx.hardware.peak_flops(ctx.deploy.activation_dtype)?,
             bytes_per_s: ctx.hardware.memory_bandwidth_gbs * 1e9,
-            wb: dtype_bytes(&ctx.deploy.weight_dtype)?,
-            ab: dtype_bytes(&ctx.deploy.activation_dtype)?,
-            kb: dtype_bytes(&ctx.deploy.kv_dtype)?,
+            wb: ctx.deploy.weight_dtype.bytes(),
+            ab: ctx.deploy.activation_dtype.bytes(),
+            kb: ctx.deploy.kv_dtype.bytes(),
         })
     }
 

@@ -9,9 +9,9 @@
 
 use std::path::Path;
 
-use puzzle_core::error::{Error, Result};
-use puzzle_core::family::Family;
-use puzzle_core::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
+use puzzle_types::error::{Error, Result};
+use puzzle_types::family::Family;
+use puzzle_types::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
 use serde_json::Value;
 
 use crate::config::{HfLlamaConfig, check_groups};

@@ -10,7 +10,7 @@ use puzzle_core::realize::export;
 use puzzle_core::score::swapped;
 use puzzle_core::variants::{LayerCalibration, VariantCatalog, build_subblock, layer_weights};
 use puzzle_core::weights::{HostTensor, SafetensorsWeights, StoreDtype};
-use puzzle_llama::LlamaVariants;
+use puzzle_llama_ops::LlamaVariants;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -97,7 +97,12 @@ fn check_model(name: &str) {
         &std::fs::read_to_string(dir.join("config.transformers5.json")).unwrap(),
     )
     .unwrap();
-    let fam = puzzle_core::family::family_for(&v5, Path::new("config.transformers5.json")).unwrap();
+    let fam = puzzle_core::family::family_for(
+        &puzzle_core::family::static_families(),
+        &v5,
+        Path::new("config.transformers5.json"),
+    )
+    .unwrap();
     let s5 = fam
         .parse_config(&v5, Path::new("config.transformers5.json"))
         .unwrap();

@@ -11,7 +11,7 @@ use puzzle_core::model::load_model;
 use puzzle_core::nn::ids_tensor;
 use puzzle_core::tokenizer::Tokenizer;
 use puzzle_core::weights::{HostTensor, SafetensorsWeights, WeightSource};
-use puzzle_llama::gguf_import::{ImportOptions, import_gguf};
+use puzzle_llama_ops::gguf_import::{ImportOptions, import_gguf};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -10,13 +10,13 @@ use puzzle_core::variants::{
     LayerCalibration, Subblock, VariantCatalog, build_subblock, layer_weights,
 };
 use puzzle_core::weights::{HostTensor, SafetensorsWeights, WeightSource};
-use puzzle_llama::LlamaVariants;
+use puzzle_llama_ops::LlamaVariants;
 
 fn fixture() -> (puzzle_core::spec::ModelSpec, SafetensorsWeights) {
     puzzle_llama::link();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-llama");
     (
-        puzzle_core::family::read_spec(&dir).unwrap(),
+        puzzle_core::Plugins::builtin().read_spec(&dir).unwrap(),
         SafetensorsWeights::open(&dir).unwrap(),
     )
 }

@@ -10,10 +10,10 @@
 
 use std::path::Path;
 
-use puzzle_core::error::{Error, Result};
-use puzzle_core::family::Family;
-use puzzle_core::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
 use puzzle_llama::config::{HfLlamaConfig, check_groups};
+use puzzle_types::error::{Error, Result};
+use puzzle_types::family::Family;
+use puzzle_types::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
 
 /// The Qwen2 family.
 pub struct Qwen2Family;
@@ -97,7 +97,7 @@ impl Family for Qwen2Family {
 }
 
 inventory::submit! {
-    puzzle_core::family::FamilyRegistration { family: &Qwen2Family, provider: "puzzle-qwen2" }
+    puzzle_types::family::FamilyRegistration { family: &Qwen2Family, provider: "puzzle-qwen2" }
 }
 
 /// Forces the linker to keep this crate's registration.

@@ -11,7 +11,7 @@ use puzzle_core::realize::export;
 use puzzle_core::score::swapped;
 use puzzle_core::variants::{LayerCalibration, VariantCatalog, build_subblock, layer_weights};
 use puzzle_core::weights::{HostTensor, SafetensorsWeights, StoreDtype, WeightSource};
-use puzzle_llama::LlamaVariants;
+use puzzle_llama_ops::LlamaVariants;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-qwen2")

@@ -20,14 +20,14 @@ use std::time::Instant;
 
 mod lp;
 
-use puzzle_core::error::Result;
-use puzzle_core::search::mip::{MipProblem, MipSolution, MipStatus, SolveOptions, Solver};
+use puzzle_types::error::Result;
+use puzzle_types::search::mip::{MipProblem, MipSolution, MipStatus, SolveOptions, Solver};
 
 /// The branch-and-bound solver.
 pub struct BnbSolver;
 
 inventory::submit! {
-    puzzle_core::search::SolverRegistration {
+    puzzle_types::search::SolverRegistration {
         solver: &BnbSolver,
         provider: "puzzle-solver-bnb",
         description: "exact branch and bound with Lagrangian bounds (pure Rust)",
@@ -507,7 +507,7 @@ impl Solver for BnbSolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use puzzle_core::search::mip::{brute_force, random};
+    use puzzle_types::search::mip::{brute_force, random};
 
     #[test]
     fn matches_brute_force_on_random_small_instances() {

@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use puzzle_core::search::mip::{SolveOptions, Solver};
-use puzzle_core::search::synthetic;
-use puzzle_core::search::{BlockTable, Objective, SearchSpec, Sense};
 use puzzle_solver_bnb::BnbSolver;
 use puzzle_solver_highs::HighsSolver;
+use puzzle_types::search::mip::{SolveOptions, Solver};
+use puzzle_types::search::synthetic;
+use puzzle_types::search::{BlockTable, Objective, SearchSpec, Sense};
 
 fn spec() -> SearchSpec {
     SearchSpec {

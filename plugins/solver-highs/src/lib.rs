@@ -6,14 +6,14 @@ use std::num::NonZeroU32;
 use std::time::Instant;
 
 use highs::{HighsModelStatus, RowProblem, Sense};
-use puzzle_core::error::{Error, Result};
-use puzzle_core::search::mip::{MipProblem, MipSolution, MipStatus, SolveOptions, Solver};
+use puzzle_types::error::{Error, Result};
+use puzzle_types::search::mip::{MipProblem, MipSolution, MipStatus, SolveOptions, Solver};
 
 /// The HiGHS solver.
 pub struct HighsSolver;
 
 inventory::submit! {
-    puzzle_core::search::SolverRegistration {
+    puzzle_types::search::SolverRegistration {
         solver: &HighsSolver,
         provider: "puzzle-solver-highs",
         description: "HiGHS 1.x branch-and-cut MIP solver (default)",
@@ -126,7 +126,7 @@ impl Solver for HighsSolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use puzzle_core::search::mip::{brute_force, random};
+    use puzzle_types::search::mip::{brute_force, random};
 
     #[test]
     fn matches_brute_force_on_random_small_instances() {

@@ -1,11 +1,11 @@
 //! Both solvers on paper-scale searches, diversity, re-checks, sweeps and infeasibility.
 
-use puzzle_core::search::mip::{MipStatus, SolveOptions, Solver};
-use puzzle_core::search::run::{diverse, explain_infeasible, solve, sweep};
-use puzzle_core::search::synthetic;
-use puzzle_core::search::{BoundValue, Constraint, Objective, Op, SearchSpec, Sense};
 use puzzle_solver_bnb::BnbSolver;
 use puzzle_solver_highs::HighsSolver;
+use puzzle_types::search::mip::{MipStatus, SolveOptions, Solver};
+use puzzle_types::search::run::{diverse, explain_infeasible, solve, sweep};
+use puzzle_types::search::synthetic;
+use puzzle_types::search::{BoundValue, Constraint, Objective, Op, SearchSpec, Sense};
 
 fn spec(constraints: &[&str]) -> SearchSpec {
     SearchSpec {
@@ -24,7 +24,7 @@ fn opts() -> SolveOptions {
     }
 }
 
-fn both_optimal_and_equal(table: &puzzle_core::search::BlockTable, s: &SearchSpec) {
+fn both_optimal_and_equal(table: &puzzle_types::search::BlockTable, s: &SearchSpec) {
     let h = solve(table, s, &HighsSolver, &opts())
         .unwrap()
         .expect("feasible");
@@ -155,9 +155,9 @@ impl Solver for Liar {
     }
     fn solve(
         &self,
-        p: &puzzle_core::search::MipProblem,
+        p: &puzzle_types::search::MipProblem,
         _: &SolveOptions,
-    ) -> puzzle_core::Result<puzzle_core::search::MipSolution> {
+    ) -> puzzle_types::Result<puzzle_types::search::MipSolution> {
         let choice: Vec<usize> = p
             .groups
             .iter()
@@ -167,7 +167,7 @@ impl Solver for Liar {
                     .unwrap()
             })
             .collect();
-        Ok(puzzle_core::search::MipSolution {
+        Ok(puzzle_types::search::MipSolution {
             status: MipStatus::Optimal,
             objective: p.objective_of(&choice),
             bound: 0.0,

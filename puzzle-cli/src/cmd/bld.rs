@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use puzzle_core::bld::{EntrySource, parse_shard, read_library};
-use puzzle_core::run::Run;
-use puzzle_core::run::pipeline::bld_shard;
+use puzzle_pipeline::Run;
+use puzzle_pipeline::pipeline::bld_shard;
 
 use crate::ui;
 
@@ -45,7 +45,12 @@ pub fn run(a: BldArgs) -> Result<()> {
         .map(parse_shard)
         .transpose()?
         .unwrap_or((0, 1));
-    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let r = Run::open_with(
+        &a.config,
+        a.run.as_deref(),
+        &device,
+        super::plugins().clone(),
+    )?;
     let mut bars = ui::Bars::new();
     let rep = bld_shard(&r, shard, &mut bars)?;
     eprintln!(

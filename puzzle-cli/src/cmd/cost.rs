@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use puzzle_core::run::Run;
-use puzzle_core::run::stages::{cost_stage, score_stage, validate_additivity};
+use puzzle_pipeline::Run;
+use puzzle_pipeline::stages::{cost_stage, score_stage, validate_additivity};
 
 use crate::ui;
 
@@ -36,7 +36,12 @@ pub struct CostArgs {
 
 pub fn run_cost(a: CostArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
-    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let r = Run::open_with(
+        &a.config,
+        a.run.as_deref(),
+        &device,
+        super::plugins().clone(),
+    )?;
     let mut bars = ui::Bars::new();
     let t = cost_stage(&r, &mut bars)?;
     let batches = &t.deployment.batch_sizes;
@@ -132,7 +137,12 @@ pub struct ScoreArgs {
 
 pub fn run_score(a: ScoreArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
-    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let r = Run::open_with(
+        &a.config,
+        a.run.as_deref(),
+        &device,
+        super::plugins().clone(),
+    )?;
     let mut bars = ui::Bars::new();
     let t = score_stage(&r, &mut bars)?;
     let metrics: Vec<String> = t.parent.keys().cloned().collect();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use puzzle_core::weights::StoreDtype;
-use puzzle_llama::gguf_import::{ImportOptions, import_gguf};
+use puzzle_llama_ops::gguf_import::{ImportOptions, import_gguf};
 
 use crate::ui;
 

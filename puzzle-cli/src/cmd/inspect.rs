@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use puzzle_core::family::read_spec;
 use puzzle_core::spec::{AttentionSpec, FfnSpec, RopeScaling};
 use puzzle_core::weights::{SafetensorsWeights, WeightSource};
 
@@ -25,7 +24,9 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    let spec = read_spec(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+    let spec = super::plugins()
+        .read_spec(&a.model)
+        .with_context(|| format!("reading {}", a.model.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&spec)?);
         return Ok(());

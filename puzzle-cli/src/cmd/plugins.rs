@@ -16,56 +16,46 @@ pub struct PluginsArgs {
     pub json: bool,
 }
 
+fn row(kind: &str, name: &str, what: &str, provider: &str) -> (String, String, String, String) {
+    (kind.into(), name.into(), what.into(), provider.into())
+}
+
 pub fn run(a: PluginsArgs) -> Result<()> {
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    for r in puzzle_core::family::families() {
+    let p = super::plugins();
+    for r in p.families.iter() {
         rows.push((
             "family".into(),
-            r.family.name().into(),
-            r.family.architectures().join(", "),
-            r.provider.into(),
+            r.item.name().into(),
+            r.item.architectures().join(", "),
+            r.provider.clone(),
         ));
     }
-    for r in puzzle_core::variants::catalogs() {
+    for r in p.catalogs.iter() {
         let heads: Vec<String> = SubblockKind::ALL
             .into_iter()
-            .flat_map(|k| {
-                r.catalog
-                    .heads(k)
-                    .into_iter()
-                    .map(move |h| format!("{k}:{h}"))
-            })
+            .flat_map(|k| r.item.heads(k).into_iter().map(move |h| format!("{k}:{h}")))
             .collect();
         rows.push((
             "variant catalog".into(),
-            r.catalog.name().into(),
+            r.item.name().into(),
             heads.join(", "),
-            r.provider.into(),
+            r.provider.clone(),
         ));
     }
-    for r in puzzle_core::cost::cost_models() {
-        rows.push((
-            "cost model".into(),
-            r.model.name().into(),
-            r.description.into(),
-            r.provider.into(),
+    for r in p.cost_models.iter() {
+        rows.push(row(
+            "cost model",
+            r.item.name(),
+            &r.description,
+            &r.provider,
         ));
     }
-    for r in puzzle_core::score::scorers() {
-        rows.push((
-            "scorer".into(),
-            r.scorer.name().into(),
-            r.description.into(),
-            r.provider.into(),
-        ));
+    for r in p.scorers.iter() {
+        rows.push(row("scorer", r.item.name(), &r.description, &r.provider));
     }
-    for r in puzzle_core::search::mip::solvers() {
-        rows.push((
-            "solver".into(),
-            r.solver.name().into(),
-            r.description.into(),
-            r.provider.into(),
-        ));
+    for r in p.solvers.iter() {
+        rows.push(row("solver", r.item.name(), &r.description, &r.provider));
     }
     if a.json {
         let v: Vec<serde_json::Value> = rows

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use puzzle_core::run::Run;
-use puzzle_core::run::pipeline::{ChosenSolution, precheck, run_all};
+use puzzle_pipeline::Run;
+use puzzle_pipeline::pipeline::{ChosenSolution, precheck, run_all};
 
 use crate::{report, ui};
 
@@ -65,15 +65,26 @@ pub fn run(a: RunArgs) -> Result<()> {
         .clone()
         .or_else(|| a.config.is_none().then(|| PathBuf::from("runs/tiny")));
     if a.check {
-        let r = Run::open(&config, run_dir.as_deref(), &device)?;
+        let r = Run::open_with(
+            &config,
+            run_dir.as_deref(),
+            &device,
+            super::plugins().clone(),
+        )?;
         precheck(&r)?;
         eprintln!("{}: ok", config.display());
         return Ok(());
     }
     let mut bars = ui::Bars::new();
     let t0 = std::time::Instant::now();
-    let summary = run_all(&config, run_dir.as_deref(), &device, &mut bars)?;
-    let dir = puzzle_core::run::config::RunConfig::load(&config)?
+    let summary = run_all(
+        &config,
+        run_dir.as_deref(),
+        &device,
+        super::plugins().clone(),
+        &mut bars,
+    )?;
+    let dir = puzzle_pipeline::config::RunConfig::load(&config)?
         .run_dir
         .map(|d| run_dir.clone().unwrap_or(d))
         .context("run folder")?;
@@ -90,7 +101,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(eval: &puzzle_core::run::pipeline::EvalReport, chosen: &ChosenSolution) {
+fn print_summary(eval: &puzzle_pipeline::pipeline::EvalReport, chosen: &ChosenSolution) {
     let b = eval.batch;
     let parent = &eval.models[0];
     let ps = parent.speed.iter().find(|s| s.batch == b);
@@ -173,7 +184,12 @@ pub struct RealizeArgs {
 
 pub fn realize_cmd(a: RealizeArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
-    let r = Run::open(&a.config, a.run.as_deref(), &device)?;
+    let r = Run::open_with(
+        &a.config,
+        a.run.as_deref(),
+        &device,
+        super::plugins().clone(),
+    )?;
     let choices: Vec<puzzle_core::realize::LayerChoice> = match &a.solution {
         Some(s) if s.contains("attn:") => s
             .split(';')

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use puzzle_core::search::mip::{SolveOptions, solver_by_name, solvers};
+use puzzle_core::search::mip::SolveOptions;
 use puzzle_core::search::run::{SearchSolution, diverse, sweep};
 use puzzle_core::search::{BlockTable, BoundValue, Constraint, Objective, Op, SearchSpec, Sense};
 use serde_json::json;
@@ -100,7 +100,7 @@ fn load_source(path: &std::path::Path) -> Result<BlockTable> {
     if path.is_dir() {
         let (c, s) = (path.join("costs.json"), path.join("scores.json"));
         if c.is_file() && s.is_file() {
-            let spec = puzzle_core::run::recorded_spec(path)?;
+            let spec = puzzle_pipeline::recorded_spec(path)?;
             let costs = puzzle_core::cost::CostTable::load(&c)?;
             let scores = puzzle_core::score::ScoreTable::load(&s)?;
             let out = path.join("search/table.json");
@@ -219,16 +219,10 @@ fn print_solution(
 
 pub fn run(a: SearchArgs) -> Result<()> {
     let table = load_source(&a.source)?;
-    let solver = solver_by_name(&a.solver).with_context(|| {
-        format!(
-            "solvers available: {}",
-            solvers()
-                .iter()
-                .map(|s| s.solver.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
+    let solvers = &super::plugins().solvers;
+    let solver = solvers
+        .get(&a.solver)
+        .with_context(|| format!("solvers available: {}", solvers.known()))?;
     let constraints: Vec<Constraint> = a
         .constraints
         .iter()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::pretrain::TrainConfig;
 use crate::data::DataConfig;
 use crate::error::{Error, Result};
-use crate::family::family_for;
+use crate::family::{family_for, static_families};
 use crate::spec::ModelSpec;
 use crate::weights::StoreDtype;
 
@@ -100,6 +100,6 @@ impl Recipe {
 
     /// The spec of the model, through the family that claims its config.
     pub fn spec(&self, config: &serde_json::Value, recipe_path: &Path) -> Result<ModelSpec> {
-        family_for(config, recipe_path)?.parse_config(config, recipe_path)
+        family_for(&static_families(), config, recipe_path)?.parse_config(config, recipe_path)
     }
 }

@@ -12,7 +12,7 @@
 //! scores and the search treat it like any variant, and the export writes DeciLM's
 //! `window_length` for that layer (TensorRT-LLM reads per-layer windows; check your server).
 //!
-//! Linked into a binary with `use puzzle_example_window as _;`.
+//! Linked into a binary with `use puzzle_window as _;`.
 
 use puzzle_core::error::{Error, Result};
 use puzzle_core::spec::{AttentionSpec, ModelSpec};
@@ -127,7 +127,7 @@ impl VariantCatalog for WindowVariants {
 }
 
 inventory::submit! {
-    puzzle_core::variants::CatalogRegistration { catalog: &WindowVariants, provider: "puzzle-example-window (examples/variant-window)" }
+    puzzle_core::variants::CatalogRegistration { catalog: &WindowVariants, provider: "puzzle-window" }
 }
 
 /// Forces the linker to keep this crate's registration.

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 
 /// A linear row `lo <= sum coef * x <= hi` (use infinities for one-sided rows).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,9 +17,35 @@ pub struct Row {
     pub name: String,
     /// Sparse coefficients: `(variable, coefficient)`.
     pub coefs: Vec<(usize, f64)>,
+    /// JSON has no infinities: an open side is written as `null` and read back as infinite.
+    #[serde(with = "open_lo")]
     pub lo: f64,
+    #[serde(with = "open_hi")]
     pub hi: f64,
 }
+
+/// Declares a serde module writing an infinite bound as `null` and reading `null` as `$inf`.
+macro_rules! open_bound {
+    ($name:ident, $inf:expr) => {
+        mod $name {
+            use serde::{Deserialize, Deserializer, Serializer};
+
+            pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+                if v.is_infinite() {
+                    s.serialize_none()
+                } else {
+                    s.serialize_f64(*v)
+                }
+            }
+
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+                Ok(Option::<f64>::deserialize(d)?.unwrap_or($inf))
+            }
+        }
+    };
+}
+open_bound!(open_lo, f64::NEG_INFINITY);
+open_bound!(open_hi, f64::INFINITY);
 
 /// A multiple-choice problem. Variables `0..num_vars`; `groups` partition them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -194,29 +221,20 @@ pub struct SolverRegistration {
 
 inventory::collect!(SolverRegistration);
 
-/// Every registered solver, by name.
-pub fn solvers() -> Vec<&'static SolverRegistration> {
-    let mut v: Vec<_> = inventory::iter::<SolverRegistration>.into_iter().collect();
-    v.extend(crate::plugin::dynamic_solvers());
-    v.sort_by_key(|r| r.solver.name().to_string());
-    v
+impl crate::registry::Named for dyn Solver {
+    fn name(&self) -> &str {
+        Solver::name(self)
+    }
 }
 
-/// The solver registered under `name`.
-pub fn solver_by_name(name: &str) -> Result<&'static dyn Solver> {
-    solvers()
-        .into_iter()
-        .find(|r| r.solver.name() == name)
-        .map(|r| r.solver)
-        .ok_or_else(|| Error::UnknownPlugin {
-            kind: "solver",
-            name: name.to_string(),
-            known: solvers()
-                .iter()
-                .map(|r| r.solver.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+/// The statically linked solvers (their `inventory` submissions), as a registry.
+pub fn static_solvers() -> Registry<dyn Solver> {
+    let mut r = Registry::new("solver");
+    for s in inventory::iter::<SolverRegistration> {
+        r.add(s.solver, s.provider, s.description)
+            .expect("two static solvers share a name");
+    }
+    r
 }
 
 /// Brute force over every combination, for tests on small instances.
@@ -260,6 +278,22 @@ pub fn brute_force(p: &MipProblem) -> MipSolution {
             idx[g] = 0;
             g += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_with_open_rows_round_trips_through_json() {
+        let p = random::instance(3, 4, 3, 3);
+        assert!(
+            p.rows.iter().any(|r| r.lo.is_infinite()) && p.rows.iter().any(|r| r.hi.is_infinite())
+        );
+        let text = serde_json::to_string(&p).unwrap();
+        let back: MipProblem = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, p);
     }
 }
 

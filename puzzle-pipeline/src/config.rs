@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::data::DataConfig;
-use crate::error::{Error, Result};
-use crate::train::optim::AdamWConfig;
-use crate::variants::SpaceOptions;
+pub use puzzle_core::bld::BldConfig;
+use puzzle_core::data::DataConfig;
+use puzzle_core::error::{Error, Result};
+use puzzle_core::kinds::BaselineKind;
+use puzzle_core::variants::SpaceOptions;
 
 /// `[parent]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,70 +19,6 @@ use crate::variants::SpaceOptions;
 pub struct ParentConfig {
     /// A Hugging Face folder (config.json, safetensors, tokenizer.json).
     pub path: PathBuf,
-}
-
-/// `[bld]`: blockwise local distillation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BldConfig {
-    /// Training tokens per variant.
-    pub tokens: usize,
-    #[serde(default = "d_seq")]
-    pub seq_len: usize,
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Peak learning rate (BLD tolerates higher rates than pretraining).
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    #[serde(default)]
-    pub min_lr: f64,
-    #[serde(default = "d_warmup")]
-    pub warmup_steps: usize,
-    #[serde(default = "d_adamw")]
-    pub adamw: AdamWConfig,
-    /// Save in-progress entries every this many steps.
-    #[serde(default = "d_ckpt")]
-    pub checkpoint_every: usize,
-    /// Held-out sequences for the normalised MSE at init and at the end.
-    #[serde(default = "d_eval")]
-    pub eval_sequences: usize,
-    /// Calibration sequences for the channel-contribution statistics.
-    #[serde(default = "d_calib")]
-    pub calibration_sequences: usize,
-    #[serde(default)]
-    pub seed: u64,
-    /// Coupled BLD for a narrowed set: whole blocks `[attention variant, FFN variant]` trained
-    /// together in every layer, in addition to the decoupled library.
-    #[serde(default)]
-    pub coupled: Vec<[crate::variant::VariantId; 2]>,
-}
-
-fn d_seq() -> usize {
-    128
-}
-fn d_batch() -> usize {
-    8
-}
-fn d_lr() -> f64 {
-    1e-3
-}
-fn d_warmup() -> usize {
-    10
-}
-fn d_ckpt() -> usize {
-    20
-}
-fn d_eval() -> usize {
-    16
-}
-fn d_calib() -> usize {
-    16
-}
-fn d_adamw() -> AdamWConfig {
-    AdamWConfig {
-        weight_decay: 0.0,
-        ..AdamWConfig::default()
-    }
 }
 
 /// `[cost]`
@@ -159,11 +96,11 @@ pub struct BaselinesConfig {
     /// `uniform` (the same FFN width and KV heads in every layer, pruned, Minitron-style) and
     /// `layer_removal` (drop the layers of least block influence, ShortGPT-style).
     #[serde(default = "d_kinds")]
-    pub kinds: Vec<String>,
+    pub kinds: Vec<BaselineKind>,
 }
 
-fn d_kinds() -> Vec<String> {
-    vec!["uniform".into(), "layer_removal".into()]
+fn d_kinds() -> Vec<BaselineKind> {
+    vec![BaselineKind::Uniform, BaselineKind::LayerRemoval]
 }
 
 impl Default for BaselinesConfig {
@@ -221,11 +158,11 @@ impl Default for EvalConfig {
 #[serde(deny_unknown_fields)]
 pub struct ExportConfig {
     #[serde(default = "d_export_dtype")]
-    pub dtype: crate::weights::StoreDtype,
+    pub dtype: puzzle_core::weights::StoreDtype,
 }
 
-fn d_export_dtype() -> crate::weights::StoreDtype {
-    crate::weights::StoreDtype::Bf16
+fn d_export_dtype() -> puzzle_core::weights::StoreDtype {
+    puzzle_core::weights::StoreDtype::Bf16
 }
 
 impl Default for ExportConfig {
@@ -242,7 +179,8 @@ impl Default for ExportConfig {
 pub struct RunConfig {
     /// Run folder (default `runs/<config file stem>` beside the config).
     pub run_dir: Option<PathBuf>,
-    /// Dynamically loaded plugins (shared libraries), loaded before anything else.
+    /// Dynamically loaded plugins (shared libraries). Parsing the config only records them;
+    /// [`crate::Run::open`] loads them into the run's registries.
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
     pub parent: ParentConfig,
@@ -251,15 +189,15 @@ pub struct RunConfig {
     pub space: SpaceOptions,
     pub bld: BldConfig,
     #[serde(default)]
-    pub deployment: crate::deploy::DeploymentProfile,
+    pub deployment: puzzle_core::deploy::DeploymentProfile,
     #[serde(default)]
     pub cost: CostConfig,
     #[serde(default)]
-    pub score: crate::score::ScoreConfig,
+    pub score: puzzle_core::score::ScoreConfig,
     #[serde(default)]
     pub search: SearchConfig,
     #[serde(default)]
-    pub distill: crate::distill::DistillConfig,
+    pub distill: puzzle_core::distill::DistillConfig,
     #[serde(default)]
     pub baselines: BaselinesConfig,
     #[serde(default)]
@@ -274,7 +212,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// Reads and validates a config, resolving relative paths against its folder.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::fsutil::read_to_string(path)?;
+        let text = puzzle_core::fsutil::read_to_string(path)?;
         let mut c: RunConfig = toml::from_str(&text)
             .map_err(|e| Error::config(path, format!("invalid run config: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -287,9 +225,6 @@ impl RunConfig {
         };
         c.parent.path = rebase(&c.parent.path);
         c.plugins = c.plugins.iter().map(|p| rebase(p)).collect();
-        for p in &c.plugins {
-            crate::plugin::load(p)?;
-        }
         c.data.resolve(base);
         c.score.tasks = c.score.tasks.iter().map(|p| rebase(p)).collect();
         c.eval.tasks = c.eval.tasks.iter().map(|p| rebase(p)).collect();
@@ -326,16 +261,8 @@ impl RunConfig {
             ));
         }
         self.deployment.validate()?;
-        for k in &self.baselines.kinds {
-            if k != "uniform" && k != "layer_removal" {
-                return Err(Error::config(
-                    path,
-                    format!("[baselines] kind `{k}` is unknown (uniform, layer_removal)"),
-                ));
-            }
-        }
         for c in &self.search.constraints {
-            c.parse::<crate::search::Constraint>()
+            c.parse::<puzzle_core::search::Constraint>()
                 .map_err(|e| Error::config(path, format!("[search] constraint: {e}")))?;
         }
         for t in self.score.tasks.iter().chain(&self.eval.tasks) {
@@ -378,7 +305,7 @@ impl RunConfig {
 /// (hashing hundreds of gigabytes of weights would take minutes).
 pub fn checkpoint_fingerprint(dir: &Path) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(crate::fsutil::read_to_string(&dir.join("config.json"))?.as_bytes());
+    h.update(puzzle_core::fsutil::read_to_string(&dir.join("config.json"))?.as_bytes());
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))

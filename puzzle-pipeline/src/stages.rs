@@ -3,33 +3,39 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::Module;
+use puzzle_core::burn::module::Module;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use super::Run;
-use super::config::RunConfig;
-use crate::bld::{EntryKey, EntryMeta, plan, read_done};
-use crate::cost::{CostContext, CostEntry, CostTable, cost_model};
-use crate::data::Split;
-use crate::deploy::HardwareProfile;
-use crate::error::{Error, Result};
-use crate::eval::speed::request_ms;
-use crate::eval::tasks::{TaskItem, read_tasks};
-use crate::fsutil;
-use crate::nn::Decoder;
-use crate::progress::Progress;
-use crate::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
-use crate::search::BlockTable;
-use crate::spec::{LayerSpec, ModelSpec};
-use crate::train::init::random_weights;
-use crate::variants::{SubblockSpec, catalog_for};
+use crate::artifact::Artifact;
+use crate::config::RunConfig;
+use crate::run::Run;
+use puzzle_core::Plugins;
+use puzzle_core::bld::{EntryKey, EntryMeta, plan, read_done};
+use puzzle_core::cost::{CostContext, CostEntry, CostTable};
+use puzzle_core::data::Split;
+use puzzle_core::deploy::resolve_hardware;
+use puzzle_core::error::{Error, Result};
+use puzzle_core::eval::speed::request_ms;
+use puzzle_core::eval::tasks::{TaskItem, read_tasks};
+use puzzle_core::fsutil;
+use puzzle_core::nn::Decoder;
+use puzzle_core::progress::Progress;
+use puzzle_core::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
+use puzzle_core::search::BlockTable;
+use puzzle_core::spec::{LayerSpec, ModelSpec};
+use puzzle_core::train::init::random_weights;
+use puzzle_core::variants::SubblockSpec;
 
 /// The specs of a planned entry.
-pub fn entry_specs(parent: &ModelSpec, key: &EntryKey) -> Result<Vec<SubblockSpec>> {
+pub fn entry_specs(
+    plugins: &Plugins,
+    parent: &ModelSpec,
+    key: &EntryKey,
+) -> Result<Vec<SubblockSpec>> {
     key.variants
         .iter()
-        .map(|v| catalog_for(v)?.spec(v, parent))
+        .map(|v| plugins.catalog_for(v)?.spec(v, parent))
         .collect()
 }
 
@@ -44,7 +50,7 @@ fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
         ("model".to_string(), model.to_string()),
         (
             "device".to_string(),
-            crate::device::describe(&run.parent.decoder.device()),
+            puzzle_core::device::describe(&run.parent.decoder.device()),
         ),
     ])
 }
@@ -55,27 +61,33 @@ pub fn cost_stage(run: &Run, progress: &mut dyn Progress) -> Result<CostTable> {
     let c = &run.config;
     let path = run.dir.join("costs.json");
     let prov = cost_provenance(run, &c.cost.model);
-    if let Ok(t) = CostTable::load(&path)
-        && t.provenance == prov
-    {
-        progress.note(&format!("costs: {} is up to date", path.display()));
-        return Ok(t);
-    }
-    let model = cost_model(&c.cost.model)?;
+    Artifact::new("costs", path).reuse_or_build(&prov, progress, |progress| {
+        measure_costs(run, prov.clone(), progress)
+    })
+}
+
+/// Every planned entry's costs and the non-block part, from the run's cost model.
+fn measure_costs(
+    run: &Run,
+    prov: BTreeMap<String, String>,
+    progress: &mut dyn Progress,
+) -> Result<CostTable> {
+    let c = &run.config;
+    let model = run.plugins.cost_models.get(&c.cost.model)?;
     let base = c.source.parent().unwrap_or(std::path::Path::new("."));
-    let hardware = HardwareProfile::resolve(&c.deployment.hardware, base)?;
+    let hardware = resolve_hardware(&c.deployment.hardware, base)?;
     let ctx = CostContext {
         parent: &run.parent.spec,
         deploy: &c.deployment,
         hardware: &hardware,
         device: run.parent.decoder.device(),
     };
-    let keys = plan(&run.parent.spec, &c.space, &c.bld)?;
+    let keys = plan(&run.plugins.catalogs, &run.parent.spec, &c.space, &c.bld)?;
     progress.start("cost", keys.len() as u64 + 1);
     let non_block = model.non_block(&ctx)?;
     let mut entries = Vec::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
-        let specs = entry_specs(&run.parent.spec, k)?;
+        let specs = entry_specs(&run.plugins, &run.parent.spec, k)?;
         let costs = model.entry(&ctx, k.layer, &specs)?;
         progress.set(i as u64 + 2, &format!("L{} {}", k.layer, k.id()));
         entries.push(CostEntry {
@@ -93,7 +105,6 @@ pub fn cost_stage(run: &Run, progress: &mut dyn Progress) -> Result<CostTable> {
         entries,
         provenance: prov,
     };
-    fsutil::write_json(&path, &t)?;
     Ok(t)
 }
 
@@ -101,7 +112,7 @@ pub fn cost_stage(run: &Run, progress: &mut dyn Progress) -> Result<CostTable> {
 pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable> {
     let c = &run.config;
     let path = run.dir.join("scores.json");
-    let keys = plan(&run.parent.spec, &c.space, &c.bld)?;
+    let keys = plan(&run.plugins.catalogs, &run.parent.spec, &c.space, &c.bld)?;
     let prov_bld = run.bld_provenance();
     let mut metas = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
@@ -135,12 +146,20 @@ pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable>
         ("library".to_string(), library_hash),
         ("config".to_string(), RunConfig::hash_of(&c.score)),
     ]);
-    if let Ok(t) = ScoreTable::load(&path)
-        && t.provenance == prov
-    {
-        progress.note(&format!("scores: {} is up to date", path.display()));
-        return Ok(t);
-    }
+    Artifact::new("scores", path).reuse_or_build(&prov.clone(), progress, |progress| {
+        score_library(run, &metas, prov, progress)
+    })
+}
+
+/// Replace-1-block scores of the finished library `metas` on the run's validation windows and
+/// `[score]` tasks.
+fn score_library(
+    run: &Run,
+    metas: &[EntryMeta],
+    prov: BTreeMap<String, String>,
+    progress: &mut dyn Progress,
+) -> Result<ScoreTable> {
+    let c = &run.config;
     let windows = run.windows(Split::Validation, c.score.seq_len)?;
     let tasks: Vec<(String, Vec<TaskItem>)> = c
         .score
@@ -154,9 +173,7 @@ pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable>
             Ok((p.display().to_string(), items))
         })
         .collect::<Result<_>>()?;
-    let t = score_entries(run, &metas, &windows, &tasks, prov, &c.score, progress)?;
-    fsutil::write_json(&path, &t)?;
-    Ok(t)
+    score_entries(run, metas, &windows, &tasks, prov, &c.score, progress)
 }
 
 /// Replace-1-block scores of `entries` against the run's parent on `windows` and `tasks`, with
@@ -180,13 +197,14 @@ pub fn score_entries(
         windows,
         tasks,
         provenance,
+        scorers: &run.plugins.scorers,
     };
     run_score(&inputs, cfg, progress)
 }
 
 /// `search/table.json` from the cost and score tables.
 pub fn search_table(run: &Run, costs: &CostTable, scores: &ScoreTable) -> Result<BlockTable> {
-    let t = crate::search::from_run::block_table(
+    let t = puzzle_core::search::from_run::block_table(
         &run.parent.spec,
         costs,
         scores,
@@ -238,10 +256,10 @@ pub fn validate_additivity(
             let (attns, ffns) = (of_kind("attn:"), of_kind("ffn:"));
             let (a, f) = if c == 0 {
                 let pa = parent
-                    .variant_of(layer, crate::variant::SubblockKind::Attention)
+                    .variant_of(layer, puzzle_core::variant::SubblockKind::Attention)
                     .to_string();
                 let pf = parent
-                    .variant_of(layer, crate::variant::SubblockKind::Ffn)
+                    .variant_of(layer, puzzle_core::variant::SubblockKind::Ffn)
                     .to_string();
                 (
                     attns.iter().find(|e| e.variant == pa).copied(),
@@ -257,6 +275,7 @@ pub fn validate_additivity(
                 .zip(f)
                 .ok_or_else(|| Error::invalid(format!("costs.json lacks layer {layer}")))?;
             let specs = entry_specs(
+                &run.plugins,
                 parent,
                 &EntryKey {
                     layer,

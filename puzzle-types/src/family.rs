@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::spec::ModelSpec;
 
 /// The contract of a parent family.
@@ -67,71 +68,60 @@ pub struct FamilyRegistration {
 
 inventory::collect!(FamilyRegistration);
 
-/// Every registered family.
-pub fn families() -> Vec<&'static FamilyRegistration> {
-    let mut v: Vec<_> = inventory::iter::<FamilyRegistration>.into_iter().collect();
-    v.sort_by_key(|r| r.family.name());
-    v
-}
-
-/// The family registered under `name`.
-pub fn family_by_name(name: &str) -> Result<&'static dyn Family> {
-    families()
-        .into_iter()
-        .map(|r| r.family)
-        .find(|f| f.name() == name)
-        .ok_or_else(|| Error::UnknownPlugin {
-            kind: "family",
-            name: name.to_string(),
-            known: known_families(),
-        })
-}
-
-fn known_families() -> String {
-    let v: Vec<String> = families()
-        .iter()
-        .map(|r| {
-            format!(
-                "{} ({})",
-                r.family.name(),
-                r.family.architectures().join(", ")
-            )
-        })
-        .collect();
-    if v.is_empty() {
-        "none: link a family plugin".into()
-    } else {
-        v.join("; ")
+impl crate::registry::Named for dyn Family {
+    fn name(&self) -> &str {
+        Family::name(self)
     }
 }
 
+/// The statically linked families (their `inventory` submissions), as a registry.
+pub fn static_families() -> Registry<dyn Family> {
+    let mut r = Registry::new("family");
+    for f in inventory::iter::<FamilyRegistration> {
+        r.add(f.family, f.provider, f.family.architectures().join(", "))
+            .expect("two static families share a name");
+    }
+    r
+}
+
+fn known_families(families: &Registry<dyn Family>) -> String {
+    if families.is_empty() {
+        return "none: link a family plugin".into();
+    }
+    families
+        .iter()
+        .map(|r| format!("{} ({})", r.item.name(), r.item.architectures().join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The family that claims `config` (read from `path`).
-pub fn family_for(config: &serde_json::Value, path: &Path) -> Result<&'static dyn Family> {
-    families()
-        .into_iter()
-        .map(|r| r.family)
-        .find(|f| f.claims(config))
-        .ok_or_else(|| {
-            let arch = config
-                .get("architectures")
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "(none)".into());
-            let mt = config
-                .get("model_type")
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "(none)".into());
-            Error::unsupported(
-                path,
-                format!(
-                    "architectures {arch}, model_type {mt}: no registered family reads it; known: {}",
-                    known_families()
-                ),
-            )
-        })
+pub fn family_for(
+    families: &Registry<dyn Family>,
+    config: &serde_json::Value,
+    path: &Path,
+) -> Result<&'static dyn Family> {
+    families.find(|f| f.claims(config)).ok_or_else(|| {
+        let arch = config
+            .get("architectures")
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "(none)".into());
+        let mt = config
+            .get("model_type")
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "(none)".into());
+        Error::unsupported(
+            path,
+            format!(
+                "architectures {arch}, model_type {mt}: no registered family reads it; known: {}",
+                known_families(families)
+            ),
+        )
+    })
 }
 
 /// Reads `config.json` from a checkpoint folder and resolves it with the family that claims it.
-pub fn read_spec(dir: &Path) -> Result<ModelSpec> {
+pub fn read_spec(families: &Registry<dyn Family>, dir: &Path) -> Result<ModelSpec> {
     let path = dir.join("config.json");
     if !dir.exists() {
         return Err(Error::io(
@@ -140,5 +130,5 @@ pub fn read_spec(dir: &Path) -> Result<ModelSpec> {
         ));
     }
     let config: serde_json::Value = crate::fsutil::read_json(&path)?;
-    family_for(&config, &path)?.parse_config(&config, &path)
+    family_for(families, &config, &path)?.parse_config(&config, &path)
 }

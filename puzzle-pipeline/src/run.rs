@@ -9,21 +9,18 @@
 //!   search/         block table, solutions            (puzzle search)
 //! ```
 
-pub mod config;
-pub mod pipeline;
-pub mod stages;
-
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use puzzle_core::burn::tensor::Device;
 
-use crate::bld::Provenance;
-use crate::data::{self, Document, Split};
-use crate::error::{Context as _, Error, Result};
-use crate::model::{LoadedModel, load_model};
-use crate::tokenizer::{DOC_SEPARATOR, Tokenizer};
-use crate::weights::SafetensorsWeights;
-use config::{RunConfig, checkpoint_fingerprint};
+use crate::config::{RunConfig, checkpoint_fingerprint};
+use puzzle_core::Plugins;
+use puzzle_core::bld::Provenance;
+use puzzle_core::data::{self, Document, Split};
+use puzzle_core::error::{Context as _, Error, Result};
+use puzzle_core::model::{LoadedModel, load_model_with};
+use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer};
+use puzzle_core::weights::SafetensorsWeights;
 
 /// A run: its config, folder, the loaded parent and the corpus.
 pub struct Run {
@@ -34,24 +31,42 @@ pub struct Run {
     pub parent_fingerprint: String,
     pub docs: Vec<Document>,
     pub data_fingerprint: String,
+    /// The registries this run uses: the caller's, plus the config's `plugins`.
+    pub plugins: Plugins,
 }
 
 impl Run {
-    /// Loads the config, the parent and the corpus; creates the run folder.
+    /// [`Run::open_with`] the statically linked plugins.
     pub fn open(config_path: &Path, run_dir: Option<&Path>, device: &Device) -> Result<Run> {
+        Run::open_with(config_path, run_dir, device, Plugins::builtin())
+    }
+
+    /// Loads the config, the config's dynamic plugins (into `plugins`), the parent and the
+    /// corpus; creates the run folder.
+    pub fn open_with(
+        config_path: &Path,
+        run_dir: Option<&Path>,
+        device: &Device,
+        mut plugins: Plugins,
+    ) -> Result<Run> {
         let mut config = RunConfig::load(config_path)?;
+        for p in &config.plugins {
+            crate::host::load(p, &mut plugins).context(format!(
+                "loading plugin {} named in the config's `plugins`",
+                p.display()
+            ))?;
+        }
         if let Some(d) = run_dir {
             config.run_dir = Some(d.to_path_buf());
         }
         let dir = config.run_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let copy = dir.join("config.toml");
-        let text = crate::fsutil::read_to_string(config_path)?;
-        crate::fsutil::write_atomic(&copy, text.as_bytes())?;
-        let parent = load_model(&config.parent.path, device).context(format!(
-            "loading the parent {}",
-            config.parent.path.display()
-        ))?;
+        let text = puzzle_core::fsutil::read_to_string(config_path)?;
+        puzzle_core::fsutil::write_atomic(&copy, text.as_bytes())?;
+        let parent = load_model_with(&plugins.families, &config.parent.path, device).context(
+            format!("loading the parent {}", config.parent.path.display()),
+        )?;
         if parent.tokenizer.is_none() {
             return Err(Error::config(
                 &config.source,
@@ -69,7 +84,7 @@ impl Run {
             "parent": std::path::absolute(&config.parent.path).unwrap_or_else(|_| config.parent.path.clone()),
             "spec": parent.spec,
         });
-        crate::fsutil::write_json(&dir.join("run.json"), &info)?;
+        puzzle_core::fsutil::write_json(&dir.join("run.json"), &info)?;
         let docs = data::read_documents(&config.data.paths)?;
         let data_fingerprint = data::fingerprint(&docs, &config.data);
         Ok(Run {
@@ -80,6 +95,7 @@ impl Run {
             parent_fingerprint,
             docs,
             data_fingerprint,
+            plugins,
         })
     }
 
@@ -133,9 +149,9 @@ impl Run {
 }
 
 /// The parent spec recorded in a run folder's `run.json`.
-pub fn recorded_spec(run_dir: &Path) -> Result<crate::spec::ModelSpec> {
+pub fn recorded_spec(run_dir: &Path) -> Result<puzzle_core::spec::ModelSpec> {
     let p = run_dir.join("run.json");
-    let v: serde_json::Value = crate::fsutil::read_json(&p)?;
+    let v: serde_json::Value = puzzle_core::fsutil::read_json(&p)?;
     serde_json::from_value(v["spec"].clone())
         .map_err(|e| Error::config(&p, format!("bad `spec`: {e}")))
 }

@@ -6,7 +6,6 @@
 //! - [`mip`]: the solver-facing problem, the `Solver` trait and registry, brute force,
 //! - [`run`]: solve with re-checks, diverse alternatives, Pareto sweeps, infeasibility reports.
 
-pub mod from_run;
 pub mod mip;
 pub mod problem;
 pub mod run;

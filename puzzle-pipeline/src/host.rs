@@ -1,7 +1,8 @@
 //! Dynamically loaded plugins (`--plugin lib.so`, `plugins = [...]` in a run config): solvers,
 //! cost models, scorers over plain arrays and variant catalogs behind the stable ABI of
-//! `puzzle-plugin-abi`. Loaded plugins are adapted to the same traits as static ones and appear
-//! in the same registries; libraries stay loaded for the life of the process.
+//! `puzzle-plugin-abi`. Loaded plugins are adapted to the same traits as static ones and pushed
+//! into the caller's [`Plugins`] registries (the layer below never calls up into this host);
+//! libraries stay loaded for the life of the process.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -10,17 +11,19 @@ use abi_stable::std_types::{RResult, RString, RVec};
 use puzzle_plugin_abi::{ABI_VERSION, NamedTensor, PluginModRef};
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{CostContext, CostModel, CostModelRegistration, Costs};
-use crate::error::{Error, Result};
-use crate::score::{Scorer, ScorerRegistration, TokenBatch};
-use crate::search::mip::{MipProblem, MipSolution, SolveOptions, Solver, SolverRegistration};
-use crate::spec::ModelSpec;
-use crate::train::loss::target_log_probs;
-use crate::variant::{SubblockKind, VariantId};
-use crate::variants::{
-    CatalogRegistration, Initialised, LayerCalibration, SpaceOptions, SubblockSpec, VariantCatalog,
+use puzzle_core::Plugins;
+use puzzle_core::cost::{CostContext, CostModel, Costs};
+use puzzle_core::error::{Error, Result};
+use puzzle_core::registry::{Named, Registry};
+use puzzle_core::score::{Scorer, TokenBatch};
+use puzzle_core::search::mip::{MipProblem, MipSolution, SolveOptions, Solver};
+use puzzle_core::spec::ModelSpec;
+use puzzle_core::train::loss::target_log_probs;
+use puzzle_core::variant::{SubblockKind, VariantId};
+use puzzle_core::variants::{
+    Initialised, LayerCalibration, SpaceOptions, SubblockSpec, VariantCatalog,
 };
-use crate::weights::{HostTensor, MemoryWeights};
+use puzzle_core::weights::{HostTensor, MemoryWeights};
 
 /// What a plugin says it provides.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -53,21 +56,10 @@ pub struct LoadedPlugin {
     module: PluginModRef,
 }
 
-struct Registries {
-    plugins: Vec<&'static LoadedPlugin>,
-    solvers: Vec<&'static SolverRegistration>,
-    cost_models: Vec<&'static CostModelRegistration>,
-    scorers: Vec<&'static ScorerRegistration>,
-    catalogs: Vec<&'static CatalogRegistration>,
-}
-
-static DYNAMIC: Mutex<Registries> = Mutex::new(Registries {
-    plugins: Vec::new(),
-    solvers: Vec::new(),
-    cost_models: Vec::new(),
-    scorers: Vec::new(),
-    catalogs: Vec::new(),
-});
+/// Libraries opened by this process. A shared library is a process-wide resource (mapped
+/// once, never unloaded), so this cache is global; what a library *registers* goes into the
+/// [`Plugins`] value the caller passes.
+static OPENED: Mutex<Vec<&'static LoadedPlugin>> = Mutex::new(Vec::new());
 
 fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
@@ -88,17 +80,12 @@ fn ok<T>(path: &Path, r: RResult<T, RString>) -> Result<T> {
     }
 }
 
-/// Loads a plugin library and registers what it provides. Loading the same path twice returns
-/// the first load.
-pub fn load(path: &Path) -> Result<&'static LoadedPlugin> {
+/// Opens a plugin library (once per process: a second call with the same path returns the
+/// first load) and checks its ABI version and self-description.
+pub fn open(path: &Path) -> Result<&'static LoadedPlugin> {
     let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-    if let Some(p) = DYNAMIC
-        .lock()
-        .expect("registry")
-        .plugins
-        .iter()
-        .find(|p| p.path == canon)
-    {
+    let mut opened = OPENED.lock().expect("plugin list");
+    if let Some(p) = opened.iter().find(|p| p.path == canon) {
         return Ok(p);
     }
     let header = abi_stable::library::lib_header_from_path(&canon)
@@ -118,41 +105,71 @@ pub fn load(path: &Path) -> Result<&'static LoadedPlugin> {
     let provides: Provides = serde_json::from_str((module.describe())().as_str())
         .map_err(|e| plugin_err(&canon, format!("describe() is not valid JSON: {e}")))?;
     let plugin: &'static LoadedPlugin = leak(LoadedPlugin {
-        path: canon.clone(),
-        provides: provides.clone(),
+        path: canon,
+        provides,
         module,
     });
-    let provider = leak_str(&format!("{} ({})", provides.name, canon.display()));
-    let mut reg = DYNAMIC.lock().expect("registry");
-    reg.plugins.push(plugin);
+    opened.push(plugin);
+    Ok(plugin)
+}
+
+/// Adds `item` unless this provider already registered that name (loading a library twice
+/// into the same registries is a no-op).
+fn push<T: ?Sized + Named + 'static>(
+    reg: &mut Registry<T>,
+    item: &'static T,
+    provider: &str,
+    description: &str,
+) -> Result<()> {
+    if reg
+        .iter()
+        .any(|e| e.item.name() == item.name() && e.provider == provider)
+    {
+        return Ok(());
+    }
+    reg.add(item, provider, description)
+}
+
+/// Opens a plugin library and pushes what it provides into `plugins`.
+pub fn load(path: &Path, plugins: &mut Plugins) -> Result<&'static LoadedPlugin> {
+    let plugin = open(path)?;
+    let provides = &plugin.provides;
+    let provider = format!("{} ({})", provides.name, plugin.path.display());
     for s in &provides.solvers {
         let solver: &'static DynSolver = leak(DynSolver {
             plugin,
             name: s.clone(),
         });
-        reg.solvers.push(leak(SolverRegistration {
+        push(
+            &mut plugins.solvers,
             solver,
-            provider,
-            description: "dynamically loaded",
-        }));
+            &provider,
+            "dynamically loaded",
+        )?;
     }
     for m in &provides.cost_models {
-        let name = leak_str(m);
-        let model: &'static DynCost = leak(DynCost { plugin, name });
-        reg.cost_models.push(leak(CostModelRegistration {
+        let model: &'static DynCost = leak(DynCost {
+            plugin,
+            name: leak_str(m),
+        });
+        push(
+            &mut plugins.cost_models,
             model,
-            provider,
-            description: "dynamically loaded",
-        }));
+            &provider,
+            "dynamically loaded",
+        )?;
     }
     for s in &provides.scorers {
-        let name = leak_str(s);
-        let scorer: &'static DynScorer = leak(DynScorer { plugin, name });
-        reg.scorers.push(leak(ScorerRegistration {
+        let scorer: &'static DynScorer = leak(DynScorer {
+            plugin,
+            name: leak_str(s),
+        });
+        push(
+            &mut plugins.scorers,
             scorer,
-            provider,
-            description: "dynamically loaded (per-token target log-probabilities)",
-        }));
+            &provider,
+            "dynamically loaded (per-token target log-probabilities)",
+        )?;
     }
     for c in &provides.catalogs {
         let cat: &'static DynCatalog = leak(DynCatalog {
@@ -161,30 +178,14 @@ pub fn load(path: &Path) -> Result<&'static LoadedPlugin> {
             attn: c.attn.iter().map(|h| leak_str(h)).collect(),
             ffn: c.ffn.iter().map(|h| leak_str(h)).collect(),
         });
-        reg.catalogs.push(leak(CatalogRegistration {
-            catalog: cat,
-            provider,
-        }));
+        push(&mut plugins.catalogs, cat, &provider, "")?;
     }
     Ok(plugin)
 }
 
-/// Every loaded plugin.
+/// Every library this process opened.
 pub fn loaded() -> Vec<&'static LoadedPlugin> {
-    DYNAMIC.lock().expect("registry").plugins.clone()
-}
-
-pub(crate) fn dynamic_solvers() -> Vec<&'static SolverRegistration> {
-    DYNAMIC.lock().expect("registry").solvers.clone()
-}
-pub(crate) fn dynamic_cost_models() -> Vec<&'static CostModelRegistration> {
-    DYNAMIC.lock().expect("registry").cost_models.clone()
-}
-pub(crate) fn dynamic_scorers() -> Vec<&'static ScorerRegistration> {
-    DYNAMIC.lock().expect("registry").scorers.clone()
-}
-pub(crate) fn dynamic_catalogs() -> Vec<&'static CatalogRegistration> {
-    DYNAMIC.lock().expect("registry").catalogs.clone()
+    OPENED.lock().expect("plugin list").clone()
 }
 
 /// A plugin's solver.
@@ -269,7 +270,7 @@ impl Scorer for DynScorer {
         self.name
     }
     fn token_batch(&self, b: &TokenBatch) -> Result<Option<(f64, f64)>> {
-        let flat = |logits: &burn::tensor::Tensor<3>| -> RVec<f32> {
+        let flat = |logits: &puzzle_core::burn::tensor::Tensor<3>| -> RVec<f32> {
             target_log_probs(logits.clone(), b.targets.clone())
                 .try_into_vec_as::<f32>()
                 .expect("f32")

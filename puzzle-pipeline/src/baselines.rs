@@ -1,0 +1,297 @@
+//! The baselines at the Puzzle child's measured speed: each is the least-reduced architecture of
+//! its kind whose measured speed (end to end, undistilled: weights do not change speed) reaches
+//! the child's; then it gets the same distillation budget.
+//!
+//! A baseline is matched *to a child*: `baselines/<kind>/baseline.json` records the child's
+//! choices and everything else the matching read, so a new child (after a change to
+//! `[search]`, say) rebuilds the baselines instead of comparing it with ones matched to the old.
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{Artifact, Recorded};
+use crate::calibrate::ChosenSolution;
+use crate::config::RunConfig;
+use crate::finish::{ComparedModel, finish_model};
+use crate::run::Run;
+use crate::speed::speed_vs_parent;
+use puzzle_core::bld::{block_influence, calibrate};
+use puzzle_core::data::Split;
+use puzzle_core::distill::DistillReport;
+use puzzle_core::error::{Error, Result};
+use puzzle_core::kinds::{BaselineKind, SpeedMetric};
+use puzzle_core::nn::Decoder;
+use puzzle_core::progress::Progress;
+use puzzle_core::realize::LayerChoice;
+use puzzle_core::score::swapped;
+use puzzle_core::search::BlockTable;
+use puzzle_core::variant::VariantId;
+use puzzle_core::variants::{LayerCalibration, build_subblock, layer_weights};
+use puzzle_core::weights::MemoryWeights;
+
+/// A measured candidate is a match when it reaches this share of the child's measured speed.
+const MATCH: f64 = 0.98;
+
+/// `baselines/<kind>/baseline.json`: which architecture matched which child.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRecord {
+    /// Hash of the child's choices and the matching's settings.
+    pub provenance: String,
+    pub kind: BaselineKind,
+    /// What was built (`uniform attn:gqa(kv=2)+ffn:width(512)`, `layer_removal [1, 4]`).
+    pub identity: String,
+    pub distill: Option<DistillReport>,
+}
+
+impl Recorded for BaselineRecord {
+    type Inputs = String;
+    fn inputs(&self) -> &String {
+        &self.provenance
+    }
+}
+
+/// The speed the baselines are matched on, and the child's measured value of it (measured at
+/// most once, and only when some baseline has to be built).
+struct Target<'a> {
+    run: &'a Run,
+    child: &'a Decoder,
+    metric: SpeedMetric,
+    batch: usize,
+    /// The table key of the metric (`decode_throughput@b8`).
+    key: String,
+    measured: Option<f64>,
+}
+
+impl Target<'_> {
+    fn ratio(&self, m: &Decoder) -> f64 {
+        speed_vs_parent(self.run, m, self.batch, self.metric)
+    }
+
+    fn child(&mut self) -> f64 {
+        if self.measured.is_none() {
+            self.measured = Some(self.ratio(self.child));
+        }
+        self.measured.expect("just set")
+    }
+}
+
+/// Builds (or reuses) every `[baselines]` kind, matched to `child`.
+pub fn baselines_stage(
+    run: &Run,
+    table: &BlockTable,
+    chosen: &ChosenSolution,
+    child: &Decoder,
+    progress: &mut dyn Progress,
+) -> Result<Vec<ComparedModel>> {
+    let c = &run.config;
+    let b = chosen.batch.unwrap_or(c.deployment.batch_sizes[0]);
+    let key = chosen
+        .spec
+        .constraints
+        .iter()
+        .find(|k| SpeedMetric::from_key(&k.key).is_some())
+        .map(|k| k.key.clone())
+        .unwrap_or_else(|| SpeedMetric::DecodeThroughput.key(b));
+    let (metric, batch) = SpeedMetric::from_key(&key).expect("a speed key");
+    let mut target = Target {
+        run,
+        child,
+        metric,
+        batch,
+        key,
+        measured: None,
+    };
+    let mut out = Vec::new();
+    for &kind in &c.baselines.kinds {
+        let dir = run.dir.join("baselines").join(kind.as_str());
+        let inputs = matching_inputs(run, table, chosen, kind, &target.key);
+        let record = Artifact::new(format!("baseline {kind}"), dir.join("baseline.json"))
+            .requires(dir.join("config.json"))
+            .requires(dir.join("puzzle.json"))
+            .reuse_or_build(&inputs, progress, |progress| {
+                let (student, identity) = match kind {
+                    BaselineKind::Uniform => {
+                        match_uniform(run, table, chosen, &mut target, progress)?
+                    }
+                    BaselineKind::LayerRemoval => match_layer_removal(run, &mut target, progress)?,
+                };
+                let made = finish_model(run, kind.as_str(), &student, &identity, &dir, progress)?;
+                Ok(BaselineRecord {
+                    provenance: inputs.clone(),
+                    kind,
+                    identity,
+                    distill: made.distill,
+                })
+            })?;
+        out.push(ComparedModel {
+            name: kind.as_str().to_string(),
+            dir,
+            distill: record.distill,
+        });
+    }
+    Ok(out)
+}
+
+/// What a baseline's matching depends on: the child it is matched to, the table its candidates
+/// come from, how speed is measured, and the calibration data of the training-free inits.
+fn matching_inputs(
+    run: &Run,
+    table: &BlockTable,
+    chosen: &ChosenSolution,
+    kind: BaselineKind,
+    key: &str,
+) -> String {
+    let c = &run.config;
+    RunConfig::hash_of(&(
+        kind,
+        &chosen.solution.choices,
+        key,
+        RunConfig::hash_of(table),
+        &c.deployment,
+        c.eval.speed_repeats,
+        (c.bld.seq_len, c.bld.calibration_sequences, c.bld.batch_size),
+        &run.parent_fingerprint,
+        &run.data_fingerprint,
+    ))
+}
+
+/// Predicted value of `key` (from the table) for a uniform choice per layer.
+fn predicted(table: &BlockTable, id: &str, layers: usize, key: &str) -> Result<f64> {
+    let idx: Vec<usize> = table
+        .groups
+        .iter()
+        .take(layers)
+        .map(|g| {
+            g.choices
+                .iter()
+                .position(|c| c.id == id)
+                .ok_or_else(|| Error::invalid(format!("{} has no choice `{id}`", g.name)))
+        })
+        .collect::<Result<_>>()?;
+    table.total(&idx, key)
+}
+
+/// Uniform candidates: the same (attention, FFN) pair in every layer, least reduced first.
+fn uniform_candidates(table: &BlockTable, layers: usize) -> Vec<String> {
+    let mut cands: Vec<(String, f64)> = table.groups[0]
+        .choices
+        .iter()
+        .map(|ch| ch.id.clone())
+        .filter(|id| !id.starts_with("coupled"))
+        .filter_map(|id| {
+            let p = predicted(table, &id, layers, "params").ok()?;
+            Some((id, p))
+        })
+        .collect();
+    cands.sort_by(|a, b| b.1.total_cmp(&a.1));
+    cands.into_iter().map(|(id, _)| id).collect()
+}
+
+/// The parent with `choice` in every layer, from training-free inits (no BLD).
+fn uniform_student(run: &Run, calib: &[LayerCalibration], choice: &LayerChoice) -> Result<Decoder> {
+    let spec = &run.parent.spec;
+    let device = run.parent.decoder.device();
+    let mut m = run.parent.decoder.clone();
+    for (layer, cal) in calib.iter().enumerate().take(spec.layers.len()) {
+        let pw = layer_weights(&run.parent_weights, layer)?;
+        for v in [&choice.attn, &choice.ffn] {
+            let init = run.plugins.catalog_for(v)?.init(v, spec, layer, &pw, cal)?;
+            let sub = build_subblock(spec, &init.spec, layer, &init.weights, &device)?;
+            m = swapped(&m, layer, vec![sub]);
+        }
+    }
+    Ok(m)
+}
+
+/// Calibration windows of the training-free inits and of block influence.
+fn calibration_windows(run: &Run) -> Result<Vec<Vec<u32>>> {
+    let c = &run.config.bld;
+    let mut w = run.windows(Split::Train, c.seq_len)?;
+    w.truncate(c.calibration_sequences.max(1));
+    Ok(w)
+}
+
+/// The least-reduced uniform architecture whose measured speed reaches the child's.
+fn match_uniform(
+    run: &Run,
+    table: &BlockTable,
+    chosen: &ChosenSolution,
+    target: &mut Target,
+    progress: &mut dyn Progress,
+) -> Result<(Decoder, String)> {
+    let layers = run.parent.spec.layers.len();
+    let calib = calibrate(
+        &run.parent.decoder,
+        &calibration_windows(run)?,
+        run.config.bld.batch_size,
+    );
+    let want = target.child();
+    let child_pred = chosen
+        .solution
+        .costs
+        .get(&target.key)
+        .copied()
+        .unwrap_or(0.0);
+    for id in uniform_candidates(table, layers) {
+        // Skip candidates the tables say are far too slow before measuring.
+        if predicted(table, &id, layers, &target.key)? < 0.8 * child_pred {
+            continue;
+        }
+        let m = uniform_student(run, &calib, &id.parse()?)?;
+        let r = target.ratio(&m);
+        progress.note(&format!(
+            "baseline uniform candidate {id}: measured {r:.2}x (child {want:.2}x)"
+        ));
+        if r >= MATCH * want {
+            progress.note(&format!(
+                "baseline uniform: {id} in every layer (pruned from the parent, no BLD)"
+            ));
+            return Ok((m, format!("uniform {id}")));
+        }
+    }
+    Err(Error::invalid(format!(
+        "no uniform architecture reaches the child's measured {want:.2}x"
+    )))
+}
+
+/// The parent without its layers of least block influence (ShortGPT), removed one at a time
+/// until the measured speed reaches the child's.
+fn match_layer_removal(
+    run: &Run,
+    target: &mut Target,
+    progress: &mut dyn Progress,
+) -> Result<(Decoder, String)> {
+    let spec = &run.parent.spec;
+    let layers = spec.layers.len();
+    let device = run.parent.decoder.device();
+    let bi = block_influence(
+        &run.parent.decoder,
+        &calibration_windows(run)?,
+        run.config.bld.batch_size,
+    );
+    let mut order: Vec<usize> = (0..layers).collect();
+    order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
+    let noops: [VariantId; 2] = ["attn:noop".parse()?, "ffn:noop".parse()?];
+    let want = target.child();
+    let mut m = run.parent.decoder.clone();
+    let mut removed = Vec::new();
+    for &l in &order {
+        for v in &noops {
+            let s = run.plugins.catalog_for(v)?.spec(v, spec)?;
+            let sub = build_subblock(spec, &s, l, &MemoryWeights::new("noop"), &device)?;
+            m = swapped(&m, l, vec![sub]);
+        }
+        removed.push(l);
+        let r = target.ratio(&m);
+        if r >= MATCH * want || removed.len() == layers {
+            progress.note(&format!(
+                "baseline layer removal: measured {r:.2}x (child {want:.2}x)"
+            ));
+            break;
+        }
+    }
+    removed.sort_unstable();
+    progress.note(&format!(
+        "baseline layer removal: layers {removed:?} removed (lowest block influence)"
+    ));
+    Ok((m, format!("layer_removal {removed:?}")))
+}

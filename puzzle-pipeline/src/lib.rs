@@ -1,0 +1,25 @@
+//! `puzzle-pipeline`: the Puzzle method as stages over a run folder.
+//!
+//! - [`config`]: the run config (TOML), pure data: parsing it runs no code.
+//! - [`run`]: an opened run (config, folder, parent, corpus, plugins).
+//! - [`stages`]: cost, score and the block table; [`calibrate`]: the search with speed
+//!   calibration; [`finish`]: distil and export; [`baselines`]: uniform pruning and layer
+//!   removal matched to the child's measured speed; [`evaluate`]: every model side by side;
+//!   [`pipeline`]: the precheck, BLD and `run_all`, in order.
+//! - [`artifact`]: "reuse this artifact if its recorded inputs match, else rebuild it
+//!   atomically", used by every stage.
+//! - [`host`]: the dynamic plugin host; it pushes what it loads into a [`puzzle_core::Plugins`].
+
+pub mod artifact;
+pub mod baselines;
+pub mod calibrate;
+pub mod config;
+pub mod evaluate;
+pub mod finish;
+pub mod host;
+pub mod pipeline;
+pub mod run;
+pub mod speed;
+pub mod stages;
+
+pub use run::{Run, recorded_spec};

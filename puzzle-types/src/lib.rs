@@ -1,0 +1,26 @@
+//! `puzzle-types`: the plain data and the tensor-free traits of the Puzzle method (Bercovich et
+//! al., "Puzzle: Distillation-Based NAS for Inference-Optimized LLMs").
+//!
+//! This is the bottom layer: it compiles without burn, tokenizers, safetensors or the embedded
+//! model zoo, so solver and family plugins pay only for what they use.
+//!
+//! - [`error`]: the typed errors every crate returns.
+//! - [`spec`], [`variant`]: the per-layer description of a decoder and subblock variant ids.
+//! - [`family`]: the parent-family trait (config -> spec, child config).
+//! - [`search`]: block tables, search problems, the solver-facing `MipProblem` and `Solver`.
+//! - [`deploy`]: deployment and hardware profiles as data; [`kinds`]: enums parsed at the edge.
+//! - [`registry`]: the one registry type for every kind of plugin.
+//! - [`fsutil`]: atomic writes and swapped checkpoint folders; [`progress`]: the UI contract.
+
+pub mod deploy;
+pub mod error;
+pub mod family;
+pub mod fsutil;
+pub mod kinds;
+pub mod progress;
+pub mod registry;
+pub mod search;
+pub mod spec;
+pub mod variant;
+
+pub use error::{Error, Result};
