@@ -15,6 +15,7 @@ use puzzle_solver_highs as _;
 use puzzle_window as _;
 
 mod cmd;
+mod registry;
 mod report;
 mod ui;
 
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    cmd::set_plugins(plugins);
+    registry::set_plugins(plugins);
     let result = match cli.command {
         Command::Plugins(a) => cmd::plugins::run(a),
         Command::Run(a) => cmd::run::run(a),

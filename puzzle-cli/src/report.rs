@@ -271,7 +271,7 @@ pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
     let values: Vec<BoundValue> = (0..12)
         .map(|i| BoundValue::Relative(1.0 + 0.25 * i as f64))
         .collect();
-    let solvers = &crate::cmd::plugins().solvers;
+    let solvers = &crate::registry::plugins().solvers;
     let solver = solvers.get("highs").or_else(|_| solvers.get("bnb"))?;
     let pts = sweep(
         &table,

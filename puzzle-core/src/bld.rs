@@ -522,8 +522,60 @@ pub fn run_bld(
     progress: &mut dyn Progress,
 ) -> Result<BldReport> {
     let t_start = Instant::now();
-    let spec = inputs.parent_spec;
-    let keys = plan(inputs.catalogs, spec, inputs.space, cfg)?;
+    let (mut report, todo) = shard_todo(inputs, cfg, library, shard)?;
+    if todo.is_empty() {
+        progress.note(&format!(
+            "library complete for this shard: {} of {} entries already trained",
+            report.in_shard, report.planned
+        ));
+        return Ok(report);
+    }
+    let job = BldJob::new(inputs, cfg, library, progress)?;
+    let mut trainees = todo
+        .iter()
+        .map(|k| job.trainee(k))
+        .collect::<Result<Vec<_>>>()?;
+    job.measure_init(&mut trainees);
+    // Entries with nothing to train are finished now.
+    let mut finished = 0;
+    for t in trainees.iter().filter(|t| t.source != EntrySource::Trained) {
+        job.write(t, t.state.nmse_init, 0)?;
+        finished += 1;
+    }
+    trainees.retain(|t| t.source == EntrySource::Trained);
+    progress.note(&format!(
+        "BLD: {} entries to train ({} already done, {} without training) for {} steps of {} tokens",
+        trainees.len(),
+        report.already_done,
+        finished,
+        job.steps,
+        cfg.batch_size * cfg.seq_len
+    ));
+    let t_loop = Instant::now();
+    let trained_tokens = job.train(&mut trainees, progress)?;
+    // Final held-out measurement and the finished entries.
+    let all: Vec<usize> = (0..trainees.len()).collect();
+    let finals = job.nmse(&trainees, &all);
+    for (t, nmse) in trainees.iter().zip(finals) {
+        job.write(t, nmse, job.steps)?;
+        remove_checkpoint(&t.key.dir(library));
+        finished += 1;
+    }
+    report.finished_now = finished;
+    report.seconds = t_start.elapsed().as_secs_f64();
+    report.trained_tokens_per_second =
+        trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
+    Ok(report)
+}
+
+/// The shard's planned entries that are not finished yet, and the report so far.
+fn shard_todo(
+    inputs: &BldInputs,
+    cfg: &BldConfig,
+    library: &Path,
+    shard: (usize, usize),
+) -> Result<(BldReport, Vec<EntryKey>)> {
+    let keys = plan(inputs.catalogs, inputs.parent_spec, inputs.space, cfg)?;
     let mine: Vec<EntryKey> = keys
         .iter()
         .enumerate()
@@ -546,66 +598,97 @@ pub fn run_bld(
         }
     }
     report.already_done = report.in_shard - todo.len();
-    if todo.is_empty() {
-        progress.note(&format!(
-            "library complete for this shard: {} of {} entries already trained",
-            report.in_shard, report.planned
-        ));
-        return Ok(report);
-    }
-    if inputs.train.is_empty() || inputs.held_out.is_empty() {
-        return Err(Error::invalid(format!(
-            "BLD needs training and held-out sequences of {} tokens; the corpus is too small",
-            cfg.seq_len
-        )));
-    }
-    let device = inputs.parent.device();
-    let ad = device.clone().autodiff();
-    let parent = inputs.parent;
-    let fingerprint = inputs.provenance.combined();
-    let steps = cfg.tokens.div_ceil(cfg.batch_size * cfg.seq_len).max(1);
-    let schedule = WarmupCosine {
-        lr: cfg.lr,
-        min_lr: cfg.min_lr,
-        warmup_steps: cfg.warmup_steps.min(steps / 2),
-        total_steps: steps,
-    };
-    let windows: Vec<Vec<u32>> = inputs
-        .train
-        .iter()
-        .map(|w| w[..cfg.seq_len.min(w.len())].to_vec())
-        .collect();
-    let held: Vec<Vec<u32>> = inputs
-        .held_out
-        .iter()
-        .take(cfg.eval_sequences.max(1))
-        .map(|w| w[..cfg.seq_len.min(w.len())].to_vec())
-        .collect();
-    progress.start("calibrate", 1);
-    let calib_windows: Vec<Vec<u32>> = windows
-        .iter()
-        .take(cfg.calibration_sequences.max(1))
-        .cloned()
-        .collect();
-    let calib = calibrate(parent, &calib_windows, cfg.batch_size);
-    progress.finish();
+    Ok((report, todo))
+}
 
-    // Frozen parent layers on the autodiff device (gradients flow through, not into, them).
-    let frozen_ad: Vec<Layer> = {
-        let d = Decoder::load(spec, inputs.parent_weights, &ad)?.no_grad();
-        d.layers
-    };
-    // Build or resume every entry of the shard.
-    let mut trainees: Vec<Trainee> = Vec::new();
-    for key in &todo {
+/// Windows cut to `seq_len` tokens.
+fn cut(windows: &[Vec<u32>], seq_len: usize) -> Vec<Vec<u32>> {
+    windows
+        .iter()
+        .map(|w| w[..seq_len.min(w.len())].to_vec())
+        .collect()
+}
+
+/// Everything the entries of one BLD invocation share.
+struct BldJob<'a> {
+    inputs: &'a BldInputs<'a>,
+    cfg: &'a BldConfig,
+    library: &'a Path,
+    device: Device,
+    ad: Device,
+    fingerprint: String,
+    steps: usize,
+    schedule: WarmupCosine,
+    windows: Vec<Vec<u32>>,
+    held: Vec<Vec<u32>>,
+    calib: Vec<LayerCalibration>,
+    /// Frozen parent layers on the autodiff device (gradients flow through, not into, them).
+    frozen_ad: Vec<Layer>,
+}
+
+impl<'a> BldJob<'a> {
+    fn new(
+        inputs: &'a BldInputs<'a>,
+        cfg: &'a BldConfig,
+        library: &'a Path,
+        progress: &mut dyn Progress,
+    ) -> Result<Self> {
+        if inputs.train.is_empty() || inputs.held_out.is_empty() {
+            return Err(Error::invalid(format!(
+                "BLD needs training and held-out sequences of {} tokens; the corpus is too small",
+                cfg.seq_len
+            )));
+        }
+        let device = inputs.parent.device();
+        let ad = device.clone().autodiff();
+        let steps = cfg.tokens.div_ceil(cfg.batch_size * cfg.seq_len).max(1);
+        let windows = cut(inputs.train, cfg.seq_len);
+        let held = cut(
+            &inputs.held_out[..inputs.held_out.len().min(cfg.eval_sequences.max(1))],
+            cfg.seq_len,
+        );
+        progress.start("calibrate", 1);
+        let n_calib = windows.len().min(cfg.calibration_sequences.max(1));
+        let calib = calibrate(inputs.parent, &windows[..n_calib], cfg.batch_size);
+        progress.finish();
+        let frozen_ad = Decoder::load(inputs.parent_spec, inputs.parent_weights, &ad)?
+            .no_grad()
+            .layers;
+        Ok(BldJob {
+            inputs,
+            cfg,
+            library,
+            device,
+            ad,
+            fingerprint: inputs.provenance.combined(),
+            steps,
+            schedule: WarmupCosine {
+                lr: cfg.lr,
+                min_lr: cfg.min_lr,
+                warmup_steps: cfg.warmup_steps.min(steps / 2),
+                total_steps: steps,
+            },
+            windows,
+            held,
+            calib,
+            frozen_ad,
+        })
+    }
+
+    /// The training-free init of an entry: its specs, init methods, weights and source.
+    fn init(
+        &self,
+        key: &EntryKey,
+    ) -> Result<(Vec<SubblockSpec>, Vec<String>, MemoryWeights, EntrySource)> {
+        let spec = self.inputs.parent_spec;
         let mut specs = Vec::new();
         let mut inits = Vec::new();
         let mut weights = MemoryWeights::new(format!("init of {}", key.id()));
-        let parent_layer = layer_weights(inputs.parent_weights, key.layer)?;
+        let parent_layer = layer_weights(self.inputs.parent_weights, key.layer)?;
         let mut is_parent = true;
         for v in &key.variants {
-            let cat = catalog_for(inputs.catalogs, v)?;
-            let init = cat.init(v, spec, key.layer, &parent_layer, &calib[key.layer])?;
+            let cat = catalog_for(self.inputs.catalogs, v)?;
+            let init = cat.init(v, spec, key.layer, &parent_layer, &self.calib[key.layer])?;
             is_parent &= match &init.spec {
                 SubblockSpec::Attention(a) => *a == spec.layers[key.layer].attention,
                 SubblockSpec::Ffn(f) => *f == spec.layers[key.layer].ffn,
@@ -624,174 +707,158 @@ pub fn run_bld(
         } else {
             EntrySource::Trained
         };
-        let resumed: Option<(PathBuf, EntryState)> = checkpoint_of(&key.dir(library))
+        Ok((specs, inits, weights, source))
+    }
+
+    /// An entry ready to train: resumed from its checkpoint when one matches, else its init.
+    fn trainee(&self, key: &EntryKey) -> Result<Trainee> {
+        let spec = self.inputs.parent_spec;
+        let (specs, inits, weights, source) = self.init(key)?;
+        let resumed: Option<(PathBuf, EntryState)> = checkpoint_of(&key.dir(self.library))
             .find("state.json")
             .and_then(|d| {
                 let st = fsutil::read_json::<EntryState>(&d.join("state.json")).ok()?;
-                (st.fingerprint == fingerprint).then_some((d, st))
+                (st.fingerprint == self.fingerprint).then_some((d, st))
             });
-        let (modules, opt, state) = match (&resumed, source) {
+        let adamw = self.cfg.adamw.clone();
+        let (modules, opt, state) = match (resumed, source) {
             (Some((ckpt, st)), EntrySource::Trained) => {
                 let w = SafetensorsWeights::open(&ckpt.join("weights.safetensors"))?;
                 let mut m = MemoryWeights::new(ckpt.display().to_string());
                 for n in w.names() {
                     m.insert(n.clone(), w.read(&n)?);
                 }
-                let modules = split_build(spec, &specs, key.layer, &m, &ad)?;
-                let opt = AdamW::load(
-                    cfg.adamw.clone(),
-                    &ckpt.join("optimizer.safetensors"),
-                    &device,
-                )?;
-                (modules, opt, st.clone())
+                let modules = split_build(spec, &specs, key.layer, &m, &self.ad)?;
+                let opt = AdamW::load(adamw, &ckpt.join("optimizer.safetensors"), &self.device)?;
+                (modules, opt, st)
             }
             _ => {
-                let modules = split_build(spec, &specs, key.layer, &weights, &ad)?;
+                let modules = split_build(spec, &specs, key.layer, &weights, &self.ad)?;
                 let state = EntryState {
                     step: 0,
                     nmse_init: f64::NAN,
-                    init: inits.clone(),
+                    init: inits,
                     loss_curve: vec![],
                     running: (0.0, 0),
                     seconds: 0.0,
-                    fingerprint: fingerprint.clone(),
+                    fingerprint: self.fingerprint.clone(),
                 };
-                (modules, AdamW::new(cfg.adamw.clone()), state)
+                (modules, AdamW::new(adamw), state)
             }
         };
-        trainees.push(Trainee {
+        Ok(Trainee {
             key: key.clone(),
             specs,
             source,
             modules,
             opt,
             state,
-        });
+        })
     }
-    // Normalised MSE at init on held-out activations (entries resumed keep theirs).
-    let need_init_eval: Vec<usize> = (0..trainees.len())
-        .filter(|&i| trainees[i].state.nmse_init.is_nan())
-        .collect();
-    if !need_init_eval.is_empty() {
-        let vals = held_out_nmse(
-            parent,
-            &frozen_ad,
-            &trainees,
-            &need_init_eval,
-            &held,
-            cfg.batch_size,
-        );
-        for (i, v) in need_init_eval.into_iter().zip(vals) {
+
+    /// Held-out normalised MSE of `which` trainees.
+    fn nmse(&self, trainees: &[Trainee], which: &[usize]) -> Vec<f64> {
+        let (p, b) = (self.inputs.parent, self.cfg.batch_size);
+        held_out_nmse(p, &self.frozen_ad, trainees, which, &self.held, b)
+    }
+
+    /// Normalised MSE at init on held-out activations (entries resumed keep theirs).
+    fn measure_init(&self, trainees: &mut [Trainee]) {
+        let need: Vec<usize> = (0..trainees.len())
+            .filter(|&i| trainees[i].state.nmse_init.is_nan())
+            .collect();
+        if need.is_empty() {
+            return;
+        }
+        let vals = self.nmse(trainees, &need);
+        for (i, v) in need.into_iter().zip(vals) {
             trainees[i].state.nmse_init = v;
         }
     }
-    // Entries with nothing to train are finished now.
-    let mut finished = 0;
-    for t in trainees.iter().filter(|t| t.source != EntrySource::Trained) {
-        write_entry(
-            library,
-            t,
-            spec,
-            &inputs.provenance,
-            t.state.nmse_init,
-            0,
-            0,
-        )?;
-        finished += 1;
+
+    /// Writes a finished entry trained for `steps` steps.
+    fn write(&self, t: &Trainee, nmse_final: f64, steps: usize) -> Result<()> {
+        let tokens = steps * self.cfg.batch_size * self.cfg.seq_len;
+        let (spec, prov) = (self.inputs.parent_spec, &self.inputs.provenance);
+        write_entry(self.library, t, spec, prov, nmse_final, steps, tokens)
     }
-    trainees.retain(|t| t.source == EntrySource::Trained);
-    let order = BatchOrder {
-        n: windows.len(),
-        batch_size: cfg.batch_size,
-        seed: cfg.seed,
-    };
-    let first = trainees.iter().map(|t| t.state.step).min().unwrap_or(steps);
-    progress.start("bld", steps as u64);
-    progress.note(&format!(
-        "BLD: {} entries to train ({} already done, {} without training) for {steps} steps of {} tokens",
-        trainees.len(),
-        report.already_done,
-        finished,
-        cfg.batch_size * cfg.seq_len
-    ));
-    let t_loop = Instant::now();
-    let mut trained_tokens = 0usize;
-    for step in first..steps {
-        let ids = ids_of(
-            &order
+
+    /// One optimiser step of `t` on the parent's activations; returns the loss.
+    fn step(&self, t: &mut Trainee, acts: &[LayerActs], ctx: &ForwardCtx, lr: f64) -> f64 {
+        let t0 = Instant::now();
+        let a = &acts[t.key.layer];
+        let target = lift(&(a.output.clone() - a.input.clone()));
+        let pred = block_delta(&t.modules, &self.frozen_ad[t.key.layer], a, ctx, true);
+        let loss = normalized_mse(target, pred, EPS);
+        let lv = loss.clone().into_scalar::<f32>() as f64;
+        let grads = loss.backward();
+        let modules = std::mem::take(&mut t.modules);
+        let (m, _) = t.opt.step(modules, &grads, lr);
+        t.modules = m;
+        t.state.step += 1;
+        t.state.running.0 += lv;
+        t.state.running.1 += 1;
+        if t.state.step % self.cfg.checkpoint_every == 0 || t.state.step == self.steps {
+            let mean = t.state.running.0 / t.state.running.1.max(1) as f64;
+            t.state.loss_curve.push((t.state.step, mean));
+            t.state.running = (0.0, 0);
+        }
+        t.state.seconds += t0.elapsed().as_secs_f64();
+        lv
+    }
+
+    /// The training loop: one parent forward per batch feeds every entry due at that step;
+    /// checkpoints every `checkpoint_every` steps. Returns the entry-tokens trained.
+    fn train(&self, trainees: &mut [Trainee], progress: &mut dyn Progress) -> Result<usize> {
+        let cfg = self.cfg;
+        let order = BatchOrder {
+            n: self.windows.len(),
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+        };
+        let first = trainees
+            .iter()
+            .map(|t| t.state.step)
+            .min()
+            .unwrap_or(self.steps);
+        progress.start("bld", self.steps as u64);
+        let t_loop = Instant::now();
+        let mut trained_tokens = 0usize;
+        for step in first..self.steps {
+            let batch: Vec<Vec<u32>> = order
                 .batch(step)
                 .iter()
-                .map(|&i| windows[i].clone())
-                .collect::<Vec<_>>(),
-            &device,
-        );
-        let (acts, ctx) = parent_activations(parent, ids);
-        let ctx_ad = lift_ctx(&ctx);
-        let lr = schedule.at(step);
-        let mut loss_sum = 0.0;
-        let mut active = 0;
-        for t in trainees.iter_mut().filter(|t| t.state.step == step) {
-            let t0 = Instant::now();
-            let a = &acts[t.key.layer];
-            let target = lift(&(a.output.clone() - a.input.clone()));
-            let pred = block_delta(&t.modules, &frozen_ad[t.key.layer], a, &ctx_ad, true);
-            let loss = normalized_mse(target, pred, EPS);
-            let lv = loss.clone().into_scalar::<f32>() as f64;
-            let grads = loss.backward();
-            let modules = std::mem::take(&mut t.modules);
-            let (m, _) = t.opt.step(modules, &grads, lr);
-            t.modules = m;
-            t.state.step += 1;
-            t.state.running.0 += lv;
-            t.state.running.1 += 1;
-            if t.state.step % cfg.checkpoint_every == 0 || t.state.step == steps {
-                let mean = t.state.running.0 / t.state.running.1.max(1) as f64;
-                t.state.loss_curve.push((t.state.step, mean));
-                t.state.running = (0.0, 0);
+                .map(|&i| self.windows[i].clone())
+                .collect();
+            let (acts, ctx) = parent_activations(self.inputs.parent, ids_of(&batch, &self.device));
+            let ctx_ad = lift_ctx(&ctx);
+            let lr = self.schedule.at(step);
+            let mut loss_sum = 0.0;
+            let mut active = 0;
+            for t in trainees.iter_mut().filter(|t| t.state.step == step) {
+                loss_sum += self.step(t, &acts, &ctx_ad, lr);
+                active += 1;
+                trained_tokens += cfg.batch_size * cfg.seq_len;
             }
-            t.state.seconds += t0.elapsed().as_secs_f64();
-            loss_sum += lv;
-            active += 1;
-            trained_tokens += cfg.batch_size * cfg.seq_len;
-        }
-        let done_step = step + 1;
-        if done_step % cfg.checkpoint_every == 0 && done_step < steps {
-            for t in &trainees {
-                save_ckpt(library, t)?;
+            let done_step = step + 1;
+            if done_step % cfg.checkpoint_every == 0 && done_step < self.steps {
+                for t in trainees.iter() {
+                    save_ckpt(self.library, t)?;
+                }
             }
+            let tps = trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
+            progress.set(
+                done_step as u64,
+                &format!(
+                    "{active} entries | mean nmse {:.4} | {:.0} entry-tokens/s",
+                    loss_sum / active.max(1) as f64,
+                    tps
+                ),
+            );
         }
-        let tps = trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
-        progress.set(
-            done_step as u64,
-            &format!(
-                "{active} entries | mean nmse {:.4} | {:.0} entry-tokens/s",
-                loss_sum / active.max(1) as f64,
-                tps
-            ),
-        );
+        progress.finish();
+        Ok(trained_tokens)
     }
-    progress.finish();
-    // Final held-out measurement and the finished entries.
-    let all: Vec<usize> = (0..trainees.len()).collect();
-    let finals = held_out_nmse(parent, &frozen_ad, &trainees, &all, &held, cfg.batch_size);
-    for (t, nmse) in trainees.iter().zip(finals) {
-        write_entry(
-            library,
-            t,
-            spec,
-            &inputs.provenance,
-            nmse,
-            steps,
-            steps * cfg.batch_size * cfg.seq_len,
-        )?;
-        remove_checkpoint(&t.key.dir(library));
-        finished += 1;
-    }
-    report.finished_now = finished;
-    report.seconds = t_start.elapsed().as_secs_f64();
-    report.trained_tokens_per_second =
-        trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
-    Ok(report)
 }
 
 fn split_build(

@@ -162,32 +162,9 @@ pub fn distill(
         return Err(Error::invalid("no training sequences to distil on"));
     }
     let spec = student.current_spec();
-    let ad = device.clone().autodiff();
     let ckpt = Checkpoint::new(dir);
-    let (mut model, mut opt, mut state) = match ckpt.state::<DistillState>() {
-        Some((d, Ok(s))) if s.fingerprint == fingerprint => {
-            let w = SafetensorsWeights::open(&d.join("model.safetensors"))?;
-            let m = Decoder::load(&spec, &w, &ad)?;
-            let o = AdamW::load(cfg.adamw.clone(), &d.join("optimizer.safetensors"), &device)?;
-            progress.note(&format!(
-                "distill: resuming from step {} ({})",
-                s.step,
-                d.display()
-            ));
-            (m, o, s)
-        }
-        _ => (
-            Decoder::load(&spec, &as_weights(student) as &dyn WeightSource, &ad)?,
-            AdamW::new(cfg.adamw.clone()),
-            DistillState {
-                step: 0,
-                fingerprint: fingerprint.to_string(),
-                loss_curve: vec![],
-                running: (0.0, 0),
-                seconds: 0.0,
-            },
-        ),
-    };
+    let (mut model, mut opt, mut state) =
+        resume_or_start(student, &device, cfg, fingerprint, &ckpt, progress)?;
     let schedule = WarmupCosine {
         lr: cfg.lr,
         min_lr: cfg.min_lr,
@@ -206,26 +183,7 @@ pub fn distill(
         let idx = order.batch(state.step);
         let rows: Vec<&Vec<u32>> = idx.iter().map(|&i| &train[i]).collect();
         let all = ids_of(&rows, &device);
-        let t = cfg.seq_len.min(all.dims()[1] - 1);
-        let inputs = all.clone().narrow(1, 0, t);
-        let teacher_trace = teacher.forward_trace(inputs.clone());
-        let student_trace = model.forward_trace(Tensor::from_inner(inputs));
-        let mut loss = kl_divergence(
-            Tensor::from_inner(teacher_trace.logits),
-            student_trace.logits.clone(),
-        )
-        .mul_scalar(cfg.kl_weight);
-        if cfg.cosine_weight > 0.0 {
-            for (s, p) in student_trace.layer_out.iter().zip(&teacher_trace.layer_out) {
-                loss = loss
-                    + cosine_distance(s.clone(), Tensor::from_inner(p.clone()))
-                        .mul_scalar(cfg.cosine_weight);
-            }
-        }
-        if cfg.lm_weight > 0.0 {
-            let targets = Tensor::from_inner(all.narrow(1, 1, t));
-            loss = loss + cross_entropy(student_trace.logits, targets).mul_scalar(cfg.lm_weight);
-        }
+        let loss = gkd_loss(&model, teacher, cfg, all);
         let lv = loss.clone().into_scalar::<f32>() as f64;
         if !lv.is_finite() {
             return Err(Error::invalid(format!(
@@ -262,6 +220,76 @@ pub fn distill(
             seconds: state.seconds,
         },
     ))
+}
+
+/// The student, optimiser and state to continue from: the checkpoint in `ckpt` when it was made
+/// for the same `fingerprint`, else the fresh student.
+fn resume_or_start(
+    student: &Decoder,
+    device: &Device,
+    cfg: &DistillConfig,
+    fingerprint: &str,
+    ckpt: &Checkpoint,
+    progress: &mut dyn Progress,
+) -> Result<(Decoder, AdamW, DistillState)> {
+    let spec = student.current_spec();
+    let ad = device.clone().autodiff();
+    Ok(match ckpt.state::<DistillState>() {
+        Some((d, Ok(s))) if s.fingerprint == fingerprint => {
+            let w = SafetensorsWeights::open(&d.join("model.safetensors"))?;
+            let m = Decoder::load(&spec, &w, &ad)?;
+            let o = AdamW::load(cfg.adamw.clone(), &d.join("optimizer.safetensors"), device)?;
+            progress.note(&format!(
+                "distill: resuming from step {} ({})",
+                s.step,
+                d.display()
+            ));
+            (m, o, s)
+        }
+        _ => (
+            Decoder::load(&spec, &as_weights(student) as &dyn WeightSource, &ad)?,
+            AdamW::new(cfg.adamw.clone()),
+            DistillState {
+                step: 0,
+                fingerprint: fingerprint.to_string(),
+                loss_curve: vec![],
+                running: (0.0, 0),
+                seconds: 0.0,
+            },
+        ),
+    })
+}
+
+/// The GKD loss of one batch of `seq_len + 1`-token windows: KL between the teacher's and the
+/// student's next-token distributions, plus the per-layer cosine distance of their outputs and
+/// the LM loss, each with its `[distill]` weight.
+fn gkd_loss(
+    model: &Decoder,
+    teacher: &Decoder,
+    cfg: &DistillConfig,
+    all: Tensor<2, Int>,
+) -> Tensor<1> {
+    let t = cfg.seq_len.min(all.dims()[1] - 1);
+    let inputs = all.clone().narrow(1, 0, t);
+    let teacher_trace = teacher.forward_trace(inputs.clone());
+    let student_trace = model.forward_trace(Tensor::from_inner(inputs));
+    let mut loss = kl_divergence(
+        Tensor::from_inner(teacher_trace.logits),
+        student_trace.logits.clone(),
+    )
+    .mul_scalar(cfg.kl_weight);
+    if cfg.cosine_weight > 0.0 {
+        for (s, p) in student_trace.layer_out.iter().zip(&teacher_trace.layer_out) {
+            loss = loss
+                + cosine_distance(s.clone(), Tensor::from_inner(p.clone()))
+                    .mul_scalar(cfg.cosine_weight);
+        }
+    }
+    if cfg.lm_weight > 0.0 {
+        let targets = Tensor::from_inner(all.narrow(1, 1, t));
+        loss = loss + cross_entropy(student_trace.logits, targets).mul_scalar(cfg.lm_weight);
+    }
+    loss
 }
 
 fn t_len(cfg: &DistillConfig) -> usize {

@@ -245,7 +245,48 @@ pub fn run_score(
     progress: &mut dyn Progress,
 ) -> Result<ScoreTable> {
     let t0 = Instant::now();
-    let scorers: Vec<&dyn Scorer> = cfg
+    let scorers = select_scorers(inputs, cfg)?;
+    let windows: Vec<Vec<u32>> = inputs.windows.iter().take(cfg.sequences).cloned().collect();
+    if windows.is_empty() {
+        return Err(Error::invalid("no validation sequences to score on"));
+    }
+    let pass = ScorePass {
+        inputs,
+        cfg,
+        cache: parent_pass(inputs.parent, &windows, cfg.batch_size),
+        task_ll_parent: if scorers.iter().any(|s| s.needs_tasks()) {
+            inputs
+                .tasks
+                .iter()
+                .map(|(_, items)| {
+                    choice_logliks(inputs.parent, inputs.tokenizer, items, cfg.batch_size * 4)
+                })
+                .collect::<Result<_>>()?
+        } else {
+            vec![]
+        },
+        scorers,
+    };
+    let parent_metrics = pass.score(inputs.parent, None)?;
+    let entries = pass.score_entries(progress)?;
+    let scorers = &pass.scorers;
+    Ok(ScoreTable {
+        primary: scorers[0].name().to_string(),
+        higher_is_better: scorers
+            .iter()
+            .filter(|s| s.higher_is_better())
+            .map(|s| s.name().to_string())
+            .collect(),
+        parent: parent_metrics,
+        entries,
+        provenance: inputs.provenance.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The scorers of `[score] metrics`, checked against the inputs they need.
+fn select_scorers(inputs: &ScoreInputs, cfg: &ScoreConfig) -> Result<Vec<&'static dyn Scorer>> {
+    let scorers: Vec<&'static dyn Scorer> = cfg
         .metrics
         .iter()
         .map(|m| inputs.scorers.get(m))
@@ -258,15 +299,14 @@ pub fn run_score(
             "a task scorer (accuracy) is selected but [score] tasks names no task file",
         ));
     }
-    let parent = inputs.parent;
+    Ok(scorers)
+}
+
+/// The parent pass: every batch's ids, targets, each layer's input, final hidden and logits.
+fn parent_pass(parent: &Decoder, windows: &[Vec<u32>], batch: usize) -> Vec<CachedBatch> {
     let device = parent.device();
-    let windows: Vec<Vec<u32>> = inputs.windows.iter().take(cfg.sequences).cloned().collect();
-    if windows.is_empty() {
-        return Err(Error::invalid("no validation sequences to score on"));
-    }
-    // Parent pass: cache every layer's input.
-    let mut cache: Vec<CachedBatch> = Vec::new();
-    for chunk in windows.chunks(cfg.batch_size.max(1)) {
+    let mut cache = Vec::new();
+    for chunk in windows.chunks(batch.max(1)) {
         let all = ids_of(chunk, &device);
         let t = all.dims()[1] - 1;
         let ids = all.clone().narrow(1, 0, t);
@@ -289,119 +329,126 @@ pub fn run_score(
             logits,
         });
     }
-    let task_ll_parent: Vec<Vec<Vec<f64>>> = if scorers.iter().any(|s| s.needs_tasks()) {
-        inputs
-            .tasks
-            .iter()
-            .map(|(_, items)| choice_logliks(parent, inputs.tokenizer, items, cfg.batch_size * 4))
-            .collect::<Result<_>>()?
-    } else {
-        vec![]
-    };
-    let score_model =
-        |child: &Decoder, from_layer: Option<usize>| -> Result<BTreeMap<String, f64>> {
-            let mut sums: Vec<(f64, f64)> = vec![(0.0, 0.0); scorers.len()];
-            for cb in &cache {
-                let (ch_hidden, ch_logits) = {
-                    let [b, t] = cb.ids.dims();
-                    let ctx = child.context(b, 0, t, &[]);
-                    let (start, mut x) = match from_layer {
-                        Some(i) => (i, cb.inputs[i].clone()),
-                        None => (0, child.embed(cb.ids.clone())),
-                    };
-                    for layer in &child.layers[start..] {
-                        x = layer.forward(x, &ctx, None);
-                    }
-                    let h = child.final_norm(x);
-                    let l = child.logits(h.clone());
-                    (h, l)
-                };
-                let batch = TokenBatch {
-                    parent_logits: &cb.logits,
-                    child_logits: &ch_logits,
-                    parent_hidden: &cb.hidden,
-                    child_hidden: &ch_hidden,
-                    targets: &cb.targets,
-                };
-                for (k, s) in scorers.iter().enumerate() {
-                    if let Some((a, c)) = s.token_batch(&batch)? {
-                        sums[k].0 += a;
-                        sums[k].1 += c;
-                    }
-                }
-            }
-            let mut out = BTreeMap::new();
-            for (k, s) in scorers.iter().enumerate() {
-                if s.needs_tasks() {
-                    let mut vals = Vec::new();
-                    for (ti, (_, items)) in inputs.tasks.iter().enumerate() {
-                        let child_ll =
-                            choice_logliks(child, inputs.tokenizer, items, cfg.batch_size * 4)?;
-                        if let Some(v) = s.tasks(&TaskBatch {
-                            items,
-                            child: &child_ll,
-                            parent: &task_ll_parent[ti],
-                        })? {
-                            vals.push(v);
-                        }
-                    }
-                    if !vals.is_empty() {
-                        out.insert(
-                            s.name().to_string(),
-                            vals.iter().sum::<f64>() / vals.len() as f64,
-                        );
-                    }
-                } else if sums[k].1 > 0.0 {
-                    out.insert(s.name().to_string(), sums[k].0 / sums[k].1);
-                }
-            }
-            Ok(out)
+    cache
+}
+
+/// One scoring pass: the parent's cached activations and what the scorers compare with.
+struct ScorePass<'a> {
+    inputs: &'a ScoreInputs<'a>,
+    cfg: &'a ScoreConfig,
+    scorers: Vec<&'static dyn Scorer>,
+    cache: Vec<CachedBatch>,
+    /// Per task suite, per item, the parent's choice log-likelihoods.
+    task_ll_parent: Vec<Vec<Vec<f64>>>,
+}
+
+impl ScorePass<'_> {
+    /// The child's final hidden state and logits on a cached batch, from layer `from_layer`'s
+    /// cached input (the prefix cache) or from the embeddings.
+    fn child_forward(
+        child: &Decoder,
+        cb: &CachedBatch,
+        from_layer: Option<usize>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [b, t] = cb.ids.dims();
+        let ctx = child.context(b, 0, t, &[]);
+        let (start, mut x) = match from_layer {
+            Some(i) => (i, cb.inputs[i].clone()),
+            None => (0, child.embed(cb.ids.clone())),
         };
-    let parent_metrics = score_model(parent, None)?;
-    progress.start("score", inputs.entries.len() as u64);
-    let mut entries = Vec::new();
-    for (n, e) in inputs.entries.iter().enumerate() {
-        let subs = load_entry(
-            inputs.library,
-            e,
-            inputs.parent_spec,
-            inputs.parent_weights,
-            &device,
-        )?;
-        let child = swapped(parent, e.key.layer, subs);
-        let from = if cfg.no_prefix_cache {
-            None
-        } else {
-            Some(e.key.layer)
-        };
-        let metrics = score_model(&child, from)?;
-        progress.set(
-            n as u64 + 1,
-            &format!(
-                "L{} {}: {} {:.5}",
-                e.key.layer,
-                e.key.id(),
-                scorers[0].name(),
-                metrics.get(scorers[0].name()).copied().unwrap_or(f64::NAN)
-            ),
-        );
-        entries.push(ScoreEntry {
-            layer: e.key.layer,
-            variant: e.key.id(),
-            metrics,
-        });
+        for layer in &child.layers[start..] {
+            x = layer.forward(x, &ctx, None);
+        }
+        let h = child.final_norm(x);
+        let l = child.logits(h.clone());
+        (h, l)
     }
-    progress.finish();
-    Ok(ScoreTable {
-        primary: scorers[0].name().to_string(),
-        higher_is_better: scorers
-            .iter()
-            .filter(|s| s.higher_is_better())
-            .map(|s| s.name().to_string())
-            .collect(),
-        parent: parent_metrics,
-        entries,
-        provenance: inputs.provenance.clone(),
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+
+    /// The token scorers' (sum, count) over every cached batch.
+    fn token_sums(&self, child: &Decoder, from_layer: Option<usize>) -> Result<Vec<(f64, f64)>> {
+        let mut sums: Vec<(f64, f64)> = vec![(0.0, 0.0); self.scorers.len()];
+        for cb in &self.cache {
+            let (ch_hidden, ch_logits) = Self::child_forward(child, cb, from_layer);
+            let batch = TokenBatch {
+                parent_logits: &cb.logits,
+                child_logits: &ch_logits,
+                parent_hidden: &cb.hidden,
+                child_hidden: &ch_hidden,
+                targets: &cb.targets,
+            };
+            for (k, s) in self.scorers.iter().enumerate() {
+                if let Some((a, c)) = s.token_batch(&batch)? {
+                    sums[k].0 += a;
+                    sums[k].1 += c;
+                }
+            }
+        }
+        Ok(sums)
+    }
+
+    /// A task scorer's mean over the task suites, `None` when it scored none.
+    fn task_score(&self, s: &dyn Scorer, child: &Decoder) -> Result<Option<f64>> {
+        let (tok, batch) = (self.inputs.tokenizer, self.cfg.batch_size * 4);
+        let mut vals = Vec::new();
+        for (ti, (_, items)) in self.inputs.tasks.iter().enumerate() {
+            let child_ll = choice_logliks(child, tok, items, batch)?;
+            if let Some(v) = s.tasks(&TaskBatch {
+                items,
+                child: &child_ll,
+                parent: &self.task_ll_parent[ti],
+            })? {
+                vals.push(v);
+            }
+        }
+        Ok((!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64))
+    }
+
+    /// Every metric of `child`.
+    fn score(&self, child: &Decoder, from_layer: Option<usize>) -> Result<BTreeMap<String, f64>> {
+        let sums = self.token_sums(child, from_layer)?;
+        let mut out = BTreeMap::new();
+        for (k, s) in self.scorers.iter().enumerate() {
+            if s.needs_tasks() {
+                if let Some(v) = self.task_score(*s, child)? {
+                    out.insert(s.name().to_string(), v);
+                }
+            } else if sums[k].1 > 0.0 {
+                out.insert(s.name().to_string(), sums[k].0 / sums[k].1);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every library entry swapped into the parent alone, scored.
+    fn score_entries(&self, progress: &mut dyn Progress) -> Result<Vec<ScoreEntry>> {
+        let inputs = self.inputs;
+        let device = inputs.parent.device();
+        let first = self.scorers[0].name();
+        progress.start("score", inputs.entries.len() as u64);
+        let mut entries = Vec::new();
+        for (n, e) in inputs.entries.iter().enumerate() {
+            let subs = load_entry(
+                inputs.library,
+                e,
+                inputs.parent_spec,
+                inputs.parent_weights,
+                &device,
+            )?;
+            let child = swapped(inputs.parent, e.key.layer, subs);
+            let from = (!self.cfg.no_prefix_cache).then_some(e.key.layer);
+            let metrics = self.score(&child, from)?;
+            let shown = metrics.get(first).copied().unwrap_or(f64::NAN);
+            progress.set(
+                n as u64 + 1,
+                &format!("L{} {}: {first} {shown:.5}", e.key.layer, e.key.id()),
+            );
+            entries.push(ScoreEntry {
+                layer: e.key.layer,
+                variant: e.key.id(),
+                metrics,
+            });
+        }
+        progress.finish();
+        Ok(entries)
+    }
 }

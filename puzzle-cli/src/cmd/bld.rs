@@ -49,7 +49,7 @@ pub fn run(a: BldArgs) -> Result<()> {
         &a.config,
         a.run.as_deref(),
         &device,
-        super::plugins().clone(),
+        crate::registry::plugins().clone(),
     )?;
     let mut bars = ui::Bars::new();
     let rep = bld_shard(&r, shard, &mut bars)?;

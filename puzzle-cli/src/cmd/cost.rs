@@ -40,7 +40,7 @@ pub fn run_cost(a: CostArgs) -> Result<()> {
         &a.config,
         a.run.as_deref(),
         &device,
-        super::plugins().clone(),
+        crate::registry::plugins().clone(),
     )?;
     let mut bars = ui::Bars::new();
     let t = cost_stage(&r, &mut bars)?;
@@ -141,7 +141,7 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
         &a.config,
         a.run.as_deref(),
         &device,
-        super::plugins().clone(),
+        crate::registry::plugins().clone(),
     )?;
     let mut bars = ui::Bars::new();
     let t = score_stage(&r, &mut bars)?;

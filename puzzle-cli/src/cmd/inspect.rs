@@ -24,7 +24,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    let spec = super::plugins()
+    let spec = crate::registry::plugins()
         .read_spec(&a.model)
         .with_context(|| format!("reading {}", a.model.display()))?;
     if a.json {

@@ -22,7 +22,7 @@ fn row(kind: &str, name: &str, what: &str, provider: &str) -> (String, String, S
 
 pub fn run(a: PluginsArgs) -> Result<()> {
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    let p = super::plugins();
+    let p = crate::registry::plugins();
     for r in p.families.iter() {
         rows.push((
             "family".into(),

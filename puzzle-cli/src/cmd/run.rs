@@ -69,7 +69,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             &config,
             run_dir.as_deref(),
             &device,
-            super::plugins().clone(),
+            crate::registry::plugins().clone(),
         )?;
         precheck(&r)?;
         eprintln!("{}: ok", config.display());
@@ -81,7 +81,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         &config,
         run_dir.as_deref(),
         &device,
-        super::plugins().clone(),
+        crate::registry::plugins().clone(),
         &mut bars,
     )?;
     let dir = puzzle_pipeline::config::RunConfig::load(&config)?
@@ -188,7 +188,7 @@ pub fn realize_cmd(a: RealizeArgs) -> Result<()> {
         &a.config,
         a.run.as_deref(),
         &device,
-        super::plugins().clone(),
+        crate::registry::plugins().clone(),
     )?;
     let choices: Vec<puzzle_core::realize::LayerChoice> = match &a.solution {
         Some(s) if s.contains("attn:") => s

@@ -219,7 +219,7 @@ fn print_solution(
 
 pub fn run(a: SearchArgs) -> Result<()> {
     let table = load_source(&a.source)?;
-    let solvers = &super::plugins().solvers;
+    let solvers = &crate::registry::plugins().solvers;
     let solver = solvers
         .get(&a.solver)
         .with_context(|| format!("solvers available: {}", solvers.known()))?;
