@@ -5,11 +5,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
+use puzzle_core::kinds::SpeedMetric;
 use puzzle_core::search::BlockTable;
 use puzzle_core::search::mip::SolveOptions;
 use puzzle_core::search::run::sweep;
 use puzzle_core::search::{BoundValue, Op};
 use puzzle_pipeline::pipeline::{ChosenSolution, EvalReport, ModelEval};
+use puzzle_pipeline::speed::speed_of;
 
 fn speed_at(m: &ModelEval, b: usize) -> Option<&puzzle_core::eval::speed::Speed> {
     m.speed.iter().find(|s| s.batch == b)
@@ -220,225 +222,299 @@ fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Re
     Ok(())
 }
 
-/// Writes `RUN/report/`.
-pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
-    let eval: EvalReport = puzzle_core::fsutil::read_json(&run.join("eval/report.json"))
-        .with_context(|| {
-            format!(
-                "{} has no eval/report.json: run `puzzle run` first",
-                run.display()
-            )
-        })?;
-    let chosen: ChosenSolution = puzzle_core::fsutil::read_json(&run.join("search/solution.json"))?;
-    let table = BlockTable::load(&run.join("search/table.json"))?;
-    let out = run.join("report");
-    std::fs::create_dir_all(&out)?;
-    let b = eval.batch;
-    let parent = eval
-        .models
-        .iter()
-        .find(|m| m.name == "parent")
-        .context("no parent in the eval report")?;
-    let child = eval
-        .models
-        .iter()
-        .find(|m| m.name == "child")
-        .context("no child in the eval report")?;
-    let p_speed = speed_at(parent, b).context("parent speed")?;
-    // The speed metric of the search's constraint (decode throughput unless it said otherwise).
-    let speed_key = chosen
-        .spec
-        .constraints
-        .iter()
-        .map(|c| c.key.clone())
-        .find(|k| k.starts_with("throughput@") || k.starts_with("decode_throughput@"))
-        .unwrap_or_else(|| format!("decode_throughput@b{b}"));
-    let decode = speed_key.starts_with("decode");
-    let ratio = |m: &ModelEval| {
-        speed_at(m, b).map(|s| {
-            if decode {
-                s.decode_throughput / p_speed.decode_throughput
-            } else {
-                s.throughput / p_speed.throughput
-            }
+/// What the report reads from a run folder, and the speed metric it reports.
+struct Report<'a> {
+    run: &'a Path,
+    eval: EvalReport,
+    chosen: ChosenSolution,
+    table: BlockTable,
+    /// The speed metric of the search's constraint (decode throughput unless it said otherwise).
+    metric: SpeedMetric,
+    /// Its table key at the report's batch size.
+    key: String,
+    /// The parent's measured and predicted values of it.
+    parent_speed: f64,
+    parent_pred: f64,
+}
+
+impl<'a> Report<'a> {
+    fn load(run: &'a Path) -> Result<Self> {
+        let eval: EvalReport = puzzle_core::fsutil::read_json(&run.join("eval/report.json"))
+            .with_context(|| {
+                format!(
+                    "{} has no eval/report.json: run `puzzle run` first",
+                    run.display()
+                )
+            })?;
+        let chosen: ChosenSolution =
+            puzzle_core::fsutil::read_json(&run.join("search/solution.json"))?;
+        let table = BlockTable::load(&run.join("search/table.json"))?;
+        let b = eval.batch;
+        let metric = chosen
+            .spec
+            .constraints
+            .iter()
+            .find_map(|c| SpeedMetric::from_key(&c.key))
+            .map_or(SpeedMetric::DecodeThroughput, |(m, _)| m);
+        let key = chosen
+            .spec
+            .constraints
+            .iter()
+            .map(|c| c.key.clone())
+            .find(|k| SpeedMetric::from_key(k).is_some())
+            .unwrap_or_else(|| metric.key(b));
+        let parent = Self::model_in(&eval, "parent")?;
+        let parent_speed = speed_at(parent, b)
+            .map(|s| speed_of(s, metric))
+            .context("parent speed")?;
+        let parent_pred = puzzle_core::search::problem::parent_total(&table, &key)?;
+        Ok(Report {
+            run,
+            eval,
+            chosen,
+            table,
+            metric,
+            key,
+            parent_speed,
+            parent_pred,
         })
-    };
-    // Frontier: sweep the speed constraint over the table.
-    let spec = puzzle_core::search::SearchSpec {
-        objective: chosen.spec.objective.clone(),
-        constraints: vec![],
-    };
-    let values: Vec<BoundValue> = (0..12)
-        .map(|i| BoundValue::Relative(1.0 + 0.25 * i as f64))
-        .collect();
-    let solvers = &crate::registry::plugins().solvers;
-    let solver = solvers.get("highs").or_else(|_| solvers.get("bnb"))?;
-    let pts = sweep(
-        &table,
-        &spec,
-        solver,
-        &SolveOptions::default(),
-        &speed_key,
-        Op::Ge,
-        &values,
-    )?;
-    let parent_speed_pred = puzzle_core::search::problem::parent_total(&table, &speed_key)?;
-    let frontier: Vec<(f64, f64)> = pts
-        .iter()
-        .filter_map(|p| {
-            p.solution
-                .as_ref()
-                .map(|s| (s.costs[&speed_key] / parent_speed_pred, s.objective))
-        })
-        .collect();
-    let measured: Vec<(String, f64, f64)> = eval
-        .models
-        .iter()
-        .filter_map(|m| {
-            Some((
-                m.name.clone(),
-                ratio(m)?,
-                m.agreement.as_ref().map_or(0.0, |a| a.kl),
-            ))
-        })
-        .collect();
-    let xlabel = format!(
-        "{} / parent (batch {b})",
-        if decode {
-            "decode tokens/s"
-        } else {
-            "generated tokens/s"
-        }
-    );
-    frontier_svg(&out.join("frontier.svg"), &frontier, &measured, &xlabel)?;
-    architecture_svg(&out.join("architecture.svg"), child, parent)?;
-    // Predicted speed of any evaluated model whose layers are choices of the table.
-    let predicted = |m: &ModelEval| -> Option<f64> {
-        let idx: Option<Vec<usize>> = table
+    }
+
+    fn model_in<'e>(eval: &'e EvalReport, name: &str) -> Result<&'e ModelEval> {
+        eval.models
+            .iter()
+            .find(|m| m.name == name)
+            .with_context(|| format!("no {name} in the eval report"))
+    }
+
+    fn model(&self, name: &str) -> Result<&ModelEval> {
+        Self::model_in(&self.eval, name)
+    }
+
+    /// Measured speed of `m` over the parent's.
+    fn ratio(&self, m: &ModelEval) -> Option<f64> {
+        speed_at(m, self.eval.batch).map(|s| speed_of(s, self.metric) / self.parent_speed)
+    }
+
+    /// Predicted speed of any evaluated model whose layers are choices of the table.
+    fn predicted(&self, m: &ModelEval) -> Option<f64> {
+        let idx: Option<Vec<usize>> = self
+            .table
             .groups
             .iter()
             .zip(&m.layers)
             .map(|(g, id)| g.choices.iter().position(|c| &c.id == id))
             .collect();
-        Some(table.total(&idx?, &speed_key).ok()? / parent_speed_pred)
-    };
-    let bars: Vec<(String, Option<f64>, f64)> = eval
-        .models
-        .iter()
-        .filter(|m| m.name != "parent")
-        .filter_map(|m| Some((m.name.clone(), predicted(m), ratio(m)?)))
-        .collect();
-    speed_svg(
-        &out.join("speed.svg"),
-        &bars,
-        if decode {
+        Some(self.table.total(&idx?, &self.key).ok()? / self.parent_pred)
+    }
+
+    /// The quality-vs-predicted-speed frontier: the speed constraint swept over the table.
+    fn frontier(&self) -> Result<Vec<(f64, f64)>> {
+        let spec = puzzle_core::search::SearchSpec {
+            objective: self.chosen.spec.objective.clone(),
+            constraints: vec![],
+        };
+        let values: Vec<BoundValue> = (0..12)
+            .map(|i| BoundValue::Relative(1.0 + 0.25 * i as f64))
+            .collect();
+        let solvers = &crate::registry::plugins().solvers;
+        let solver = solvers.get("highs").or_else(|_| solvers.get("bnb"))?;
+        let opts = SolveOptions::default();
+        let pts = sweep(
+            &self.table,
+            &spec,
+            solver,
+            &opts,
+            &self.key,
+            Op::Ge,
+            &values,
+        )?;
+        Ok(pts
+            .iter()
+            .filter_map(|p| {
+                let s = p.solution.as_ref()?;
+                Some((s.costs[&self.key] / self.parent_pred, s.objective))
+            })
+            .collect())
+    }
+
+    /// (model, predicted, measured) speed of every model but the parent.
+    fn speed_bars(&self) -> Vec<(String, Option<f64>, f64)> {
+        self.eval
+            .models
+            .iter()
+            .filter(|m| m.name != "parent")
+            .filter_map(|m| Some((m.name.clone(), self.predicted(m), self.ratio(m)?)))
+            .collect()
+    }
+
+    fn decode(&self) -> bool {
+        self.metric == SpeedMetric::DecodeThroughput
+    }
+
+    fn plots(&self, out: &Path) -> Result<()> {
+        let b = self.eval.batch;
+        let measured: Vec<(String, f64, f64)> = self
+            .eval
+            .models
+            .iter()
+            .filter_map(|m| {
+                let kl = m.agreement.as_ref().map_or(0.0, |a| a.kl);
+                Some((m.name.clone(), self.ratio(m)?, kl))
+            })
+            .collect();
+        let unit = if self.decode() {
+            "decode tokens/s"
+        } else {
+            "generated tokens/s"
+        };
+        let xlabel = format!("{unit} / parent (batch {b})");
+        frontier_svg(
+            &out.join("frontier.svg"),
+            &self.frontier()?,
+            &measured,
+            &xlabel,
+        )?;
+        let (child, parent) = (self.model("child")?, self.model("parent")?);
+        architecture_svg(&out.join("architecture.svg"), child, parent)?;
+        let what = if self.decode() {
             "decode throughput"
         } else {
             "throughput"
-        },
-    )?;
+        };
+        speed_svg(&out.join("speed.svg"), &self.speed_bars(), what)
+    }
 
-    let mut md = String::new();
-    writeln!(md, "# Puzzle report: {}\n", run.display())?;
-    writeln!(
-        md,
-        "Every number below was measured by `puzzle run` on this machine; the commands are at the end.\n"
-    )?;
-    writeln!(
-        md,
-        "## Quality and speed (batch {b}, measured end to end)\n"
-    )?;
-    writeln!(
-        md,
-        "| model | params | weights | KV/token | throughput tok/s | decode tok/s | speed vs parent | latency ms | val loss | ppl | KL vs parent | top-1 | task acc_norm | retention |"
-    )?;
-    writeln!(
-        md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    )?;
-    for m in &eval.models {
-        let s = speed_at(m, b);
-        let acc = m
-            .tasks
-            .iter()
-            .map(|(n, t)| format!("{n} {:.1}%", 100.0 * t.acc_norm))
-            .collect::<Vec<_>>()
-            .join(", ");
+    fn quality_table(&self, md: &mut String) -> Result<()> {
+        let b = self.eval.batch;
         writeln!(
             md,
-            "| {} | {:.2}M | {:.1} MB | {:.0} B | {} | {} | {} | {} | {:.4} | {:.2} | {} | {} | {} | {} |",
-            m.name,
-            m.params as f64 / 1e6,
-            m.param_bytes / 1e6,
-            m.kv_bytes_per_token,
-            s.map_or("-".into(), |s| format!("{:.1}", s.throughput)),
-            s.map_or("-".into(), |s| format!("{:.1}", s.decode_throughput)),
-            ratio(m).map_or("-".into(), |r| format!("{r:.2}x")),
-            s.map_or("-".into(), |s| format!("{:.0}", s.total_ms)),
-            m.lm.loss,
-            m.lm.perplexity,
-            m.agreement
-                .as_ref()
-                .map_or("0".into(), |a| format!("{:.4}", a.kl)),
-            m.agreement
-                .as_ref()
-                .map_or("100%".into(), |a| format!("{:.1}%", 100.0 * a.top1)),
-            if acc.is_empty() { "-".into() } else { acc },
-            m.retention
-                .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+            "## Quality and speed (batch {b}, measured end to end)\n"
         )?;
-    }
-    writeln!(md, "\n![quality vs speed](frontier.svg)\n")?;
-    writeln!(md, "## The child\n")?;
-    writeln!(md, "![architecture](architecture.svg)\n")?;
-    writeln!(md, "| layer | attention + FFN |\n|---|---|")?;
-    for (l, a) in child.layers.iter().enumerate() {
-        writeln!(md, "| {l} | {a} |")?;
-    }
-    writeln!(md, "\n## Predicted vs measured speed\n")?;
-    writeln!(
-        md,
-        "The search sums per-block costs; the child is then measured end to end. A round whose child missed the target (with a 3% margin) tightened the constraint; one more than 10% faster than needed loosened it; the best round that met the target was kept:\n"
-    )?;
-    writeln!(
-        md,
-        "| round | constraint | predicted | measured | kept |\n|---|---|---|---|---|"
-    )?;
-    for c in &chosen.calibration {
         writeln!(
             md,
-            "| {} | `{}` | {:.2}x | {:.2}x | {} |",
-            c.round + 1,
-            c.constraint,
-            c.predicted_ratio,
-            c.measured_ratio,
-            if c.round == chosen.chosen_round {
+            "| model | params | weights | KV/token | throughput tok/s | decode tok/s | speed vs parent | latency ms | val loss | ppl | KL vs parent | top-1 | task acc_norm | retention |"
+        )?;
+        writeln!(
+            md,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        )?;
+        for m in &self.eval.models {
+            let s = speed_at(m, b);
+            let acc = m
+                .tasks
+                .iter()
+                .map(|(n, t)| format!("{n} {:.1}%", 100.0 * t.acc_norm))
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(
+                md,
+                "| {} | {:.2}M | {:.1} MB | {:.0} B | {} | {} | {} | {} | {:.4} | {:.2} | {} | {} | {} | {} |",
+                m.name,
+                m.params as f64 / 1e6,
+                m.param_bytes / 1e6,
+                m.kv_bytes_per_token,
+                s.map_or("-".into(), |s| format!("{:.1}", s.throughput)),
+                s.map_or("-".into(), |s| format!("{:.1}", s.decode_throughput)),
+                self.ratio(m).map_or("-".into(), |r| format!("{r:.2}x")),
+                s.map_or("-".into(), |s| format!("{:.0}", s.total_ms)),
+                m.lm.loss,
+                m.lm.perplexity,
+                m.agreement
+                    .as_ref()
+                    .map_or("0".into(), |a| format!("{:.4}", a.kl)),
+                m.agreement
+                    .as_ref()
+                    .map_or("100%".into(), |a| format!("{:.1}%", 100.0 * a.top1)),
+                if acc.is_empty() { "-".into() } else { acc },
+                m.retention
+                    .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+            )?;
+        }
+        writeln!(md, "\n![quality vs speed](frontier.svg)\n")?;
+        Ok(())
+    }
+
+    fn child_section(&self, md: &mut String) -> Result<()> {
+        writeln!(md, "## The child\n")?;
+        writeln!(md, "![architecture](architecture.svg)\n")?;
+        writeln!(md, "| layer | attention + FFN |\n|---|---|")?;
+        for (l, a) in self.model("child")?.layers.iter().enumerate() {
+            writeln!(md, "| {l} | {a} |")?;
+        }
+        Ok(())
+    }
+
+    fn speed_section(&self, md: &mut String) -> Result<()> {
+        let chosen = &self.chosen;
+        writeln!(md, "\n## Predicted vs measured speed\n")?;
+        writeln!(
+            md,
+            "The search sums per-block costs; the child is then measured end to end. A round whose child missed the target (with a 3% margin) tightened the constraint; one more than 10% faster than needed loosened it; the best round that met the target was kept:\n"
+        )?;
+        writeln!(
+            md,
+            "| round | constraint | predicted | measured | kept |\n|---|---|---|---|---|"
+        )?;
+        for c in &chosen.calibration {
+            let kept = if c.round == chosen.chosen_round {
                 "yes"
             } else {
                 ""
-            }
+            };
+            writeln!(
+                md,
+                "| {} | `{}` | {:.2}x | {:.2}x | {kept} |",
+                c.round + 1,
+                c.constraint,
+                c.predicted_ratio,
+                c.measured_ratio,
+            )?;
+        }
+        writeln!(
+            md,
+            "\nIn the evaluation (all models measured round-robin):\n"
         )?;
+        writeln!(md, "| model | predicted | measured |\n|---|---|---|")?;
+        for (name, p, m) in &self.speed_bars() {
+            let p = p.map_or("-".into(), |p| format!("{p:.2}x"));
+            writeln!(md, "| {name} | {p} | {m:.2}x |")?;
+        }
+        writeln!(md, "\n![speed](speed.svg)\n")?;
+        Ok(())
     }
-    writeln!(
-        md,
-        "\nIn the evaluation (all models measured round-robin):\n"
-    )?;
-    writeln!(md, "| model | predicted | measured |\n|---|---|---|")?;
-    for (name, p, m) in &bars {
-        let p = p.map_or("-".into(), |p| format!("{p:.2}x"));
-        writeln!(md, "| {name} | {p} | {m:.2}x |")?;
+
+    fn markdown(&self, config_used: &str) -> Result<String> {
+        let mut md = String::new();
+        writeln!(md, "# Puzzle report: {}\n", self.run.display())?;
+        writeln!(
+            md,
+            "Every number below was measured by `puzzle run` on this machine; the commands are at the end.\n"
+        )?;
+        self.quality_table(&mut md)?;
+        self.child_section(&mut md)?;
+        self.speed_section(&mut md)?;
+        writeln!(md, "## How these numbers were made\n")?;
+        writeln!(
+            md,
+            "```sh\npuzzle run {config_used}\npuzzle report {}\n```\n",
+            self.run.display()
+        )?;
+        writeln!(
+            md,
+            "Artifacts: `library/` (BLD), `costs.json`, `scores.json`, `search/` (table, solution), `child/` (DeciLM export), `baselines/`, `eval/report.json`."
+        )?;
+        Ok(md)
     }
-    writeln!(md, "\n![speed](speed.svg)\n")?;
-    writeln!(md, "## How these numbers were made\n")?;
-    writeln!(
-        md,
-        "```sh\npuzzle run {config_used}\npuzzle report {}\n```\n",
-        run.display()
-    )?;
-    writeln!(
-        md,
-        "Artifacts: `library/` (BLD), `costs.json`, `scores.json`, `search/` (table, solution), `child/` (DeciLM export), `baselines/`, `eval/report.json`."
-    )?;
+}
+
+/// Writes `RUN/report/`.
+pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
+    let report = Report::load(run)?;
+    let out = run.join("report");
+    std::fs::create_dir_all(&out)?;
+    report.plots(&out)?;
+    let md = report.markdown(config_used)?;
     puzzle_core::fsutil::write_atomic(&out.join("README.md"), md.as_bytes())?;
     Ok(out)
 }

@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::{Artifact, Recorded};
 use crate::data::BatchOrder;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -194,7 +195,7 @@ struct EntryState {
 }
 
 /// Everything BLD needs to know about its inputs, for provenance and invalidation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Provenance {
     pub parent: String,
     pub data: String,
@@ -260,16 +261,23 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 
 /// Reads a finished entry's meta, if it exists and matches `prov`.
 pub fn read_done(library: &Path, key: &EntryKey, prov: Option<&Provenance>) -> Option<EntryMeta> {
-    let m: EntryMeta = fsutil::read_json(&key.dir(library).join("meta.json")).ok()?;
+    let meta = Artifact::new(key.id(), key.dir(library).join("meta.json"));
     match prov {
-        Some(p)
-            if m.parent_fingerprint != p.parent
-                || m.data_fingerprint != p.data
-                || m.config_hash != p.config =>
-        {
-            None
+        Some(p) => meta.current(p),
+        None => fsutil::read_json(meta.path()).ok(),
+    }
+}
+
+/// A finished entry is current when the parent, the data and the BLD config it was trained on
+/// are the ones asked for.
+impl Recorded for EntryMeta {
+    type Inputs = Provenance;
+    fn inputs(&self) -> Provenance {
+        Provenance {
+            parent: self.parent_fingerprint.clone(),
+            data: self.data_fingerprint.clone(),
+            config: self.config_hash.clone(),
         }
-        _ => Some(m),
     }
 }
 
@@ -798,7 +806,7 @@ impl<'a> BldJob<'a> {
         t.state.step += 1;
         t.state.running.0 += lv;
         t.state.running.1 += 1;
-        if t.state.step % self.cfg.checkpoint_every == 0 || t.state.step == self.steps {
+        if t.state.step.is_multiple_of(self.cfg.checkpoint_every) || t.state.step == self.steps {
             let mean = t.state.running.0 / t.state.running.1.max(1) as f64;
             t.state.loss_curve.push((t.state.step, mean));
             t.state.running = (0.0, 0);
@@ -841,7 +849,7 @@ impl<'a> BldJob<'a> {
                 trained_tokens += cfg.batch_size * cfg.seq_len;
             }
             let done_step = step + 1;
-            if done_step % cfg.checkpoint_every == 0 && done_step < self.steps {
+            if done_step.is_multiple_of(cfg.checkpoint_every) && done_step < self.steps {
                 for t in trainees.iter() {
                     save_ckpt(self.library, t)?;
                 }

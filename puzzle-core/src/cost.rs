@@ -193,3 +193,10 @@ impl CostTable {
             .map(|e| &e.costs)
     }
 }
+
+impl crate::artifact::Recorded for CostTable {
+    type Inputs = BTreeMap<String, String>;
+    fn inputs(&self) -> BTreeMap<String, String> {
+        self.provenance.clone()
+    }
+}

@@ -31,7 +31,7 @@ pub mod train;
 pub mod variants;
 pub mod weights;
 
-pub use puzzle_types::{error, family, fsutil, kinds, progress, registry, spec, variant};
+pub use puzzle_types::{artifact, error, family, fsutil, kinds, progress, registry, spec, variant};
 
 /// The search: block tables, problems and solvers from `puzzle-types`, plus the block table
 /// built from a run's cost and score tables.

@@ -452,3 +452,10 @@ impl ScorePass<'_> {
         Ok(entries)
     }
 }
+
+impl crate::artifact::Recorded for ScoreTable {
+    type Inputs = BTreeMap<String, String>;
+    fn inputs(&self) -> BTreeMap<String, String> {
+        self.provenance.clone()
+    }
+}

@@ -8,12 +8,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, Recorded};
 use crate::calibrate::ChosenSolution;
 use crate::config::RunConfig;
 use crate::finish::{ComparedModel, finish_model};
 use crate::run::Run;
 use crate::speed::speed_vs_parent;
+use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::bld::{block_influence, calibrate};
 use puzzle_core::data::Split;
 use puzzle_core::distill::DistillReport;
@@ -44,8 +44,8 @@ pub struct BaselineRecord {
 
 impl Recorded for BaselineRecord {
     type Inputs = String;
-    fn inputs(&self) -> &String {
-        &self.provenance
+    fn inputs(&self) -> String {
+        self.provenance.clone()
     }
 }
 

@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, Recorded};
 use crate::run::Run;
 use crate::speed::speed_vs_parent;
+use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::error::{Error, Result};
 use puzzle_core::kinds::SpeedMetric;
 use puzzle_core::nn::Decoder;
@@ -55,8 +55,8 @@ pub struct ChosenSolution {
 
 impl Recorded for ChosenSolution {
     type Inputs = String;
-    fn inputs(&self) -> &String {
-        &self.provenance
+    fn inputs(&self) -> String {
+        self.provenance.clone()
     }
 }
 

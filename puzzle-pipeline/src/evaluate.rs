@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, Recorded};
 use crate::config::RunConfig;
 use crate::finish::ComparedModel;
 use crate::run::Run;
+use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::data::Split;
 use puzzle_core::distill::DistillReport;
 use puzzle_core::error::{Error, Result};
@@ -50,8 +50,8 @@ pub struct EvalReport {
 
 impl Recorded for EvalReport {
     type Inputs = String;
-    fn inputs(&self) -> &String {
-        &self.provenance
+    fn inputs(&self) -> String {
+        self.provenance.clone()
     }
 }
 

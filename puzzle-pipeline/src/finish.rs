@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, Recorded};
 use crate::config::RunConfig;
 use crate::run::Run;
+use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::data::Split;
 use puzzle_core::distill::{DistillReport, distill};
 use puzzle_core::error::Result;
@@ -24,8 +24,8 @@ pub struct Made {
 
 impl Recorded for Made {
     type Inputs = String;
-    fn inputs(&self) -> &String {
-        &self.provenance
+    fn inputs(&self) -> String {
+        self.provenance.clone()
     }
 }
 

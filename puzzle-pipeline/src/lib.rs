@@ -6,11 +6,9 @@
 //!   calibration; [`finish`]: distil and export; [`baselines`]: uniform pruning and layer
 //!   removal matched to the child's measured speed; [`evaluate`]: every model side by side;
 //!   [`pipeline`]: the precheck, BLD and `run_all`, in order.
-//! - [`artifact`]: "reuse this artifact if its recorded inputs match, else rebuild it
-//!   atomically", used by every stage.
+//! - Every stage artifact is reused or rebuilt through [`puzzle_core::artifact`].
 //! - [`host`]: the dynamic plugin host; it pushes what it loads into a [`puzzle_core::Plugins`].
 
-pub mod artifact;
 pub mod baselines;
 pub mod calibrate;
 pub mod config;

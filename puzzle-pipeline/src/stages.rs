@@ -7,10 +7,10 @@ use puzzle_core::burn::module::Module;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::Artifact;
 use crate::config::RunConfig;
 use crate::run::Run;
 use puzzle_core::Plugins;
+use puzzle_core::artifact::Artifact;
 use puzzle_core::bld::{EntryKey, EntryMeta, plan, read_done};
 use puzzle_core::cost::{CostContext, CostEntry, CostTable};
 use puzzle_core::data::Split;

@@ -10,8 +10,10 @@
 //! - [`search`]: block tables, search problems, the solver-facing `MipProblem` and `Solver`.
 //! - [`deploy`]: deployment and hardware profiles as data; [`kinds`]: enums parsed at the edge.
 //! - [`registry`]: the one registry type for every kind of plugin.
-//! - [`fsutil`]: atomic writes and swapped checkpoint folders; [`progress`]: the UI contract.
+//! - [`fsutil`]: atomic writes and swapped checkpoint folders; [`artifact`]: reuse an artifact
+//!   whose recorded inputs match, else rebuild it; [`progress`]: the UI contract.
 
+pub mod artifact;
 pub mod deploy;
 pub mod error;
 pub mod family;

@@ -24,7 +24,12 @@ pub const RULES: &[(&str, &[&str])] = &[
     ("puzzle-example-plugin", FORBIDDEN_BELOW_CORE),
     (
         "puzzle-core",
-        &["puzzle-pipeline", "puzzle-cli", "puzzle-plugin-abi", "abi_stable"],
+        &[
+            "puzzle-pipeline",
+            "puzzle-cli",
+            "puzzle-plugin-abi",
+            "abi_stable",
+        ],
     ),
 ];
 
@@ -36,6 +41,9 @@ const FORBIDDEN_BELOW_CORE: &[&str] = &[
     "puzzle-pipeline",
     "puzzle-zoo",
 ];
+
+/// A directed graph by node name.
+pub type Graph = BTreeMap<String, BTreeSet<String>>;
 
 // ---------------------------------------------------------------------------------------------
 // Tokens
@@ -376,7 +384,7 @@ pub fn module_graph(root_file: &Path) -> Result<ModuleGraph> {
 }
 
 /// A cycle in a directed graph, as the nodes along it (first repeated at the end).
-pub fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+pub fn find_cycle(edges: &Graph) -> Option<Vec<String>> {
     fn visit(
         n: &str,
         edges: &BTreeMap<String, BTreeSet<String>>,
@@ -490,9 +498,7 @@ pub fn forbidden_edges(
 
 /// Normal and build dependency edges between package names, from `cargo metadata`, and the
 /// workspace members with their root source files.
-pub fn crate_graph(
-    root: &Path,
-) -> Result<(BTreeMap<String, BTreeSet<String>>, Vec<(String, PathBuf)>)> {
+pub fn crate_graph(root: &Path) -> Result<(Graph, Vec<(String, PathBuf)>)> {
     let out = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
         .current_dir(root)
         .args(["metadata", "--format-version", "1"])

@@ -10,20 +10,19 @@
 
 use std::path::{Path, PathBuf};
 
-use puzzle_core::cost::CostTable;
-use puzzle_core::error::{Error, Result};
-use puzzle_core::fsutil;
-use puzzle_core::progress::Progress;
-use puzzle_core::score::ScoreTable;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::progress::Progress;
 
 /// An artifact that records the inputs it was built from.
 pub trait Recorded: Serialize + DeserializeOwned {
     /// What decides whether the artifact is current (a hash, or named hashes).
     type Inputs: PartialEq + std::fmt::Debug;
     /// The inputs this artifact was built from.
-    fn inputs(&self) -> &Self::Inputs;
+    fn inputs(&self) -> Self::Inputs;
 }
 
 /// Where an artifact lives and what it needs beside it.
@@ -57,7 +56,7 @@ impl Artifact {
     /// The artifact as recorded, if it is current for `inputs`.
     pub fn current<A: Recorded>(&self, inputs: &A::Inputs) -> Option<A> {
         let a: A = fsutil::read_json(&self.path).ok()?;
-        (a.inputs() == inputs && self.requires.iter().all(|p| p.is_file())).then_some(a)
+        (&a.inputs() == inputs && self.requires.iter().all(|p| p.is_file())).then_some(a)
     }
 
     /// The recorded artifact when current for `inputs`; else `build()`, written atomically.
@@ -77,7 +76,7 @@ impl Artifact {
             return Ok(a);
         }
         let a = build(progress)?;
-        if a.inputs() != inputs {
+        if &a.inputs() != inputs {
             return Err(Error::invalid(format!(
                 "{}: built with inputs {:?} but asked for {inputs:?} (a bug in the stage)",
                 self.label,
@@ -89,24 +88,10 @@ impl Artifact {
     }
 }
 
-impl Recorded for CostTable {
-    type Inputs = std::collections::BTreeMap<String, String>;
-    fn inputs(&self) -> &Self::Inputs {
-        &self.provenance
-    }
-}
-
-impl Recorded for ScoreTable {
-    type Inputs = std::collections::BTreeMap<String, String>;
-    fn inputs(&self) -> &Self::Inputs {
-        &self.provenance
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use puzzle_core::progress::Silent;
+    use crate::progress::Silent;
     use serde::Deserialize;
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -116,8 +101,8 @@ mod tests {
     }
     impl Recorded for Thing {
         type Inputs = String;
-        fn inputs(&self) -> &String {
-            &self.provenance
+        fn inputs(&self) -> String {
+            self.provenance.clone()
         }
     }
 
