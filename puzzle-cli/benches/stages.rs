@@ -119,7 +119,7 @@ fn bld_bench(name: &str, run: &Run, gemm: f64) {
 }
 
 fn main() {
-    puzzle_llama::link();
+    puzzle_llama_ops::link();
     puzzle_cost::link();
     puzzle_scorers::link();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -16,7 +16,7 @@ use puzzle_pipeline::pipeline::bld_shard;
 use puzzle_pipeline::stages::{cost_stage, score_entries, score_stage};
 
 fn link() {
-    puzzle_llama::link();
+    puzzle_llama_ops::link();
     puzzle_cost::link();
     puzzle_scorers::link();
 }

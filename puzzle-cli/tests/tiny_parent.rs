@@ -15,7 +15,7 @@ use puzzle_pipeline::stages::{cost_stage, score_stage};
 
 #[test]
 fn tiny_parent_library_costs_and_scores_behave() {
-    puzzle_llama::link();
+    puzzle_llama_ops::link();
     puzzle_cost::link();
     puzzle_scorers::link();
     let dir = tempfile::tempdir().unwrap();
