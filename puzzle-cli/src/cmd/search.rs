@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use puzzle_core::search::mip::SolveOptions;
-use puzzle_core::search::run::{SearchSolution, diverse, sweep};
+use puzzle_core::search::mip::{SolveOptions, Solver};
+use puzzle_core::search::run::{Infeasibility, SearchSolution, diverse, sweep};
 use puzzle_core::search::{BlockTable, BoundValue, Constraint, Objective, Op, SearchSpec, Sense};
 use serde_json::json;
 
@@ -223,22 +223,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
     let solver = solvers
         .get(&a.solver)
         .with_context(|| format!("solvers available: {}", solvers.known()))?;
-    let constraints: Vec<Constraint> = a
-        .constraints
-        .iter()
-        .map(|c| c.parse())
-        .collect::<puzzle_core::Result<_>>()?;
-    let spec = SearchSpec {
-        objective: Objective {
-            key: a.objective.clone(),
-            sense: if a.maximize {
-                Sense::Maximize
-            } else {
-                Sense::Minimize
-            },
-        },
-        constraints,
-    };
+    let spec = search_spec(&a)?;
     let opts = SolveOptions {
         time_limit_secs: a.time_limit,
         ..Default::default()
@@ -247,47 +232,111 @@ pub fn run(a: SearchArgs) -> Result<()> {
         bail!("--solutions must be at least 1");
     }
     if let Some(sw) = &a.sweep {
-        let (key, op, values) = parse_sweep(sw)?;
-        let pts = sweep(&table, &spec, solver, &opts, &key, op, &values)?;
-        if a.json {
-            let v: Vec<serde_json::Value> = pts
-                .iter()
-                .map(|p| {
-                    json!({"constraint": p.constraint, "limit": p.limit, "pareto": p.pareto,
-                           "solution": p.solution.as_ref().map(solution_json)})
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({ "sweep": v }))?);
-            return Ok(());
+        return run_sweep(&a, sw, &table, &spec, solver, &opts);
+    }
+    match best_over_batches(&a, &table, &spec, solver, &opts)? {
+        Ok((b, sols, spec)) => {
+            if let Some(b) = b
+                && !a.json
+            {
+                println!("best at batch size {b}");
+            }
+            print_solutions(&a, &sols, &table, &spec)
         }
-        let mut t = ui::table(&["constraint", "limit", &spec.objective.key, &key, "frontier"]);
-        for p in &pts {
-            match &p.solution {
-                Some(s) => t.add_row(vec![
-                    p.constraint.clone(),
-                    format!("{:.6}", p.limit),
-                    format!("{:.6}", s.objective),
-                    format!("{:.6}", s.costs[&key]),
-                    if p.pareto { "*".into() } else { String::new() },
-                ]),
-                None => t.add_row(vec![
-                    p.constraint.clone(),
-                    format!("{:.6}", p.limit),
-                    "infeasible".into(),
-                    "-".into(),
-                    String::new(),
-                ]),
-            };
+        Err(why) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "solutions": [], "infeasible": why }))?
+                );
+            }
+            bail!("{why}")
         }
-        println!("{t}");
+    }
+}
+
+fn search_spec(a: &SearchArgs) -> Result<SearchSpec> {
+    let constraints: Vec<Constraint> = a
+        .constraints
+        .iter()
+        .map(|c| c.parse())
+        .collect::<puzzle_core::Result<_>>()?;
+    let sense = if a.maximize {
+        Sense::Maximize
+    } else {
+        Sense::Minimize
+    };
+    Ok(SearchSpec {
+        objective: Objective {
+            key: a.objective.clone(),
+            sense,
+        },
+        constraints,
+    })
+}
+
+/// `--sweep KEY OP V1,V2,...`: one solve per limit, the Pareto points marked.
+fn run_sweep(
+    a: &SearchArgs,
+    sw: &str,
+    table: &BlockTable,
+    spec: &SearchSpec,
+    solver: &dyn Solver,
+    opts: &SolveOptions,
+) -> Result<()> {
+    let (key, op, values) = parse_sweep(sw)?;
+    let pts = sweep(table, spec, solver, opts, &key, op, &values)?;
+    if a.json {
+        let v: Vec<serde_json::Value> = pts
+            .iter()
+            .map(|p| {
+                json!({"constraint": p.constraint, "limit": p.limit, "pareto": p.pareto,
+                       "solution": p.solution.as_ref().map(solution_json)})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "sweep": v }))?);
         return Ok(());
     }
-    // Solve for every batch size the keys need binding to; keep the best first solution.
-    let mut best: Option<(Option<usize>, Vec<SearchSolution>, SearchSpec)> = None;
+    let mut t = ui::table(&["constraint", "limit", &spec.objective.key, &key, "frontier"]);
+    for p in &pts {
+        match &p.solution {
+            Some(s) => t.add_row(vec![
+                p.constraint.clone(),
+                format!("{:.6}", p.limit),
+                format!("{:.6}", s.objective),
+                format!("{:.6}", s.costs[&key]),
+                if p.pareto { "*".into() } else { String::new() },
+            ]),
+            None => t.add_row(vec![
+                p.constraint.clone(),
+                format!("{:.6}", p.limit),
+                "infeasible".into(),
+                "-".into(),
+                String::new(),
+            ]),
+        };
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// What a search found at its best batch size: the batch, the solutions, the bound spec.
+type Found = (Option<usize>, Vec<SearchSolution>, SearchSpec);
+
+/// Solves for every batch size the keys need binding to and keeps the best first solution; the
+/// first infeasibility otherwise.
+fn best_over_batches(
+    a: &SearchArgs,
+    table: &BlockTable,
+    spec: &SearchSpec,
+    solver: &dyn Solver,
+    opts: &SolveOptions,
+) -> Result<std::result::Result<Found, Infeasibility>> {
+    let mut best: Option<Found> = None;
     let mut why = None;
-    for b in batch_plan(&spec, &table) {
-        let s = at_batch(&spec, &table, b);
-        match diverse(&table, &s, solver, &opts, a.solutions, a.min_diversity)? {
+    for b in batch_plan(spec, table) {
+        let s = at_batch(spec, table, b);
+        match diverse(table, &s, solver, opts, a.solutions, a.min_diversity)? {
             Ok(sols) => {
                 let better = best
                     .as_ref()
@@ -304,48 +353,36 @@ pub fn run(a: SearchArgs) -> Result<()> {
             }
         }
     }
-    let result = match (best, why) {
-        (Some((b, sols, s)), _) => {
-            if let Some(b) = b
-                && !a.json
-            {
-                println!("best at batch size {b}");
-            }
-            Ok((sols, s))
-        }
-        (None, Some(w)) => Err(w),
+    match (best, why) {
+        (Some(f), _) => Ok(Ok(f)),
+        (None, Some(w)) => Ok(Err(w)),
         (None, None) => bail!("nothing was searched"),
-    };
-    match result {
-        Ok((sols, spec)) => {
-            if a.json {
-                let v: Vec<_> = sols.iter().map(solution_json).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "solutions": v }))?
-                );
-            } else {
-                for (i, s) in sols.iter().enumerate() {
-                    print_solution(i, s, &table, &spec)?;
-                }
-                if sols.len() < a.solutions {
-                    eprintln!(
-                        "only {} solutions differ from each other in at least {} groups",
-                        sols.len(),
-                        a.min_diversity
-                    );
-                }
-            }
-            Ok(())
-        }
-        Err(why) => {
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "solutions": [], "infeasible": why }))?
-                );
-            }
-            bail!("{why}")
-        }
     }
+}
+
+fn print_solutions(
+    a: &SearchArgs,
+    sols: &[SearchSolution],
+    table: &BlockTable,
+    spec: &SearchSpec,
+) -> Result<()> {
+    if a.json {
+        let v: Vec<_> = sols.iter().map(solution_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "solutions": v }))?
+        );
+        return Ok(());
+    }
+    for (i, s) in sols.iter().enumerate() {
+        print_solution(i, s, table, spec)?;
+    }
+    if sols.len() < a.solutions {
+        eprintln!(
+            "only {} solutions differ from each other in at least {} groups",
+            sols.len(),
+            a.min_diversity
+        );
+    }
+    Ok(())
 }

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use super::table::{BlockTable, InverseMetric, TableChoice, TableGroup};
 use crate::cost::{CostTable, Costs};
 use crate::error::{Error, Result};
-use crate::score::ScoreTable;
+use crate::kinds::SpeedMetric;
+use crate::score::{ScoreEntry, ScoreTable};
 use crate::spec::ModelSpec;
 use crate::variant::SubblockKind;
 
@@ -62,95 +63,13 @@ pub fn block_table(
     scores: &ScoreTable,
     source: &str,
 ) -> Result<BlockTable> {
-    let mut groups = Vec::new();
-    for layer in 0..parent.layers.len() {
-        let attn_parent = parent
-            .variant_of(layer, SubblockKind::Attention)
-            .to_string();
-        let ffn_parent = parent.variant_of(layer, SubblockKind::Ffn).to_string();
-        let mine: Vec<&crate::score::ScoreEntry> =
-            scores.entries.iter().filter(|e| e.layer == layer).collect();
-        let single = |kind: &str| -> Vec<&crate::score::ScoreEntry> {
-            mine.iter()
-                .copied()
-                .filter(|e| !e.variant.contains('+') && e.variant.starts_with(kind))
-                .collect()
-        };
-        let (attns, ffns) = (single("attn:"), single("ffn:"));
-        let cost_of = |variant: &str| -> Result<&Costs> {
-            costs.get(layer, variant).ok_or_else(|| {
-                Error::invalid(format!(
-                    "costs.json has no entry for layer {layer} `{variant}`: run `puzzle cost` again"
-                ))
-            })
-        };
-        let mut choices = Vec::new();
-        let mut parent_idx = None;
-        for a in &attns {
-            for f in &ffns {
-                let mut c = cost_of(&a.variant)?.clone();
-                c.add(cost_of(&f.variant)?);
-                let mut values = cost_values(&c, costs);
-                let (sa, sf) = (
-                    score_values(&a.metrics, scores),
-                    score_values(&f.metrics, scores),
-                );
-                for (k, x) in sa {
-                    if let Some(y) = sf.get(&k) {
-                        values.insert(k, x + y);
-                    }
-                }
-                if a.variant == attn_parent && f.variant == ffn_parent {
-                    parent_idx = Some(choices.len());
-                }
-                choices.push(TableChoice {
-                    id: format!("{} + {}", a.variant, f.variant),
-                    values,
-                });
-            }
-        }
-        for blk in mine.iter().filter(|e| e.variant.contains('+')) {
-            let mut values = cost_values(cost_of(&blk.variant)?, costs);
-            values.extend(score_values(&blk.metrics, scores));
-            choices.push(TableChoice {
-                id: format!("coupled {}", blk.variant.replace('+', " + ")),
-                values,
-            });
-        }
-        if choices.is_empty() {
-            return Err(Error::invalid(format!(
-                "layer {layer} has no scored attention and FFN entries: run `puzzle bld` and `puzzle score`"
-            )));
-        }
-        groups.push(TableGroup {
-            name: format!("layer {layer}"),
-            choices,
-            parent: parent_idx,
-        });
-    }
+    let groups = (0..parent.layers.len())
+        .map(|layer| layer_group(parent, costs, scores, layer))
+        .collect::<Result<_>>()?;
     let mut constants = cost_values(&costs.non_block, costs);
     // Non-block parts carry no KV cache but their weights count towards memory.
     constants.retain(|k, _| !k.starts_with("kv_"));
-    let d = &costs.deployment;
-    let mut inverse = BTreeMap::new();
-    for &b in &d.batch_sizes {
-        if constants.contains_key(&format!("runtime_ms@b{b}")) {
-            inverse.insert(
-                format!("throughput@b{b}"),
-                InverseMetric {
-                    of: format!("runtime_ms@b{b}"),
-                    numerator: (b * d.generation_len) as f64 * 1000.0,
-                },
-            );
-            inverse.insert(
-                format!("decode_throughput@b{b}"),
-                InverseMetric {
-                    of: format!("decode_ms@b{b}"),
-                    numerator: b as f64 * 1000.0,
-                },
-            );
-        }
-    }
+    let inverse = speed_metrics(costs, &constants);
     let t = BlockTable {
         source: source.to_string(),
         groups,
@@ -159,6 +78,102 @@ pub fn block_table(
     };
     t.validate()?;
     Ok(t)
+}
+
+/// One layer's choices: every (attention, FFN) pair of its decoupled entries, then its coupled
+/// blocks.
+fn layer_group(
+    parent: &ModelSpec,
+    costs: &CostTable,
+    scores: &ScoreTable,
+    layer: usize,
+) -> Result<TableGroup> {
+    let attn_parent = parent
+        .variant_of(layer, SubblockKind::Attention)
+        .to_string();
+    let ffn_parent = parent.variant_of(layer, SubblockKind::Ffn).to_string();
+    let mine: Vec<&ScoreEntry> = scores.entries.iter().filter(|e| e.layer == layer).collect();
+    let single = |kind: &str| -> Vec<&ScoreEntry> {
+        mine.iter()
+            .copied()
+            .filter(|e| !e.variant.contains('+') && e.variant.starts_with(kind))
+            .collect()
+    };
+    let cost_of = |variant: &str| -> Result<&Costs> {
+        costs.get(layer, variant).ok_or_else(|| {
+            Error::invalid(format!(
+                "costs.json has no entry for layer {layer} `{variant}`: run `puzzle cost` again"
+            ))
+        })
+    };
+    let mut choices = Vec::new();
+    let mut parent_idx = None;
+    for a in single("attn:") {
+        for f in single("ffn:") {
+            let mut c = cost_of(&a.variant)?.clone();
+            c.add(cost_of(&f.variant)?);
+            let mut values = cost_values(&c, costs);
+            let sf = score_values(&f.metrics, scores);
+            for (k, x) in score_values(&a.metrics, scores) {
+                if let Some(y) = sf.get(&k) {
+                    values.insert(k, x + y);
+                }
+            }
+            if a.variant == attn_parent && f.variant == ffn_parent {
+                parent_idx = Some(choices.len());
+            }
+            choices.push(TableChoice {
+                id: format!("{} + {}", a.variant, f.variant),
+                values,
+            });
+        }
+    }
+    for blk in mine.iter().filter(|e| e.variant.contains('+')) {
+        let mut values = cost_values(cost_of(&blk.variant)?, costs);
+        values.extend(score_values(&blk.metrics, scores));
+        choices.push(TableChoice {
+            id: format!("coupled {}", blk.variant.replace('+', " + ")),
+            values,
+        });
+    }
+    if choices.is_empty() {
+        return Err(Error::invalid(format!(
+            "layer {layer} has no scored attention and FFN entries: run `puzzle bld` and `puzzle score`"
+        )));
+    }
+    Ok(TableGroup {
+        name: format!("layer {layer}"),
+        choices,
+        parent: parent_idx,
+    })
+}
+
+/// The speed metrics, as inverses of summed latencies, for every batch size the costs time.
+fn speed_metrics(
+    costs: &CostTable,
+    constants: &BTreeMap<String, f64>,
+) -> BTreeMap<String, InverseMetric> {
+    let d = &costs.deployment;
+    let mut inverse = BTreeMap::new();
+    for &b in &d.batch_sizes {
+        if constants.contains_key(&format!("runtime_ms@b{b}")) {
+            inverse.insert(
+                SpeedMetric::Throughput.key(b),
+                InverseMetric {
+                    of: format!("runtime_ms@b{b}"),
+                    numerator: (b * d.generation_len) as f64 * 1000.0,
+                },
+            );
+            inverse.insert(
+                SpeedMetric::DecodeThroughput.key(b),
+                InverseMetric {
+                    of: format!("decode_ms@b{b}"),
+                    numerator: b as f64 * 1000.0,
+                },
+            );
+        }
+    }
+    inverse
 }
 
 /// Batch sizes a table has metrics for (from its `@b<N>` keys).
