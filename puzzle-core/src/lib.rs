@@ -21,6 +21,7 @@ pub mod distill;
 pub mod eval;
 pub mod generate;
 pub mod gguf;
+pub mod hf_folder;
 pub mod model;
 pub mod nn;
 pub mod plugins;

@@ -11,6 +11,7 @@ use crate::bld::{EntryKey, load_entry, read_done};
 use crate::error::{Error, Result};
 use crate::family::static_families;
 use crate::fsutil;
+use crate::hf_folder::SpecialTokens;
 use crate::nn::Decoder;
 use crate::score::swapped;
 use crate::variant::{SubblockKind, VariantId};
@@ -104,8 +105,9 @@ pub fn realize(
 }
 
 /// Writes a model as a checkpoint folder its family's serving stacks load: `config.json` (from
-/// the parent's, per-layer fields from the child), `model.safetensors`, and the parent's
-/// tokenizer files. Returns the caveats of the format. `config.json` is written last.
+/// the parent's, per-layer fields from the child), `model.safetensors`, the parent's
+/// tokenizer files, and the tokenizer and generation side files the parent lacks
+/// ([`crate::hf_folder`]). Returns the caveats of the format. `config.json` is written last.
 pub fn export(
     model: &Decoder,
     parent_dir: &Path,
@@ -142,6 +144,9 @@ pub fn export(
             fsutil::write_atomic(&out.join(f), &bytes)?;
         }
     }
+    // What transformers and llama.cpp's converter need beside the tokenizer, when the parent
+    // did not ship it.
+    crate::hf_folder::complete(out, &SpecialTokens::from_config(&config), None)?;
     fsutil::write_json(&out.join("config.json"), &config)?;
     Ok(warnings)
 }

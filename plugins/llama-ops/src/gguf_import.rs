@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use puzzle_core::error::{Error, Result};
 use puzzle_core::fsutil;
 use puzzle_core::gguf::{GgufFile, GgufValue};
+use puzzle_core::hf_folder::{self, SpecialTokens};
 use puzzle_core::weights::{HostTensor, StoreDtype, write_safetensors};
 use serde_json::{Value, json};
 
@@ -383,6 +384,10 @@ pub fn import_gguf(
             ),
         ])),
     )?;
+    // The tokenizer side files transformers and llama.cpp's converter expect, with the GGUF's
+    // chat template when it has one.
+    let template = g.get("tokenizer.chat_template").and_then(GgufValue::as_str);
+    hf_folder::complete(out, &SpecialTokens::from_config(&config), template)?;
     // config.json last: a folder with a config is a complete import.
     fsutil::write_json(&out.join("config.json"), &config)?;
     let mut types: Vec<(String, usize)> = types.into_iter().collect();

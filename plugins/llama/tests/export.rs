@@ -140,3 +140,34 @@ fn nvidia_style_decilm_round_trips() {
         );
     }
 }
+
+#[test]
+fn a_parent_without_tokenizer_side_files_gets_them_in_its_export() {
+    puzzle_llama::link();
+    let device = Device::flex();
+    // The tiny parent ships tokenizer.json alone (as `puzzle train` writes it).
+    let parent_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../model-zoo/tiny-parent");
+    assert!(!parent_dir.join("tokenizer_config.json").exists());
+    let parent = load_model(&parent_dir, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    export(&parent.decoder, &parent_dir, dir.path(), StoreDtype::F32).unwrap();
+    let read = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(n)).unwrap()).unwrap()
+    };
+    // config.json's special ids (0 for both) are the tokenizer's document separator.
+    let tc = read("tokenizer_config.json");
+    assert_eq!(tc["bos_token"], "<|endoftext|>");
+    assert_eq!(tc["eos_token"], "<|endoftext|>");
+    assert_eq!(tc["model_max_length"], 256);
+    assert_eq!(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+    assert_eq!(tc["added_tokens_decoder"]["0"]["special"], true);
+    assert_eq!(
+        read("special_tokens_map.json")["eos_token"]["content"],
+        "<|endoftext|>"
+    );
+    let g = read("generation_config.json");
+    assert_eq!(
+        (g["bos_token_id"].as_u64(), g["eos_token_id"].as_u64()),
+        (Some(0), Some(0))
+    );
+}

@@ -101,3 +101,30 @@ fn tokenizer_rebuilt_from_gguf_metadata_equals_the_shipped_one() {
         );
     }
 }
+
+#[test]
+fn imported_side_files_match_the_ones_transformers_publishes() {
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let ours = read(&imported().join("tokenizer_config.json"));
+    let theirs = read(&root().join("fixtures/smollm2/tokenizer_config.json"));
+    for k in ["bos_token", "eos_token", "pad_token", "tokenizer_class"] {
+        assert_eq!(ours[k], theirs[k], "{k}");
+    }
+    let ours = read(&imported().join("generation_config.json"));
+    let theirs = read(&root().join("fixtures/smollm2/generation_config.json"));
+    for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        assert_eq!(ours[k], theirs[k], "{k}");
+    }
+    let map = read(&imported().join("special_tokens_map.json"));
+    assert_eq!(map["eos_token"]["content"], "<|im_end|>");
+    // The GGUF's chat template, as the model's own repository ships it.
+    let template =
+        std::fs::read_to_string(root().join("fixtures/smollm2/chat_template.jinja")).unwrap();
+    let tc = read(&imported().join("tokenizer_config.json"));
+    assert_eq!(
+        tc["chat_template"].as_str().map(str::trim),
+        Some(template.trim())
+    );
+}
