@@ -222,6 +222,16 @@ fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Re
     Ok(())
 }
 
+/// The `license:` of a model folder's README.md front matter (Hugging Face model cards).
+fn parent_licence(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("README.md")).ok()?;
+    let front = text.strip_prefix("---")?.split("\n---").next()?;
+    front.lines().find_map(|l| {
+        let v = l.strip_prefix("license:")?.trim().trim_matches('"');
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
 /// What the report reads from a run folder, and the speed metric it reports.
 struct Report<'a> {
     run: &'a Path,
@@ -484,6 +494,77 @@ impl<'a> Report<'a> {
         Ok(())
     }
 
+    /// The child's model card (`child/README.md`): what it is, what was measured, its licence.
+    fn model_card(&self) -> Result<String> {
+        let (child, parent) = (self.model("child")?, self.model("parent")?);
+        let parent_dir = Path::new(&parent.path);
+        let licence = parent_licence(parent_dir);
+        let mut md = String::new();
+        writeln!(md, "---")?;
+        writeln!(md, "license: {}", licence.as_deref().unwrap_or("other"))?;
+        writeln!(md, "tags: [puzzle, nas, nemotron-nas, decilm]")?;
+        writeln!(md, "---\n")?;
+        writeln!(
+            md,
+            "# A Puzzle child of `{}`\n",
+            parent_dir.file_name().unwrap_or_default().to_string_lossy()
+        )?;
+        writeln!(
+            md,
+            "Made by `puzzle` (blockwise local distillation, a mixed-integer search under the run's constraints, global distillation) from the parent at `{}`. The weights are in DeciLM / nemotron-nas format (`config.json` `block_configs`: one entry per layer).\n",
+            parent.path
+        )?;
+        writeln!(md, "## Architecture\n")?;
+        writeln!(md, "| layer | parent | child |\n|---|---|---|")?;
+        for (l, (p, c)) in parent.layers.iter().zip(&child.layers).enumerate() {
+            writeln!(md, "| {l} | {p} | {c} |")?;
+        }
+        writeln!(
+            md,
+            "\n## Measured (`puzzle run`, `{}`)\n",
+            self.run.display()
+        )?;
+        writeln!(
+            md,
+            "Speed was measured in puzzle's own runtime (burn, CPU) on the machine that ran the search, at batch {}; a serving engine will differ.\n",
+            self.eval.batch
+        )?;
+        writeln!(
+            md,
+            "| model | params | speed vs parent | val loss | KL vs parent | top-1 agreement | retention |\n|---|---|---|---|---|---|---|"
+        )?;
+        for m in [parent, child] {
+            writeln!(
+                md,
+                "| {} | {:.2}M | {} | {:.4} | {} | {} | {} |",
+                m.name,
+                m.params as f64 / 1e6,
+                self.ratio(m).map_or("-".into(), |r| format!("{r:.2}x")),
+                m.lm.loss,
+                m.agreement
+                    .as_ref()
+                    .map_or("0".into(), |a| format!("{:.4}", a.kl)),
+                m.agreement
+                    .as_ref()
+                    .map_or("100%".into(), |a| format!("{:.1}%", 100.0 * a.top1)),
+                m.retention
+                    .map_or("-".into(), |r| format!("{:.1}%", 100.0 * r)),
+            )?;
+        }
+        writeln!(md, "\n## Licence\n")?;
+        match licence {
+            Some(l) => writeln!(
+                md,
+                "The parent's card states `license: {l}`; this child is a derivative of the parent's weights, so the parent's licence applies to it."
+            )?,
+            None => writeln!(
+                md,
+                "The parent folder states no licence (no `license:` in its README.md front matter). This child is a derivative of the parent's weights: the parent's licence applies to it; check it before you publish."
+            )?,
+        }
+        Ok(md)
+    }
+
     fn markdown(&self, config_used: &str) -> Result<String> {
         let mut md = String::new();
         writeln!(md, "# Puzzle report: {}\n", self.run.display())?;
@@ -516,5 +597,33 @@ pub fn write(run: &Path, config_used: &str) -> Result<std::path::PathBuf> {
     report.plots(&out)?;
     let md = report.markdown(config_used)?;
     puzzle_core::fsutil::write_atomic(&out.join("README.md"), md.as_bytes())?;
+    let child = run.join("child");
+    if child.join("config.json").is_file() {
+        let card = report.model_card()?;
+        puzzle_core::fsutil::write_atomic(&child.join("README.md"), card.as_bytes())?;
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_licence_is_read_from_its_card_front_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(parent_licence(dir.path()), None);
+        std::fs::write(
+            dir.path().join("README.md"),
+            "# no front matter\nlicense: mit\n",
+        )
+        .unwrap();
+        assert_eq!(parent_licence(dir.path()), None);
+        std::fs::write(
+            dir.path().join("README.md"),
+            "---\nlibrary_name: transformers\nlicense: \"apache-2.0\"\n---\n# Card\n",
+        )
+        .unwrap();
+        assert_eq!(parent_licence(dir.path()).as_deref(), Some("apache-2.0"));
+    }
 }

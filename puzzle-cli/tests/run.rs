@@ -146,6 +146,15 @@ fn killed_in_every_stage_it_finishes_with_the_same_artifacts() {
     let o = run(&cfg, &reference);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(reference.join("report/README.md").is_file());
+    // The child's model card: its layers beside the parent's, the measured numbers, the licence.
+    let card = std::fs::read_to_string(reference.join("child/README.md")).unwrap();
+    assert!(
+        card.starts_with("---\nlicense: ")
+            && card.contains("| 0 | attn:gqa(kv=")
+            && card.contains("| child | ")
+            && card.contains("## Licence"),
+        "{card}"
+    );
     let want = artifacts(&reference);
 
     // Milestones in pipeline order; each kill lands in the stage after one appears.
