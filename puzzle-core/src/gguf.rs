@@ -580,96 +580,258 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// A tensor to write: its GGUF name, the values (shape outermost first, as in safetensors) and
+/// the storage type (`F32`, `F16`, `Bf16` or `Q8_0`).
+pub struct GgufTensorOut<'a> {
+    pub name: String,
+    pub tensor: &'a HostTensor,
+    pub ty: GgmlType,
+}
+
+impl GgmlType {
+    /// The type id in a GGUF file.
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::Bf16 => 30,
+            GgmlType::Other(id) => id,
+        }
+    }
+}
+
+/// The bytes of `t` stored as `ty`. Q8_0 is ggml's reference quantiser: blocks of 32 along the
+/// innermost dimension, `d = max|x| / 127` (f16), `q = round(x / d)`.
+fn encode(t: &HostTensor, ty: GgmlType, name: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match ty {
+        GgmlType::F32 => t
+            .data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => t
+            .data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::Bf16 => t
+            .data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            let inner = t.shape.last().copied().unwrap_or(1);
+            if !inner.is_multiple_of(32) {
+                return Err(Error::invalid(format!(
+                    "tensor `{name}` has rows of {inner} values: Q8_0 needs a multiple of 32"
+                )));
+            }
+            for block in t.data.chunks(32) {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend(block.iter().map(|v| ((v * id).round() as i8) as u8));
+            }
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "tensor `{name}`: writing {other:?} is not supported (F32, F16, BF16, Q8_0)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn value_type(v: &GgufValue) -> u32 {
+    match v {
+        GgufValue::U8(_) => 0,
+        GgufValue::I8(_) => 1,
+        GgufValue::U16(_) => 2,
+        GgufValue::I16(_) => 3,
+        GgufValue::U32(_) => 4,
+        GgufValue::I32(_) => 5,
+        GgufValue::F32(_) => 6,
+        GgufValue::Bool(_) => 7,
+        GgufValue::String(_) => 8,
+        GgufValue::Array(_) => 9,
+        GgufValue::U64(_) => 10,
+        GgufValue::I64(_) => 11,
+        GgufValue::F64(_) => 12,
+    }
+}
+
+fn put_value(b: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => b.push(*x),
+        GgufValue::I8(x) => b.push(*x as u8),
+        GgufValue::U16(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U64(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => b.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::Bool(x) => b.push(*x as u8),
+        GgufValue::String(s) => put_str(b, s),
+        GgufValue::Array(a) => {
+            let ty = a.first().map_or(4, value_type);
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for x in a {
+                put_value(b, x);
+            }
+        }
+    }
+}
+
+const ALIGNMENT: usize = 32;
+
+/// Writes a GGUF v3 file atomically: metadata, tensor infos, then each tensor's data encoded
+/// and written one at a time (never the whole model in one buffer).
+pub fn write_gguf(
+    path: &Path,
+    metadata: &[(String, GgufValue)],
+    tensors: &[GgufTensorOut],
+) -> Result<()> {
+    let mut head: Vec<u8> = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut head, k);
+        head.extend_from_slice(&value_type(v).to_le_bytes());
+        put_value(&mut head, v);
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        let (per_block, bytes) = t.ty.block().ok_or_else(|| {
+            Error::invalid(format!("tensor `{}`: unsupported type {:?}", t.name, t.ty))
+        })?;
+        put_str(&mut head, &t.name);
+        head.extend_from_slice(&(t.tensor.shape.len() as u32).to_le_bytes());
+        for d in t.tensor.shape.iter().rev() {
+            head.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        head.extend_from_slice(&t.ty.id().to_le_bytes());
+        head.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset += (t.tensor.numel() / per_block * bytes).div_ceil(ALIGNMENT) * ALIGNMENT;
+    }
+    while !head.len().is_multiple_of(ALIGNMENT) {
+        head.push(0);
+    }
+    // Encode first (errors name the tensor), then stream each tensor's bytes.
+    let mut failure = None;
+    crate::fsutil::write_atomic_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&head)?;
+        for t in tensors {
+            let bytes = match encode(t.tensor, t.ty, &t.name) {
+                Ok(b) => b,
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("encoding failed"));
+                }
+            };
+            w.write_all(&bytes)?;
+            let pad = bytes.len().div_ceil(ALIGNMENT) * ALIGNMENT - bytes.len();
+            w.write_all(&vec![0u8; pad])?;
+        }
+        Ok(())
+    })
+    .map_err(|e| failure.take().unwrap_or(e))
+}
+
 /// Writes a minimal GGUF v3 file with F32 tensors, for tests of importers.
 pub fn write_f32_gguf(
     path: &Path,
     metadata: &[(&str, GgufValue)],
     tensors: &[(&str, &HostTensor)],
 ) -> Result<()> {
-    let mut b: Vec<u8> = Vec::new();
-    b.extend_from_slice(b"GGUF");
-    b.extend_from_slice(&3u32.to_le_bytes());
-    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    b.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    fn put_str(b: &mut Vec<u8>, s: &str) {
-        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        b.extend_from_slice(s.as_bytes());
-    }
-    fn put_val(b: &mut Vec<u8>, v: &GgufValue) {
-        match v {
-            GgufValue::U8(x) => b.push(*x),
-            GgufValue::I8(x) => b.push(*x as u8),
-            GgufValue::U16(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::I16(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::U32(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::I32(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::U64(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::I64(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::F32(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::F64(x) => b.extend_from_slice(&x.to_le_bytes()),
-            GgufValue::Bool(x) => b.push(*x as u8),
-            GgufValue::String(s) => put_str(b, s),
-            GgufValue::Array(a) => {
-                let ty = a.first().map_or(4, type_id);
-                b.extend_from_slice(&ty.to_le_bytes());
-                b.extend_from_slice(&(a.len() as u64).to_le_bytes());
-                for x in a {
-                    put_val(b, x);
-                }
-            }
-        }
-    }
-    fn type_id(v: &GgufValue) -> u32 {
-        match v {
-            GgufValue::U8(_) => 0,
-            GgufValue::I8(_) => 1,
-            GgufValue::U16(_) => 2,
-            GgufValue::I16(_) => 3,
-            GgufValue::U32(_) => 4,
-            GgufValue::I32(_) => 5,
-            GgufValue::F32(_) => 6,
-            GgufValue::Bool(_) => 7,
-            GgufValue::String(_) => 8,
-            GgufValue::Array(_) => 9,
-            GgufValue::U64(_) => 10,
-            GgufValue::I64(_) => 11,
-            GgufValue::F64(_) => 12,
-        }
-    }
-    for (k, v) in metadata {
-        put_str(&mut b, k);
-        b.extend_from_slice(&type_id(v).to_le_bytes());
-        put_val(&mut b, v);
-    }
-    let mut offset = 0u64;
-    for (name, t) in tensors {
-        put_str(&mut b, name);
-        b.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-        for d in t.shape.iter().rev() {
-            b.extend_from_slice(&(*d as u64).to_le_bytes());
-        }
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&offset.to_le_bytes());
-        offset += (t.numel() * 4).div_ceil(32) as u64 * 32;
-    }
-    while !b.len().is_multiple_of(32) {
-        b.push(0);
-    }
-    for (_, t) in tensors {
-        let start = b.len();
-        for v in &t.data {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        while !(b.len() - start).is_multiple_of(32) {
-            b.push(0);
-        }
-    }
-    crate::fsutil::write_atomic(path, &b)
+    let metadata: Vec<(String, GgufValue)> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let tensors: Vec<GgufTensorOut> = tensors
+        .iter()
+        .map(|(n, t)| GgufTensorOut {
+            name: n.to_string(),
+            tensor: t,
+            ty: GgmlType::F32,
+        })
+        .collect();
+    write_gguf(path, &metadata, &tensors)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_tensors_read_back_within_their_types_rounding() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.gguf");
+        let vals: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let t = HostTensor::new(vec![2, 64], vals.clone());
+        let types = [GgmlType::F32, GgmlType::F16, GgmlType::Bf16, GgmlType::Q8_0];
+        let tensors: Vec<GgufTensorOut> = types
+            .iter()
+            .map(|&ty| GgufTensorOut {
+                name: format!("{ty:?}"),
+                tensor: &t,
+                ty,
+            })
+            .collect();
+        let meta = vec![("general.name".to_string(), GgufValue::String("t".into()))];
+        write_gguf(&p, &meta, &tensors).unwrap();
+        let g = GgufFile::open(&p).unwrap();
+        assert_eq!(g.get("general.name").and_then(GgufValue::as_str), Some("t"));
+        for ty in types {
+            let back = g.tensor_f32(&format!("{ty:?}")).unwrap();
+            assert_eq!(back.shape, [2, 64]);
+            for (b, block) in back.data.chunks(32).zip(vals.chunks(32)) {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (x, v) in b.iter().zip(block) {
+                    let bound = match ty {
+                        GgmlType::F32 => 0.0,
+                        GgmlType::F16 => v.abs() / 2048.0,
+                        GgmlType::Bf16 => v.abs() / 256.0,
+                        // Half a quantisation step, plus the f16 rounding of the scale.
+                        _ => amax / 127.0 * 0.5 + amax / 2048.0,
+                    };
+                    assert!((x - v).abs() <= bound, "{ty:?}: {x} vs {v}");
+                }
+            }
+        }
+        let odd = HostTensor::new(vec![1, 20], vec![1.0; 20]);
+        let e = write_gguf(
+            &p,
+            &meta,
+            &[GgufTensorOut {
+                name: "odd".into(),
+                tensor: &odd,
+                ty: GgmlType::Q8_0,
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`odd`") && e.contains("multiple of 32"), "{e}");
+    }
 
     #[test]
     fn q8_0_and_q4_1_blocks_dequantise_by_the_reference_formulas() {

@@ -214,7 +214,7 @@ pub fn config_from_metadata(g: &GgufFile) -> Result<Value> {
 }
 
 /// The Llama-3 split pattern (`tokenizer.ggml.pre = llama-bpe`).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A `tokenizer.json` rebuilt from `tokenizer.ggml.*` metadata (GPT-2 style byte-level BPE).
 pub fn tokenizer_from_metadata(g: &GgufFile) -> Result<Value> {

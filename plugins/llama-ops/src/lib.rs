@@ -1,9 +1,11 @@
 //! The tensor half of the Llama plugin: the Llama variant catalog (`gqa`, `width`, `linear`,
-//! `noop` and their training-free inits) and llama.cpp GGUF import into Hugging Face folders.
+//! `noop` and their training-free inits), llama.cpp GGUF import into Hugging Face folders and
+//! GGUF export of Llama and DeciLM (Puzzle child) folders for llama.cpp.
 //! The families themselves (config parsing, child configs) are `puzzle-llama`.
 //!
 //! Linking this crate registers the catalog (and, through `puzzle-llama`, the families).
 
+pub mod gguf_export;
 pub mod gguf_import;
 pub mod variants;
 

@@ -1,6 +1,7 @@
 pub mod bld;
 pub mod cost;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod import;
 pub mod inspect;
