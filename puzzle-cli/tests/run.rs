@@ -146,6 +146,14 @@ fn killed_in_every_stage_it_finishes_with_the_same_artifacts() {
     let o = run(&cfg, &reference);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(reference.join("report/README.md").is_file());
+    // The child for llama.cpp beside the HF folder, or the reason it cannot be there.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        reference.join("child/model.gguf").is_file()
+            || err.contains("cannot load a linear FFN")
+            || err.contains("sliding window"),
+        "{err}"
+    );
     // The child's model card: its layers beside the parent's, the measured numbers, the licence.
     let card = std::fs::read_to_string(reference.join("child/README.md")).unwrap();
     assert!(

@@ -1,9 +1,10 @@
 //! `puzzle run [CONFIG]`, `puzzle realize`, `puzzle report`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use puzzle_core::gguf::GgmlType;
 use puzzle_pipeline::Run;
 use puzzle_pipeline::pipeline::{ChosenSolution, precheck, run_all};
 
@@ -91,6 +92,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     for w in &summary.warnings {
         eprintln!("export warning: {w}");
     }
+    child_gguf(&dir.join("child"));
     let out = report::write(&dir, &config.display().to_string())?;
     print_summary(&summary.eval, &summary.chosen);
     eprintln!(
@@ -150,6 +152,21 @@ fn print_summary(eval: &puzzle_pipeline::pipeline::EvalReport, chosen: &ChosenSo
 pub struct ReportArgs {
     /// Run folder.
     pub run: PathBuf,
+}
+
+/// `child/model.gguf` beside the Hugging Face folder, for llama.cpp (f32). A child llama.cpp
+/// cannot load (a linear FFN, a sliding window) is reported, not fatal: the HF folder stands.
+fn child_gguf(child: &Path) {
+    let file = child.join("model.gguf");
+    match puzzle_llama_ops::gguf_export::export_gguf(child, &file, GgmlType::F32) {
+        Ok(r) => {
+            for n in &r.notes {
+                eprintln!("gguf note: {n}");
+            }
+            eprintln!("wrote {} (arch {})", file.display(), r.arch);
+        }
+        Err(e) => eprintln!("no {}: {e}", file.display()),
+    }
 }
 
 pub fn report_cmd(a: ReportArgs) -> Result<()> {
