@@ -141,7 +141,7 @@ fn pre_tokenizer_name(tok: &Value, path: &Path) -> Result<&'static str> {
             && !v["add_prefix_space"].as_bool().unwrap_or(false)
     };
     if is_byte_level(pre, true) {
-        return Ok("gpt2");
+        return Ok("gpt-2");
     }
     if pre["type"] == "Sequence"
         && let Some([split, bl]) = pre["pretokenizers"].as_array().map(Vec::as_slice)
@@ -155,44 +155,29 @@ fn pre_tokenizer_name(tok: &Value, path: &Path) -> Result<&'static str> {
     Err(Error::unsupported(
         path,
         format!(
-            "pre-tokenizer {} has no llama.cpp equivalent here (known: GPT-2 byte level -> `gpt2`, Llama-3 split + byte level -> `llama-bpe`)",
+            "pre-tokenizer {} has no llama.cpp equivalent here (known: GPT-2 byte level -> `gpt-2`, Llama-3 split + byte level -> `llama-bpe`)",
             serde_json::to_string(pre).unwrap_or_default()
         ),
     ))
 }
 
-/// `tokenizer.ggml.*` from `tokenizer.json` (byte-level BPE) and the spec's special ids.
-fn tokenizer_metadata(
-    dir: &Path,
-    spec: &ModelSpec,
-) -> Result<(Vec<(String, GgufValue)>, &'static str)> {
-    let path = dir.join("tokenizer.json");
-    let tok: Value = fsutil::read_json(&path)?;
-    let model = &tok["model"];
-    if model["type"] != "BPE" {
-        return Err(Error::unsupported(
-            &path,
-            format!(
-                "tokenizer model {}: only byte-level BPE is exported",
-                model["type"]
-            ),
-        ));
-    }
-    let pre = pre_tokenizer_name(&tok, &path)?;
-    let vocab = model["vocab"]
+/// Every id's token text and llama.cpp token type (1 normal, 3 control, 4 user-defined, 5 unused
+/// for embedding rows no token has).
+fn token_table(tok: &Value, vocab_size: usize, path: &Path) -> Result<(Vec<String>, Vec<i32>)> {
+    let vocab = tok["model"]["vocab"]
         .as_object()
-        .ok_or_else(|| Error::config(&path, "model.vocab is not an object"))?;
-    let mut tokens = vec![String::new(); spec.vocab_size];
-    let mut types = vec![1i32; spec.vocab_size];
-    let mut seen = vec![false; spec.vocab_size];
+        .ok_or_else(|| Error::config(path, "model.vocab is not an object"))?;
+    let mut tokens = vec![String::new(); vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let mut seen = vec![false; vocab_size];
     let mut place = |id: u64, text: &str, ty: i32| -> Result<()> {
         let i = id as usize;
         if i >= tokens.len() {
             return Err(Error::config(
-                &path,
+                path,
                 format!(
                     "token `{text}` has id {id}, past the model's vocab_size {}",
-                    spec.vocab_size
+                    vocab_size
                 ),
             ));
         }
@@ -220,6 +205,28 @@ fn tokenizer_metadata(
             types[i] = 5; // unused
         }
     }
+    Ok((tokens, types))
+}
+
+/// `tokenizer.ggml.*` from `tokenizer.json` (byte-level BPE) and the spec's special ids.
+fn tokenizer_metadata(
+    dir: &Path,
+    spec: &ModelSpec,
+) -> Result<(Vec<(String, GgufValue)>, &'static str)> {
+    let path = dir.join("tokenizer.json");
+    let tok: Value = fsutil::read_json(&path)?;
+    let model = &tok["model"];
+    if model["type"] != "BPE" {
+        return Err(Error::unsupported(
+            &path,
+            format!(
+                "tokenizer model {}: only byte-level BPE is exported",
+                model["type"]
+            ),
+        ));
+    }
+    let pre = pre_tokenizer_name(&tok, &path)?;
+    let (tokens, types) = token_table(&tok, spec.vocab_size, &path)?;
     let merges: Vec<GgufValue> = model["merges"]
         .as_array()
         .into_iter()

@@ -31,7 +31,7 @@ pub enum ExportFormat {
     /// A GGUF v3 file that stock llama.cpp loads: arch `llama` for a homogeneous model, `deci`
     /// for a heterogeneous Puzzle child (per-layer KV heads and FFN widths, linear and no-op
     /// attention), the byte-level BPE tokenizer as `tokenizer.ggml.*` with the pre-tokenizer
-    /// llama.cpp knows that splits identically (`gpt2` or `llama-bpe`), special ids and the chat
+    /// llama.cpp knows that splits identically (`gpt-2` or `llama-bpe`), special ids and the chat
     /// template. A no-op FFN that llama.cpp cannot run (after an attention, or in the last
     /// layer) is written as an exactly equivalent zero FFN of width 32 and reported; a linear
     /// FFN or a sliding window is refused with the layer named.

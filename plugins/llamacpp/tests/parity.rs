@@ -1,0 +1,170 @@
+//! Our GGUF exports in stock llama.cpp (the llama.cpp that `llama-cpp-sys-2` 0.1.160 vendors):
+//! logits within 1e-4 of our own forward (f32 weights, f32 KV cache), the same greedy tokens and
+//! the same tokenization, for Llama parents (`llama` arch) and heterogeneous children (`deci`),
+//! llama.cpp's no-op FFN limits re-expressed.
+
+use std::path::{Path, PathBuf};
+
+use puzzle_core::burn::tensor::Device;
+use puzzle_core::generate::{GenerateOptions, Sampling, generate};
+use puzzle_core::gguf::GgmlType;
+use puzzle_core::model::load_model;
+use puzzle_core::nn::ids_tensor;
+use puzzle_core::weights::{HostTensor, SafetensorsWeights, StoreDtype, WeightSource};
+use puzzle_llama_ops::gguf_export::export_gguf;
+use puzzle_llamacpp::LlamaCpp;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Largest |ours - llama.cpp| over every position's logits, and whether greedy decoding of
+/// `new` tokens agrees.
+fn compare(dir: &Path, ids: &[u32], new: usize) -> f32 {
+    puzzle_llama::link();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("m.gguf");
+    export_gguf(dir, &file, GgmlType::F32).unwrap();
+    let cpp = LlamaCpp::load(&file, 2).unwrap();
+    let device = Device::flex();
+    let ours = load_model(dir, &device).unwrap();
+    assert_eq!(cpp.n_vocab(), ours.spec.vocab_size);
+    let theirs = cpp.logits(ids).unwrap();
+    let mine = HostTensor::from_tensor(&ours.decoder.forward(ids_tensor(&[ids.to_vec()], &device)));
+    let v = ours.spec.vocab_size;
+    let mut d = 0f32;
+    for (t, row) in theirs.iter().enumerate() {
+        for (a, b) in row.iter().zip(&mine.data[t * v..(t + 1) * v]) {
+            d = d.max((a - b).abs());
+        }
+    }
+    if new > 0 {
+        let g = generate(
+            &ours.decoder,
+            &[ids.to_vec()],
+            &GenerateOptions {
+                max_new_tokens: new,
+                sampling: Sampling::Greedy,
+                stop_tokens: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            cpp.greedy(ids, new).unwrap(),
+            g.tokens[0],
+            "{}",
+            dir.display()
+        );
+    }
+    eprintln!("{}: max |logits diff| {d:e}", dir.display());
+    d
+}
+
+fn tokenizes_alike(dir: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("m.gguf");
+    export_gguf(dir, &file, GgmlType::F32).unwrap();
+    let cpp = LlamaCpp::load(&file, 2).unwrap();
+    let ours = puzzle_core::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    for text in [
+        "In the beginning God created the heaven and the earth.",
+        "  leading spaces, tabs\tand\nnewlines\n\n",
+        "Numbers 1234567 and 3.14159; don't won't they're I'll",
+        "émigré café naïve 東京 🙂",
+    ] {
+        assert_eq!(
+            cpp.tokenize(text),
+            ours.encode(text, true).unwrap(),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn the_tiny_parent_in_llama_cpp_matches_our_forward_and_greedy_tokens() {
+    let dir = root().join("model-zoo/tiny-parent");
+    let tok = puzzle_core::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let ids = tok
+        .encode("And God said, Let there be light: and there was", true)
+        .unwrap();
+    assert!(compare(&dir, &ids, 16) < 1e-4);
+    tokenizes_alike(&dir);
+}
+
+#[test]
+fn a_llama_fixture_with_llama3_pre_tokenizer_matches() {
+    let dir = root().join("fixtures/hf/tiny-llama");
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 500).collect();
+    assert!(compare(&dir, &ids, 8) < 1e-4);
+    tokenizes_alike(&dir);
+}
+
+#[test]
+fn a_heterogeneous_deci_child_matches_ours_and_the_independent_reference() {
+    let dir = root().join("fixtures/hf/tiny-decilm");
+    let r = SafetensorsWeights::open(&dir.join("reference/seq33.safetensors")).unwrap();
+    let (_, ids) = r.read_i64("input_ids").unwrap();
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    assert!(compare(&dir, &ids, 8) < 1e-4);
+}
+
+#[test]
+fn no_op_ffns_llama_cpp_cannot_run_are_re_expressed_exactly() {
+    // tiny-decilm-full without its linear FFN: layer 4 is attention + no-op FFN (llama.cpp
+    // would drop the attention) and layer 5, the last, has a no-op FFN (llama.cpp crashes).
+    let full = root().join("fixtures/hf/tiny-decilm-full");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::copy(full.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("config.json")).unwrap()).unwrap();
+    c["block_configs"][5]["ffn"] = serde_json::json!({"ffn_mult": null, "no_op": true,
+        "replace_with_linear": false, "sparsify": null});
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let w = SafetensorsWeights::open(&full).unwrap();
+    let keep: Vec<(String, HostTensor)> = w
+        .names()
+        .into_iter()
+        .filter(|n| {
+            !n.starts_with("model.layers.5.mlp.") && !n.starts_with("model.layers.5.post_attention")
+        })
+        .map(|n| {
+            let t = w.read(&n).unwrap();
+            (n, t)
+        })
+        .collect();
+    puzzle_core::weights::write_safetensors(
+        &dir.join("model.safetensors"),
+        keep.iter().map(|(n, t)| (n.as_str(), t)),
+        StoreDtype::F32,
+        None,
+    )
+    .unwrap();
+    let ids: Vec<u32> = (0..20).map(|i| (i * 53 + 11) % 500).collect();
+    assert!(compare(dir, &ids, 6) < 1e-4);
+}
+
+#[test]
+fn smollm2_imported_then_exported_runs_in_llama_cpp_as_in_ours() {
+    let gguf = root().join("model-zoo/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "{} is missing: run `cargo xtask fetch-smollm2` (or `cargo xtask test`, which does it)",
+        gguf.display()
+    );
+    puzzle_llama::link();
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    puzzle_llama_ops::gguf_import::import_gguf(
+        &gguf,
+        &hf,
+        &puzzle_llama_ops::gguf_import::ImportOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let tok = puzzle_core::tokenizer::Tokenizer::from_file(&hf.join("tokenizer.json")).unwrap();
+    let ids = tok.encode("The capital of France is", true).unwrap();
+    // 30 layers of 576: f32 sums in another order drift a little further than in the tiny models.
+    assert!(compare(&hf, &ids, 12) < 1e-4);
+    tokenizes_alike(&hf);
+}
