@@ -22,6 +22,7 @@ pub const RULES: &[(&str, &[&str])] = &[
     ("puzzle-llama", FORBIDDEN_BELOW_CORE),
     ("puzzle-qwen2", FORBIDDEN_BELOW_CORE),
     ("puzzle-example-plugin", FORBIDDEN_BELOW_CORE),
+    ("puzzle-llamacpp", FORBIDDEN_BELOW_CORE),
     (
         "puzzle-core",
         &[

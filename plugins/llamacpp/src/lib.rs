@@ -113,8 +113,7 @@ impl LlamaCpp {
                 .map_err(|e| err(e.to_string()))?;
         }
         let mut out = Vec::with_capacity(n);
-        let mut pos = prompt.len();
-        for _ in 0..n {
+        for pos in prompt.len()..prompt.len() + n {
             ctx.decode(&mut batch).map_err(|e| err(e.to_string()))?;
             let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
             let next = argmax(logits);
@@ -123,7 +122,6 @@ impl LlamaCpp {
             batch
                 .add(LlamaToken(next as i32), pos as i32, &[0], true)
                 .map_err(|e| err(e.to_string()))?;
-            pos += 1;
         }
         Ok(out)
     }
