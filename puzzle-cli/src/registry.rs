@@ -17,3 +17,12 @@ pub fn set_plugins(p: Plugins) {
 pub fn plugins() -> &'static Plugins {
     PLUGINS.get_or_init(Plugins::builtin)
 }
+
+/// Opens a run with this invocation's registries (the config's own `plugins` are added).
+pub fn open_run(
+    config: &std::path::Path,
+    run_dir: Option<&std::path::Path>,
+    device: &puzzle_core::burn::tensor::Device,
+) -> puzzle_core::Result<puzzle_pipeline::Run> {
+    puzzle_pipeline::Run::open_with(config, run_dir, device, plugins().clone())
+}

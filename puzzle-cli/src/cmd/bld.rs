@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use puzzle_core::bld::{EntrySource, parse_shard, read_library};
-use puzzle_pipeline::Run;
 use puzzle_pipeline::pipeline::bld_shard;
 
 use crate::ui;
@@ -45,12 +44,7 @@ pub fn run(a: BldArgs) -> Result<()> {
         .map(parse_shard)
         .transpose()?
         .unwrap_or((0, 1));
-    let r = Run::open_with(
-        &a.config,
-        a.run.as_deref(),
-        &device,
-        crate::registry::plugins().clone(),
-    )?;
+    let r = crate::registry::open_run(&a.config, a.run.as_deref(), &device)?;
     let mut bars = ui::Bars::new();
     let rep = bld_shard(&r, shard, &mut bars)?;
     eprintln!(

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use puzzle_pipeline::Run;
 use puzzle_pipeline::stages::{cost_stage, score_stage, validate_additivity};
 
 use crate::ui;
@@ -36,12 +35,7 @@ pub struct CostArgs {
 
 pub fn run_cost(a: CostArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
-    let r = Run::open_with(
-        &a.config,
-        a.run.as_deref(),
-        &device,
-        crate::registry::plugins().clone(),
-    )?;
+    let r = crate::registry::open_run(&a.config, a.run.as_deref(), &device)?;
     let mut bars = ui::Bars::new();
     let t = cost_stage(&r, &mut bars)?;
     let batches = &t.deployment.batch_sizes;
@@ -137,12 +131,7 @@ pub struct ScoreArgs {
 
 pub fn run_score(a: ScoreArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
-    let r = Run::open_with(
-        &a.config,
-        a.run.as_deref(),
-        &device,
-        crate::registry::plugins().clone(),
-    )?;
+    let r = crate::registry::open_run(&a.config, a.run.as_deref(), &device)?;
     let mut bars = ui::Bars::new();
     let t = score_stage(&r, &mut bars)?;
     let metrics: Vec<String> = t.parent.keys().cloned().collect();

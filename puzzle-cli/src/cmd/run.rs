@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use puzzle_core::gguf::GgmlType;
-use puzzle_pipeline::Run;
 use puzzle_pipeline::pipeline::{ChosenSolution, precheck, run_all};
 
 use crate::{report, ui};
@@ -66,12 +65,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         .clone()
         .or_else(|| a.config.is_none().then(|| PathBuf::from("runs/tiny")));
     if a.check {
-        let r = Run::open_with(
-            &config,
-            run_dir.as_deref(),
-            &device,
-            crate::registry::plugins().clone(),
-        )?;
+        let r = crate::registry::open_run(&config, run_dir.as_deref(), &device)?;
         precheck(&r)?;
         eprintln!("{}: ok", config.display());
         return Ok(());
@@ -201,12 +195,7 @@ pub struct RealizeArgs {
 
 pub fn realize_cmd(a: RealizeArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
-    let r = Run::open_with(
-        &a.config,
-        a.run.as_deref(),
-        &device,
-        crate::registry::plugins().clone(),
-    )?;
+    let r = crate::registry::open_run(&a.config, a.run.as_deref(), &device)?;
     let choices: Vec<puzzle_core::realize::LayerChoice> = match &a.solution {
         Some(s) if s.contains("attn:") => s
             .split(';')
