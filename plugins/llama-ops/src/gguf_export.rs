@@ -446,7 +446,7 @@ fn layer_tensors(
             ] {
                 for kind in ["weight", "bias"] {
                     let name = hf(&format!("self_attn.{p}.{kind}"));
-                    if kind == "bias" && !w.names().contains(&name) {
+                    if kind == "bias" && w.shape(&name).is_none() {
                         continue;
                     }
                     let t = w.read(&name)?;
