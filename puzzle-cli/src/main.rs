@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let mut plugins = puzzle_core::Plugins::builtin();
     for p in &cli.plugins {
         if let Err(e) = puzzle_pipeline::host::load(p, &mut plugins) {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", explain(&anyhow::Error::from(e)));
             return ExitCode::FAILURE;
         }
     }
@@ -104,8 +104,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", explain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: our library errors already print their source in
+/// their own message, so a cause whose text is already there is not repeated.
+fn explain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }

@@ -10,6 +10,7 @@ use puzzle_core::search::BlockTable;
 use puzzle_core::search::mip::SolveOptions;
 use puzzle_core::search::run::sweep;
 use puzzle_core::search::{BoundValue, Op};
+use puzzle_pipeline::evaluate::verdicts;
 use puzzle_pipeline::pipeline::{ChosenSolution, EvalReport, ModelEval};
 use puzzle_pipeline::speed::speed_of;
 
@@ -290,6 +291,52 @@ impl<'a> Report<'a> {
         })
     }
 
+    /// The run's relative speed targets as its config states them (`RUN/config.toml`).
+    fn constraints(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.run.join("config.toml")).unwrap_or_default();
+        let v: toml::Value =
+            toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
+        v.get("search")
+            .and_then(|s| s.get("constraints"))
+            .and_then(|c| c.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Each relative speed target, decided by the final evaluation's measurement.
+    fn targets(&self, md: &mut String) -> Result<()> {
+        let vs = verdicts(&self.constraints(), &self.eval, "child")?;
+        if vs.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            md,
+            "## Targets (decided by the final evaluation in {}, not by the search)\n",
+            self.engine()
+        )?;
+        writeln!(
+            md,
+            "| target | child measured | over rounds | verdict |\n|---|---|---|---|"
+        )?;
+        for v in vs {
+            writeln!(
+                md,
+                "| `{}` | {:.2}x | {:.2}x-{:.2}x | {} |",
+                v.constraint,
+                v.measured,
+                v.range[0],
+                v.range[1],
+                if v.met { "met" } else { "**not met**" }
+            )?;
+        }
+        writeln!(md)?;
+        Ok(())
+    }
+
     fn model_in<'e>(eval: &'e EvalReport, name: &str) -> Result<&'e ModelEval> {
         eval.models
             .iter()
@@ -299,6 +346,15 @@ impl<'a> Report<'a> {
 
     fn model(&self, name: &str) -> Result<&ModelEval> {
         Self::model_in(&self.eval, name)
+    }
+
+    /// The engine the evaluation measured in (reports from before engines: burn).
+    fn engine(&self) -> String {
+        if self.eval.engine.is_empty() {
+            "puzzle's own runtime (burn)".into()
+        } else {
+            self.eval.engine.clone()
+        }
     }
 
     /// Measured speed of `m` over the parent's.
@@ -399,11 +455,12 @@ impl<'a> Report<'a> {
         let b = self.eval.batch;
         writeln!(
             md,
-            "## Quality and speed (batch {b}, measured end to end)\n"
+            "## Quality and speed (batch {b}, measured end to end in {}, round-robin)\n",
+            self.engine()
         )?;
         writeln!(
             md,
-            "| model | params | weights | KV/token | throughput tok/s | decode tok/s | speed vs parent | latency ms | val loss | ppl | KL vs parent | top-1 | task acc_norm | retention |"
+            "| model | params | weights | KV/token | throughput tok/s | decode tok/s (min-max over rounds) | speed vs parent | latency ms | val loss | ppl | KL vs parent | top-1 | task acc_norm | retention |"
         )?;
         writeln!(
             md,
@@ -425,7 +482,10 @@ impl<'a> Report<'a> {
                 m.param_bytes / 1e6,
                 m.kv_bytes_per_token,
                 s.map_or("-".into(), |s| format!("{:.1}", s.throughput)),
-                s.map_or("-".into(), |s| format!("{:.1}", s.decode_throughput)),
+                s.map_or("-".into(), |s| format!(
+                    "{:.1} ({:.1}-{:.1})",
+                    s.decode_throughput, s.decode_throughput_range[0], s.decode_throughput_range[1]
+                )),
                 self.ratio(m).map_or("-".into(), |r| format!("{r:.2}x")),
                 s.map_or("-".into(), |s| format!("{:.0}", s.total_ms)),
                 m.lm.loss,
@@ -526,7 +586,8 @@ impl<'a> Report<'a> {
         )?;
         writeln!(
             md,
-            "Speed was measured in puzzle's own runtime (burn, CPU) on the machine that ran the search, at batch {}; a serving engine will differ.\n",
+            "Speed was measured in {} on the machine that ran the search, at batch {}, parent and child round-robin.\n",
+            self.engine(),
             self.eval.batch
         )?;
         writeln!(
@@ -573,6 +634,7 @@ impl<'a> Report<'a> {
             "Every number below was measured by `puzzle run` on this machine; the commands are at the end.\n"
         )?;
         self.quality_table(&mut md)?;
+        self.targets(&mut md)?;
         self.child_section(&mut md)?;
         self.speed_section(&mut md)?;
         writeln!(md, "## How these numbers were made\n")?;

@@ -1,5 +1,7 @@
 //! Cost and score stages on the tiny-llama fixture: exact zero KL for the parent's own variants,
-//! the prefix cache changes nothing but time, and analytic bytes add up to the checkpoint.
+//! the prefix cache changes nothing but time, analytic bytes add up to the checkpoint, and the
+//! in-context measured costs in llama.cpp: the engine's capability table narrows the library,
+//! and block costs add up to the parent by construction.
 
 use std::path::Path;
 
@@ -22,6 +24,10 @@ fn link() {
 }
 
 fn setup(dir: &Path, cost_model: &str, weight_dtype: &str) -> Run {
+    setup_on(dir, cost_model, weight_dtype, "burn")
+}
+
+fn setup_on(dir: &Path, cost_model: &str, weight_dtype: &str, engine: &str) -> Run {
     link();
     common::write_small_corpus(dir);
     let cfg = format!(
@@ -43,6 +49,7 @@ checkpoint_every = 100
 eval_sequences = 4
 calibration_sequences = 4
 [deployment]
+engine = "{engine}"
 batch_sizes = [1, 2]
 prefill_len = 16
 generation_len = 8
@@ -157,6 +164,7 @@ fn analytic_bytes_of_the_parent_equal_its_checkpoint() {
         deploy: &c.deployment,
         hardware: &hw,
         device: Device::flex(),
+        engine: Ok(&puzzle_core::engine::BurnEngine),
     };
     let m = run.plugins.cost_models.get("roofline").unwrap();
     let spec_of = |v: &str| {
@@ -173,4 +181,59 @@ fn analytic_bytes_of_the_parent_equal_its_checkpoint() {
     let full = m.entry(&ctx, 0, &spec_of("ffn:width(176)")).unwrap();
     let half = m.entry(&ctx, 0, &spec_of("ffn:width(96)")).unwrap();
     assert!(full.decode_ms[&1] > half.decode_ms[&1] && full.prefill_ms[&2] > half.prefill_ms[&2]);
+}
+
+#[test]
+fn llamacpp_runs_narrow_the_library_and_measured_costs_add_up_to_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = setup_on(dir.path(), "measured", "fp32", "llamacpp");
+    let keys = run.plan().unwrap();
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter().all(|k| k.id() != "ffn:linear"),
+        "llama.cpp cannot load a linear FFN"
+    );
+    assert!(
+        keys.iter().any(|k| k.id() == "ffn:noop"),
+        "a no-op FFN is re-expressed, kept"
+    );
+    let excluded = run.excluded().unwrap();
+    assert_eq!(
+        excluded,
+        vec![format!(
+            "ffn:linear: llamacpp cannot run a linear FFN ({} layers)",
+            run.parent.spec.layers.len()
+        )]
+    );
+    let costs = cost_stage(&run, &mut Silent).unwrap();
+    assert_eq!(costs.entries.len(), keys.len());
+    let spec = &run.parent.spec;
+    for b in [1, 2] {
+        for e in &costs.entries {
+            let d = e.costs.decode_ms[&b];
+            assert!(d.is_finite(), "L{} {} decode at b{b}", e.layer, e.variant);
+            if e.variant.ends_with(":noop") {
+                assert_eq!(d, 0.0, "a no-op costs nothing in context");
+            }
+        }
+        // Non-block plus the parent's own entries is the parent's measured step (positive).
+        let mut parent = costs.non_block.decode_ms[&b];
+        for layer in 0..spec.layers.len() {
+            for kind in puzzle_core::variant::SubblockKind::ALL {
+                parent += costs
+                    .get(layer, &spec.variant_of(layer, kind).to_string())
+                    .unwrap()
+                    .decode_ms[&b];
+            }
+        }
+        assert!(parent > 0.0);
+    }
+    // The additivity check measures the parent and random children (no-op FFNs after attention
+    // among them, which the GGUF re-expresses) in llama.cpp.
+    let pts = puzzle_pipeline::stages::validate_additivity(&run, &costs, 2, 3).unwrap();
+    assert_eq!(pts.len(), 3 * 2);
+    assert!(
+        pts.iter()
+            .all(|p| p.measured_ms > 0.0 && p.error.is_finite())
+    );
 }

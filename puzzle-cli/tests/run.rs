@@ -360,3 +360,63 @@ fn baselines_matched_to_an_old_child_are_rebuilt_for_a_new_one() {
     let second = read(&record);
     assert_ne!(first["provenance"], second["provenance"], "{err}");
 }
+
+#[test]
+fn a_llamacpp_run_measures_there_leaves_out_what_it_cannot_run_and_its_gguf_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "[deployment]\n",
+            "[deployment]\nengine = \"llamacpp\"\nweight_dtype = \"fp32\"\nkv_dtype = \"fp32\"\n",
+        )
+        .replace("model = \"roofline\"", "model = \"measured\"");
+    std::fs::write(&cfg, text).unwrap();
+    let run_dir = dir.path().join("run");
+    let o = run(&cfg, &run_dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("not in the search space: ffn:linear: llamacpp cannot run a linear FFN"),
+        "{err}"
+    );
+    let costs = std::fs::read_to_string(run_dir.join("costs.json")).unwrap();
+    assert!(!costs.contains("\"ffn:linear\""));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("eval/report.json")).unwrap())
+            .unwrap();
+    assert!(
+        eval["engine"].as_str().unwrap().starts_with("llamacpp ("),
+        "{eval}"
+    );
+    let speed = &eval["models"][1]["speed"][0];
+    assert!(speed["rounds"].as_u64().unwrap() >= 5, "{speed}");
+    let [lo, hi] = [0, 1].map(|i| speed["decode_throughput_range"][i].as_f64().unwrap());
+    let median = speed["decode_throughput"].as_f64().unwrap();
+    assert!(lo <= median && median <= hi, "{speed}");
+    // Nothing llama.cpp cannot load was searched, so the child is there as a GGUF, and a
+    // llama-simple-like greedy generation runs it with the GGUF's own tokenizer.
+    let gguf = run_dir.join("child/model.gguf");
+    assert!(gguf.is_file(), "{err}");
+    let g = Proc::cargo_bin("puzzle")
+        .unwrap()
+        .args([
+            "generate",
+            gguf.to_str().unwrap(),
+            "--prompt",
+            "the",
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+        ])
+        .output()
+        .unwrap();
+    let gerr = String::from_utf8_lossy(&g.stderr);
+    assert!(g.status.success(), "{gerr}");
+    assert!(String::from_utf8_lossy(&g.stdout).starts_with("the"));
+    assert!(
+        gerr.contains("6 new tokens") && gerr.contains("llama.cpp"),
+        "{gerr}"
+    );
+}

@@ -516,6 +516,8 @@ pub struct BldInputs<'a> {
     /// Held-out windows for the normalised MSE.
     pub held_out: &'a [Vec<u32>],
     pub provenance: Provenance,
+    /// The planned entries ([`plan`], less what the deployment's engine cannot run).
+    pub keys: &'a [EntryKey],
     pub space: &'a crate::variants::SpaceOptions,
     /// Where variant ids find the catalog that builds them.
     pub catalogs: &'a Registry<dyn VariantCatalog>,
@@ -530,7 +532,7 @@ pub fn run_bld(
     progress: &mut dyn Progress,
 ) -> Result<BldReport> {
     let t_start = Instant::now();
-    let (mut report, todo) = shard_todo(inputs, cfg, library, shard)?;
+    let (mut report, todo) = shard_todo(inputs, library, shard)?;
     if todo.is_empty() {
         progress.note(&format!(
             "library complete for this shard: {} of {} entries already trained",
@@ -579,11 +581,10 @@ pub fn run_bld(
 /// The shard's planned entries that are not finished yet, and the report so far.
 fn shard_todo(
     inputs: &BldInputs,
-    cfg: &BldConfig,
     library: &Path,
     shard: (usize, usize),
 ) -> Result<(BldReport, Vec<EntryKey>)> {
-    let keys = plan(inputs.catalogs, inputs.parent_spec, inputs.space, cfg)?;
+    let keys = inputs.keys;
     let mine: Vec<EntryKey> = keys
         .iter()
         .enumerate()

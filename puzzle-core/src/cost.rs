@@ -8,7 +8,9 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::{DeploymentProfile, HardwareProfile};
+use crate::engine::Engine;
 use crate::error::Result;
+use crate::progress::Progress;
 use crate::spec::{AttentionSpec, ModelSpec};
 use crate::variants::SubblockSpec;
 use puzzle_types::registry::Registry;
@@ -83,6 +85,9 @@ pub struct CostContext<'a> {
     pub hardware: &'a HardwareProfile,
     /// The device the program runs on (for measuring).
     pub device: Device,
+    /// The deployment's engine (`deploy.engine`), for models that time in it; the error says
+    /// why this build cannot run it (e.g. `vllm`: plan with `roofline`, measure elsewhere).
+    pub engine: std::result::Result<&'a dyn Engine, String>,
 }
 
 /// The contract of a cost model: costs of one entry's subblocks (1, or an attention + FFN
@@ -95,6 +100,25 @@ pub trait CostModel: Send + Sync + 'static {
     fn entry(&self, ctx: &CostContext, layer: usize, specs: &[SubblockSpec]) -> Result<Costs>;
     /// Embeddings, final norm, head and sampling.
     fn non_block(&self, ctx: &CostContext) -> Result<Costs>;
+    /// The non-block part and every entry of `entries` (layer, subblocks), in order. A model
+    /// that times entries together (in context, against the parent) overrides this; the
+    /// default asks [`CostModel::entry`] one by one.
+    fn table(
+        &self,
+        ctx: &CostContext,
+        entries: &[(usize, Vec<SubblockSpec>)],
+        progress: &mut dyn Progress,
+    ) -> Result<(Costs, Vec<Costs>)> {
+        progress.start("cost", entries.len() as u64 + 1);
+        let non_block = self.non_block(ctx)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, (layer, specs)) in entries.iter().enumerate() {
+            out.push(self.entry(ctx, *layer, specs)?);
+            progress.set(i as u64 + 2, &format!("L{layer}"));
+        }
+        progress.finish();
+        Ok((non_block, out))
+    }
 }
 
 /// A cost model registered by a static plugin.

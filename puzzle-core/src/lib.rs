@@ -18,6 +18,7 @@ pub mod data;
 pub mod deploy;
 pub mod device;
 pub mod distill;
+pub mod engine;
 pub mod eval;
 pub mod generate;
 pub mod gguf;
@@ -32,6 +33,7 @@ pub mod train;
 pub mod variants;
 pub mod weights;
 
+pub use puzzle_types::engine as capabilities;
 pub use puzzle_types::{artifact, error, family, fsutil, kinds, progress, registry, spec, variant};
 
 /// The search: block tables, problems and solvers from `puzzle-types`, plus the block table

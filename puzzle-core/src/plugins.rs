@@ -9,6 +9,7 @@ use puzzle_types::registry::Registry;
 use puzzle_types::search::mip::{Solver, static_solvers};
 
 use crate::cost::{CostModel, static_cost_models};
+use crate::engine::{Engine, engine_for, static_engines};
 use crate::error::Result;
 use crate::score::{Scorer, static_scorers};
 use crate::spec::ModelSpec;
@@ -23,6 +24,7 @@ pub struct Plugins {
     pub cost_models: Registry<dyn CostModel>,
     pub scorers: Registry<dyn Scorer>,
     pub solvers: Registry<dyn Solver>,
+    pub engines: Registry<dyn Engine>,
 }
 
 impl Plugins {
@@ -34,6 +36,7 @@ impl Plugins {
             cost_models: Registry::new("cost model"),
             scorers: Registry::new("scorer"),
             solvers: Registry::new("solver"),
+            engines: Registry::new("engine"),
         }
     }
 
@@ -45,12 +48,18 @@ impl Plugins {
             cost_models: static_cost_models(),
             scorers: static_scorers(),
             solvers: static_solvers(),
+            engines: static_engines(),
         }
     }
 
     /// The catalog that builds `v` (catalogs are found by the variant heads they own).
     pub fn catalog_for(&self, v: &VariantId) -> Result<&'static dyn VariantCatalog> {
         catalog_for(&self.catalogs, v)
+    }
+
+    /// The engine a deployment names, or an error saying which ones this build can run.
+    pub fn engine(&self, kind: puzzle_types::kinds::EngineKind) -> Result<&'static dyn Engine> {
+        engine_for(&self.engines, kind)
     }
 
     /// Reads a checkpoint folder's `config.json` with the family that claims it.

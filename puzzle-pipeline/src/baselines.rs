@@ -62,15 +62,15 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn ratio(&self, m: &Decoder) -> f64 {
+    fn ratio(&self, m: &Decoder) -> Result<f64> {
         speed_vs_parent(self.run, m, self.batch, self.metric)
     }
 
-    fn child(&mut self) -> f64 {
+    fn child(&mut self) -> Result<f64> {
         if self.measured.is_none() {
-            self.measured = Some(self.ratio(self.child));
+            self.measured = Some(self.ratio(self.child)?);
         }
-        self.measured.expect("just set")
+        Ok(self.measured.expect("just set"))
     }
 }
 
@@ -210,6 +210,17 @@ fn calibration_windows(run: &Run) -> Result<Vec<Vec<u32>>> {
     Ok(w)
 }
 
+/// Why the deployment's engine cannot serve `m` (`None`: it can).
+fn refused(run: &Run, m: &Decoder) -> Option<String> {
+    let r = run
+        .config
+        .deployment
+        .engine
+        .capabilities()
+        .refusals(&m.current_spec());
+    (!r.is_empty()).then(|| r.join("; "))
+}
+
 /// The least-reduced uniform architecture whose measured speed reaches the child's.
 fn match_uniform(
     run: &Run,
@@ -224,7 +235,7 @@ fn match_uniform(
         &calibration_windows(run)?,
         run.config.bld.batch_size,
     );
-    let want = target.child();
+    let want = target.child()?;
     let child_pred = chosen
         .solution
         .costs
@@ -237,7 +248,11 @@ fn match_uniform(
             continue;
         }
         let m = uniform_student(run, &calib, &id.parse()?)?;
-        let r = target.ratio(&m);
+        if let Some(why) = refused(run, &m) {
+            progress.note(&format!("baseline uniform candidate {id}: skipped ({why})"));
+            continue;
+        }
+        let r = target.ratio(&m)?;
         progress.note(&format!(
             "baseline uniform candidate {id}: measured {r:.2}x (child {want:.2}x)"
         ));
@@ -271,17 +286,25 @@ fn match_layer_removal(
     let mut order: Vec<usize> = (0..layers).collect();
     order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
     let noops: [VariantId; 2] = ["attn:noop".parse()?, "ffn:noop".parse()?];
-    let want = target.child();
+    let want = target.child()?;
     let mut m = run.parent.decoder.clone();
     let mut removed = Vec::new();
     for &l in &order {
+        let mut next = m.clone();
         for v in &noops {
             let s = run.plugins.catalog_for(v)?.spec(v, spec)?;
             let sub = build_subblock(spec, &s, l, &MemoryWeights::new("noop"), &device)?;
-            m = swapped(&m, l, vec![sub]);
+            next = swapped(&next, l, vec![sub]);
         }
+        if let Some(why) = refused(run, &next) {
+            progress.note(&format!(
+                "baseline layer removal: stops before layer {l} ({why})"
+            ));
+            break;
+        }
+        m = next;
         removed.push(l);
-        let r = target.ratio(&m);
+        let r = target.ratio(&m)?;
         if r >= MATCH * want || removed.len() == layers {
             progress.note(&format!(
                 "baseline layer removal: measured {r:.2}x (child {want:.2}x)"

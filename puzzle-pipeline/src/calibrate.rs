@@ -136,13 +136,29 @@ fn search_spec(run: &Run, primary: &str) -> Result<SearchSpec> {
     } else {
         Sense::Minimize
     };
+    let mut constraints: Vec<Constraint> = s
+        .constraints
+        .iter()
+        .map(|c| c.parse())
+        .collect::<Result<_>>()?;
+    // An engine that cannot serve a model without KV-cache attention (llama.cpp) gets a child
+    // that keeps one: some KV bytes per token.
+    if run
+        .config
+        .deployment
+        .engine
+        .capabilities()
+        .needs_kv_attention
+    {
+        constraints.push(Constraint {
+            key: "kv_bytes_per_token".into(),
+            op: Op::Ge,
+            value: BoundValue::Absolute(1.0),
+        });
+    }
     Ok(SearchSpec {
         objective: Objective { key, sense },
-        constraints: s
-            .constraints
-            .iter()
-            .map(|c| c.parse())
-            .collect::<Result<_>>()?,
+        constraints,
     })
 }
 
@@ -270,7 +286,7 @@ fn check_speeds(
                 &run.parent.decoder.device(),
             )?);
         }
-        let measured = speed_vs_parent(run, child.as_ref().expect("just set"), b, metric);
+        let measured = speed_vs_parent(run, child.as_ref().expect("just set"), b, metric)?;
         let predicted = round.solutions[0]
             .costs
             .get(&con.key)

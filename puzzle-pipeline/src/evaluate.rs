@@ -1,5 +1,6 @@
 //! The evaluation stage: the parent, the child and the baselines from their exported folders,
-//! side by side: speed (all models measured round-robin, per batch size), memory, language
+//! side by side: speed (all models measured round-robin in the deployment's engine, per batch
+//! size, with the range over rounds), memory, language
 //! modelling, agreement with the parent, task accuracy and retention.
 
 use serde::{Deserialize, Serialize};
@@ -7,17 +8,20 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::finish::ComparedModel;
 use crate::run::Run;
+use crate::speed::{measure_served, serve, speed_of};
 use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::data::Split;
 use puzzle_core::distill::DistillReport;
 use puzzle_core::error::{Error, Result};
-use puzzle_core::eval::speed::{Speed, measure_together};
+use puzzle_core::eval::speed::{Served, Speed};
 use puzzle_core::eval::tasks::{TaskItem, TaskScore, read_tasks, score_tasks};
 use puzzle_core::eval::{Agreement, LmMetrics, agreement, lm_metrics};
 use puzzle_core::fsutil;
+use puzzle_core::kinds::SpeedMetric;
 use puzzle_core::model::{LoadedModel, load_model_with};
 use puzzle_core::nn::Decoder;
 use puzzle_core::progress::Progress;
+use puzzle_core::search::{BoundValue, Constraint, Op};
 use puzzle_core::spec::ModelSpec;
 use puzzle_core::variant::SubblockKind;
 
@@ -45,6 +49,9 @@ pub struct EvalReport {
     pub models: Vec<ModelEval>,
     /// The batch size speed ratios are reported at.
     pub batch: usize,
+    /// The engine every speed was measured in (`deployment.engine`) and its description.
+    #[serde(default)]
+    pub engine: String,
     pub provenance: String,
 }
 
@@ -89,6 +96,11 @@ pub fn eval_stage(
             Ok(EvalReport {
                 models,
                 batch,
+                engine: format!(
+                    "{} ({})",
+                    c.deployment.engine,
+                    run.engine()?.describe(&run.parent.decoder.device())
+                ),
                 provenance: inputs.clone(),
             })
         },
@@ -113,19 +125,29 @@ fn eval_data(run: &Run) -> Result<EvalData> {
     Ok(EvalData { windows, tasks })
 }
 
-/// Speeds of all models measured round-robin, per batch size: drifts of the machine hit every
-/// model alike.
-fn measure_speeds(run: &Run, decoders: &[&Decoder]) -> Vec<Vec<Speed>> {
+/// Speeds of all models measured round-robin in the deployment's engine, per batch size:
+/// drifts of the machine hit every model alike.
+fn measure_speeds(
+    run: &Run,
+    all: &[ComparedModel],
+    decoders: &[&Decoder],
+) -> Result<Vec<Vec<Speed>>> {
     let d = &run.config.deployment;
     let rounds = run.config.eval.speed_repeats.max(5);
+    let served = all
+        .iter()
+        .zip(decoders)
+        .map(|(m, dec)| serve(run, dec, &m.name))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<&dyn Served> = served.iter().map(|s| s.as_ref()).collect();
     let mut speeds: Vec<Vec<Speed>> = vec![Vec::new(); decoders.len()];
     for &b in &d.batch_sizes {
-        let measured = measure_together(decoders, b, d.prefill_len, d.generation_len, rounds);
+        let measured = measure_served(run, &refs, b, rounds)?;
         for (i, s) in measured.into_iter().enumerate() {
             speeds[i].push(s);
         }
     }
-    speeds
+    Ok(speeds)
 }
 
 fn evaluate_all(
@@ -141,7 +163,7 @@ fn evaluate_all(
         .map(|m| load_model_with(&run.plugins.families, &m.dir, &device))
         .collect::<Result<_>>()?;
     let decoders: Vec<&Decoder> = loaded.iter().map(|m| &m.decoder).collect();
-    let mut speeds = measure_speeds(run, &decoders);
+    let mut speeds = measure_speeds(run, all, &decoders)?;
     progress.set(1, "speed");
     let mut evals: Vec<ModelEval> = Vec::new();
     for (i, (m, loaded)) in all.iter().zip(&loaded).enumerate() {
@@ -219,4 +241,64 @@ fn layer_names(spec: &ModelSpec) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A relative speed target of the run (`decode_throughput>=2x`) decided by the final
+/// evaluation's measurement, not by a search round or a prediction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The constraint as the config states it.
+    pub constraint: String,
+    pub target: f64,
+    /// The child's median over the parent's median, measured together.
+    pub measured: f64,
+    /// The child's lowest and highest round over the parent's median.
+    pub range: [f64; 2],
+    pub met: bool,
+}
+
+/// The verdict on every relative end-to-end speed constraint of `constraints` for `model`.
+pub fn verdicts(constraints: &[String], eval: &EvalReport, model: &str) -> Result<Vec<Verdict>> {
+    let find = |name: &str| {
+        eval.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::invalid(format!("eval/report.json has no `{name}`")))
+    };
+    let (parent, child) = (find("parent")?, find(model)?);
+    let mut out = Vec::new();
+    for raw in constraints {
+        let c: Constraint = raw.parse()?;
+        let (metric, batch) = match SpeedMetric::from_key(&c.key) {
+            Some(mb) => mb,
+            None => match c.key.parse::<SpeedMetric>() {
+                Ok(m) => (m, eval.batch),
+                Err(_) => continue,
+            },
+        };
+        let BoundValue::Relative(target) = c.value else {
+            continue;
+        };
+        let at = |m: &ModelEval| m.speed.iter().find(|s| s.batch == batch).cloned();
+        let (Some(p), Some(s)) = (at(parent), at(child)) else {
+            continue;
+        };
+        let base = speed_of(&p, metric);
+        let range = match metric {
+            SpeedMetric::Throughput => s.throughput_range,
+            SpeedMetric::DecodeThroughput => s.decode_throughput_range,
+        };
+        let measured = speed_of(&s, metric) / base;
+        out.push(Verdict {
+            constraint: raw.clone(),
+            target,
+            measured,
+            range: [range[0] / base, range[1] / base],
+            met: match c.op {
+                Op::Ge => measured >= target,
+                Op::Le => measured <= target,
+            },
+        });
+    }
+    Ok(out)
 }

@@ -15,7 +15,7 @@ use crate::finish::{ComparedModel, finish_model};
 use crate::run::Run;
 use crate::stages::{cost_stage, score_stage, search_table};
 use puzzle_core::Plugins;
-use puzzle_core::bld::{BldInputs, BldReport, plan, run_bld};
+use puzzle_core::bld::{BldInputs, BldReport, run_bld};
 use puzzle_core::burn::tensor::Device;
 use puzzle_core::data::Split;
 use puzzle_core::error::{Error, Result};
@@ -31,7 +31,8 @@ pub use crate::evaluate::{EvalReport, ModelEval, eval_stage};
 pub fn precheck(run: &Run) -> Result<()> {
     let c = &run.config;
     let p = &run.plugins;
-    plan(&p.catalogs, &run.parent.spec, &c.space, &c.bld)?;
+    run.plan()?;
+    run.engine()?;
     p.solvers.get(&c.search.solver)?;
     p.cost_models.get(&c.cost.model)?;
     for m in &c.score.metrics {
@@ -119,7 +120,9 @@ pub fn bld_shard(
     let cfg = &run.config.bld;
     let train = run.windows(Split::Train, cfg.seq_len)?;
     let held = run.windows(Split::Validation, cfg.seq_len)?;
+    let keys = run.plan()?;
     let inputs = BldInputs {
+        keys: &keys,
         parent_spec: &run.parent.spec,
         parent: &run.parent.decoder,
         parent_weights: &run.parent_weights,
@@ -150,6 +153,15 @@ pub fn run_all(
     let run = Run::open_with(config, run_dir, device, plugins)?;
     precheck(&run)?;
     progress.note(&format!("run folder {}", run.dir.display()));
+    let engine = run.engine()?;
+    progress.note(&format!(
+        "engine {} ({}): speeds are measured there",
+        engine.kind(),
+        engine.describe(device)
+    ));
+    for line in run.excluded()? {
+        progress.note(&format!("not in the search space: {line}"));
+    }
     bld_stage(&run, progress)?;
     let costs = cost_stage(&run, progress)?;
     let scores = score_stage(&run, progress)?;

@@ -15,11 +15,13 @@ use puzzle_core::burn::tensor::Device;
 
 use crate::config::{RunConfig, checkpoint_fingerprint};
 use puzzle_core::Plugins;
-use puzzle_core::bld::Provenance;
+use puzzle_core::bld::{EntryKey, Provenance, plan};
 use puzzle_core::data::{self, Document, Split};
+use puzzle_core::engine::Engine;
 use puzzle_core::error::{Context as _, Error, Result};
 use puzzle_core::model::{LoadedModel, load_model_with};
 use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer};
+use puzzle_core::variants::SubblockSpec;
 use puzzle_core::weights::SafetensorsWeights;
 
 /// A run: its config, folder, the loaded parent and the corpus.
@@ -136,6 +138,55 @@ impl Run {
     /// The library folder.
     pub fn library(&self) -> PathBuf {
         self.dir.join("library")
+    }
+
+    /// The deployment's engine.
+    pub fn engine(&self) -> Result<&'static dyn Engine> {
+        self.plugins.engine(self.config.deployment.engine)
+    }
+
+    /// The library entries: the search space's, less those the deployment's engine cannot run
+    /// (its capability table); [`Run::excluded`] says which and why.
+    pub fn plan(&self) -> Result<Vec<EntryKey>> {
+        Ok(self.plan_split()?.0)
+    }
+
+    /// Every entry of the search space the deployment's engine cannot run, with the reason, one
+    /// line per variant (`ffn:linear: llamacpp cannot run a linear FFN (6 layers)`).
+    pub fn excluded(&self) -> Result<Vec<String>> {
+        let mut lines: Vec<(String, String, usize)> = Vec::new();
+        for (k, why) in self.plan_split()?.1 {
+            match lines
+                .iter_mut()
+                .find(|(id, w, _)| *id == k.id() && *w == why)
+            {
+                Some(l) => l.2 += 1,
+                None => lines.push((k.id(), why, 1)),
+            }
+        }
+        Ok(lines
+            .into_iter()
+            .map(|(id, why, n)| format!("{id}: {why} ({n} layer{})", if n == 1 { "" } else { "s" }))
+            .collect())
+    }
+
+    fn plan_split(&self) -> Result<(Vec<EntryKey>, Vec<(EntryKey, String)>)> {
+        let c = &self.config;
+        let caps = c.deployment.engine.capabilities();
+        let mut keep = Vec::new();
+        let mut out = Vec::new();
+        for k in plan(&self.plugins.catalogs, &self.parent.spec, &c.space, &c.bld)? {
+            let specs = crate::stages::entry_specs(&self.plugins, &self.parent.spec, &k)?;
+            let why = specs.iter().find_map(|s| match s {
+                SubblockSpec::Attention(a) => caps.refuses_attention(a),
+                SubblockSpec::Ffn(f) => caps.refuses_ffn(f),
+            });
+            match why {
+                Some(w) => out.push((k, w)),
+                None => keep.push(k),
+            }
+        }
+        Ok((keep, out))
     }
 
     /// What BLD entries depend on.

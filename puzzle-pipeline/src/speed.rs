@@ -1,9 +1,12 @@
-//! End-to-end speed of a model relative to the parent, on the run's deployment workload.
+//! End-to-end speed of models relative to the parent, on the run's deployment workload, in the
+//! deployment's engine.
 
 use crate::run::Run;
-use puzzle_core::eval::speed::{Speed, measure_together};
-use puzzle_core::kinds::SpeedMetric;
+use puzzle_core::error::{Context as _, Result};
+use puzzle_core::eval::speed::{Served, Speed, measure_together};
+use puzzle_core::kinds::{EngineKind, SpeedMetric};
 use puzzle_core::nn::Decoder;
+use puzzle_core::weights::MemoryWeights;
 
 /// The value of `metric` in a measurement.
 pub fn speed_of(s: &Speed, metric: SpeedMetric) -> f64 {
@@ -13,16 +16,48 @@ pub fn speed_of(s: &Speed, metric: SpeedMetric) -> f64 {
     }
 }
 
-/// `metric` of `model` over the parent's, at batch `batch`, the two measured together
-/// (round-robin, so drifts of the machine hit both alike).
-pub fn speed_vs_parent(run: &Run, model: &Decoder, batch: usize, metric: SpeedMetric) -> f64 {
+/// `model` loaded in the deployment's engine (our own runtime serves the decoder as it is).
+pub fn serve(run: &Run, model: &Decoder, what: &str) -> Result<Box<dyn Served>> {
     let d = &run.config.deployment;
-    let s = measure_together(
-        &[&run.parent.decoder, model],
+    if d.engine == EngineKind::Burn {
+        return Ok(Box::new(model.clone()));
+    }
+    let mut w = MemoryWeights::new(what);
+    for (name, t) in model.tensors() {
+        w.insert(name, t);
+    }
+    run.engine()?
+        .load(&model.current_spec(), &w, d, &model.device())
+        .context(format!("loading {what} in {}", d.engine))
+}
+
+/// Every model measured round-robin in the deployment's engine at batch `batch`, `rounds`
+/// rounds after a warm-up: drifts of the machine hit every model alike.
+pub fn measure_served(
+    run: &Run,
+    models: &[&dyn Served],
+    batch: usize,
+    rounds: usize,
+) -> Result<Vec<Speed>> {
+    let d = &run.config.deployment;
+    measure_together(models, batch, d.prefill_len, d.generation_len, rounds)
+}
+
+/// `metric` of `model` over the parent's, at batch `batch`, the two measured together in the
+/// deployment's engine (round-robin, so drifts of the machine hit both alike).
+pub fn speed_vs_parent(
+    run: &Run,
+    model: &Decoder,
+    batch: usize,
+    metric: SpeedMetric,
+) -> Result<f64> {
+    let parent = serve(run, &run.parent.decoder, "the parent")?;
+    let m = serve(run, model, "a candidate")?;
+    let s = measure_served(
+        run,
+        &[parent.as_ref(), m.as_ref()],
         batch,
-        d.prefill_len,
-        d.generation_len,
         run.config.eval.speed_repeats.max(5),
-    );
-    speed_of(&s[1], metric) / speed_of(&s[0], metric)
+    )?;
+    Ok(speed_of(&s[1], metric) / speed_of(&s[0], metric))
 }

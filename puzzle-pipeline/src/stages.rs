@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use puzzle_core::burn::module::Module;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -11,15 +10,14 @@ use crate::config::RunConfig;
 use crate::run::Run;
 use puzzle_core::Plugins;
 use puzzle_core::artifact::Artifact;
-use puzzle_core::bld::{EntryKey, EntryMeta, plan, read_done};
+use puzzle_core::bld::{EntryKey, EntryMeta, read_done};
 use puzzle_core::cost::{CostContext, CostEntry, CostTable};
 use puzzle_core::data::Split;
 use puzzle_core::deploy::resolve_hardware;
-use puzzle_core::error::{Error, Result};
-use puzzle_core::eval::speed::request_ms;
+use puzzle_core::error::{Context as _, Error, Result};
+use puzzle_core::eval::speed::Served;
 use puzzle_core::eval::tasks::{TaskItem, read_tasks};
 use puzzle_core::fsutil;
-use puzzle_core::nn::Decoder;
 use puzzle_core::progress::Progress;
 use puzzle_core::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
 use puzzle_core::search::BlockTable;
@@ -53,6 +51,13 @@ fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
             "device".to_string(),
             puzzle_core::device::describe(&run.parent.decoder.device()),
         ),
+        (
+            "engine".to_string(),
+            run.engine().map_or_else(
+                |_| c.deployment.engine.to_string(),
+                |e| e.describe(&run.parent.decoder.device()),
+            ),
+        ),
     ])
 }
 
@@ -82,22 +87,23 @@ fn measure_costs(
         deploy: &c.deployment,
         hardware: &hardware,
         device: run.parent.decoder.device(),
+        engine: run.engine().map_err(|e| e.to_string()),
     };
-    let keys = plan(&run.plugins.catalogs, &run.parent.spec, &c.space, &c.bld)?;
-    progress.start("cost", keys.len() as u64 + 1);
-    let non_block = model.non_block(&ctx)?;
-    let mut entries = Vec::with_capacity(keys.len());
-    for (i, k) in keys.iter().enumerate() {
-        let specs = entry_specs(&run.plugins, &run.parent.spec, k)?;
-        let costs = model.entry(&ctx, k.layer, &specs)?;
-        progress.set(i as u64 + 2, &format!("L{} {}", k.layer, k.id()));
-        entries.push(CostEntry {
+    let keys = run.plan()?;
+    let specs = keys
+        .iter()
+        .map(|k| Ok((k.layer, entry_specs(&run.plugins, &run.parent.spec, k)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (non_block, costs) = model.table(&ctx, &specs, progress)?;
+    let entries = keys
+        .iter()
+        .zip(costs)
+        .map(|(k, costs)| CostEntry {
             layer: k.layer,
             variant: k.id(),
             costs,
-        });
-    }
-    progress.finish();
+        })
+        .collect();
     let t = CostTable {
         model: model.name().to_string(),
         deployment: c.deployment.clone(),
@@ -113,7 +119,7 @@ fn measure_costs(
 pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable> {
     let c = &run.config;
     let path = run.dir.join("scores.json");
-    let keys = plan(&run.plugins.catalogs, &run.parent.spec, &c.space, &c.bld)?;
+    let keys = run.plan()?;
     let prov_bld = run.bld_provenance();
     let mut metas = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
@@ -219,11 +225,19 @@ pub fn search_table(run: &Run, costs: &CostTable, scores: &ScoreTable) -> Result
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdditivityPoint {
     pub child: String,
+    /// Per layer: `attention + FFN` variant ids.
+    #[serde(default)]
+    pub layers: Vec<String>,
     pub batch: usize,
     pub predicted_ms: f64,
     pub measured_ms: f64,
     /// `(predicted - measured) / measured`.
     pub error: f64,
+    /// The error of the predicted speed-up over the parent (predicted parent / predicted child
+    /// over measured parent / measured child, minus 1): what a relative target depends on, free
+    /// of the machine's drift between the cost stage and this check.
+    #[serde(default)]
+    pub speedup_error: f64,
 }
 
 /// The additivity check: `children` random children (plus the parent) from the cost table's
@@ -237,40 +251,74 @@ pub fn validate_additivity(
 ) -> Result<Vec<AdditivityPoint>> {
     let d = &costs.deployment;
     let device = run.parent.decoder.device();
+    let engine = run.plugins.engine(d.engine)?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
+    let mut models = Vec::new();
     for c in 0..=children {
         // Child 0 is the parent itself.
         let (spec, picks) = additivity_child(run, costs, (c > 0).then_some(&mut rng))?;
         let weights = random_weights(&spec, 0.02, seed + c as u64);
-        let model = Decoder::load(&spec, &weights, &device)?.valid();
         let label = if c == 0 {
             "parent".to_string()
         } else {
             format!("random child {c}")
         };
-        for &b in &d.batch_sizes {
+        let served = engine
+            .load(&spec, &weights, d, &device)
+            .context(format!("loading the {label} in {}", d.engine))?;
+        let layers = picks
+            .iter()
+            .map(|(a, f)| format!("{} + {}", a.variant, f.variant))
+            .collect::<Vec<_>>();
+        models.push((label, layers, picks, served));
+    }
+    let refs: Vec<&dyn Served> = models.iter().map(|m| m.3.as_ref()).collect();
+    let mut out = Vec::new();
+    for &b in &d.batch_sizes {
+        // Round-robin (after a warm-up round), so drifts hit every model alike.
+        let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); refs.len()];
+        for round in 0..=ADDITIVITY_ROUNDS {
+            for (i, m) in refs.iter().enumerate() {
+                let (_, total) = m.request(b, d.prefill_len, d.generation_len)?;
+                if round > 0 {
+                    rounds[i].push(total);
+                }
+            }
+        }
+        for ((label, layers, picks, _), mut times) in models.iter().zip(rounds) {
             let mut predicted = costs.non_block.runtime_ms(b, d).ok_or_else(|| {
                 Error::invalid(format!(
                     "costs.json has no latency for batch {b}: use a timing cost model"
                 ))
             })?;
-            for (a, f) in &picks {
+            for (a, f) in picks {
                 predicted += a.costs.runtime_ms(b, d).unwrap_or(0.0)
                     + f.costs.runtime_ms(b, d).unwrap_or(0.0);
             }
-            let measured = request_ms(&model, b, d.prefill_len, d.generation_len, 3);
+            times.sort_by(f64::total_cmp);
+            let measured = times[times.len() / 2];
             out.push(AdditivityPoint {
                 child: label.clone(),
+                layers: layers.clone(),
                 batch: b,
                 predicted_ms: predicted,
                 measured_ms: measured,
                 error: (predicted - measured) / measured,
+                speedup_error: 0.0,
             });
+        }
+        // Child 0, the parent, is the first point of this batch.
+        let first = out.len() - models.len();
+        let (pp, pm) = (out[first].predicted_ms, out[first].measured_ms);
+        for p in &mut out[first..] {
+            p.speedup_error = (pp / p.predicted_ms) / (pm / p.measured_ms) - 1.0;
         }
     }
     Ok(out)
 }
+
+/// Timed rounds of the additivity check (after one warm-up round).
+const ADDITIVITY_ROUNDS: usize = 7;
 
 /// A child of the additivity check: the parent (no `rng`) or a random (attention, FFN) entry
 /// per layer; its spec and the cost entries it is made of.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kinds::Dtype;
+use crate::kinds::{Dtype, EngineKind};
 
 /// A hardware profile (`model-zoo/hardware/*.toml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,10 @@ impl HardwareProfile {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentProfile {
+    /// The engine that serves the child: its capability table (`puzzle_types::engine`) narrows
+    /// the search space, and speeds are measured in it.
+    #[serde(default = "d_engine")]
+    pub engine: EngineKind,
     /// A built-in hardware profile name or a TOML path.
     #[serde(default = "d_hw")]
     pub hardware: String,
@@ -71,6 +75,9 @@ pub struct DeploymentProfile {
     pub generation_len: usize,
 }
 
+fn d_engine() -> EngineKind {
+    EngineKind::Burn
+}
 fn d_hw() -> String {
     "cpu-dev".into()
 }
@@ -87,6 +94,7 @@ fn d_len() -> usize {
 impl Default for DeploymentProfile {
     fn default() -> Self {
         DeploymentProfile {
+            engine: d_engine(),
             hardware: d_hw(),
             weight_dtype: d_dtype(),
             activation_dtype: d_dtype(),

@@ -109,6 +109,21 @@ named_enum!(
     }
 );
 
+named_enum!(
+    /// The engine that serves the child (`deployment.engine`): what it can run decides the
+    /// search space, and its measured speed decides whether a target is met.
+    EngineKind, "engine", {
+        /// puzzle's own burn runtime.
+        Burn = "burn",
+        /// llama.cpp (GGUF, `llama` / `deci` graphs).
+        LlamaCpp = "llamacpp" | "llama.cpp",
+        /// vLLM (`DeciLMForCausalLM`).
+        Vllm = "vllm",
+        /// TensorRT-LLM.
+        TrtLlm = "trtllm" | "tensorrt-llm",
+    }
+);
+
 impl SpeedMetric {
     /// The metric and batch size of a table key such as `decode_throughput@b8`; `None` for keys
     /// that are not an end-to-end speed at a batch size.

@@ -8,13 +8,15 @@
 //! - [`spec`], [`variant`]: the per-layer description of a decoder and subblock variant ids.
 //! - [`family`]: the parent-family trait (config -> spec, child config).
 //! - [`search`]: block tables, search problems, the solver-facing `MipProblem` and `Solver`.
-//! - [`deploy`]: deployment and hardware profiles as data; [`kinds`]: enums parsed at the edge.
+//! - [`deploy`]: deployment and hardware profiles as data; [`engine`]: what each serving engine
+//!   can run; [`kinds`]: enums parsed at the edge.
 //! - [`registry`]: the one registry type for every kind of plugin.
 //! - [`fsutil`]: atomic writes and swapped checkpoint folders; [`artifact`]: reuse an artifact
 //!   whose recorded inputs match, else rebuild it; [`progress`]: the UI contract.
 
 pub mod artifact;
 pub mod deploy;
+pub mod engine;
 pub mod error;
 pub mod family;
 pub mod fsutil;

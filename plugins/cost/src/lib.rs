@@ -2,10 +2,9 @@
 //!
 //! - `analytic`: parameter counts, bytes at the deployment's weight dtype, KV-cache bytes per
 //!   token; no latencies.
-//! - `measured`: the analytic counts plus latencies timed on the device this program runs on
-//!   (CPU here, CUDA when built with it): warm-up, repeats, median, prefill and decode at every
-//!   batch size, over a stack of distinct copies of the subblock to amortise per-call overhead.
-//!   Identical subblock shapes are measured once and reused across layers.
+//! - `measured`: the analytic counts plus latencies measured in context in the deployment's
+//!   engine (`burn` on this device, `llamacpp`): each variant timed inside the parent, paired
+//!   round-robin with the parent, so block sums add up to whole models ([`measured`]).
 //! - `roofline`: latencies estimated from the hardware profile, so a GPU deployment can be
 //!   planned on a CPU-only machine. Per op group (projections, attention scores, FFN, norms,
 //!   head) the time is `max(FLOPs / peak, bytes / bandwidth)`: prefill is usually
@@ -47,7 +46,7 @@ inventory::submit! {
     puzzle_core::cost::CostModelRegistration {
         model: &measured::MeasuredCost,
         provider: "puzzle-cost",
-        description: "latencies timed on this device (median of repeats over a stack of copies)",
+        description: "latencies measured in context in the deployment's engine (the parent with the variant in place, minus the parent)",
     }
 }
 inventory::submit! {
@@ -119,6 +118,7 @@ mod tests {
             deploy: &deploy,
             hardware: &hw,
             device: Device::flex(),
+            engine: Ok(&puzzle_core::engine::BurnEngine),
         };
         let attn = SubblockSpec::Attention(spec.layers[0].attention.clone());
         let ffn = SubblockSpec::Ffn(spec.layers[0].ffn.clone());

@@ -1,51 +1,321 @@
-//! Latencies timed on the running device.
+//! Latencies measured in context, in the deployment's engine, so that block sums predict whole
+//! models.
+//!
+//! Timing a subblock alone misses what a real model pays around it (per-layer overheads,
+//! caches, the engine's graph): block sums of isolated timings were off by up to 2x. Here every
+//! entry is timed *inside the parent*: the model is the parent with that variant in place of the
+//! parent's subblock in half of the layers of the same shape, timed round-robin with the parent
+//! itself, and its cost is the paired difference per replaced layer. Why half: one layer's
+//! difference is too small to measure on a busy machine (`n` copies give `n` times the
+//! signal), while replacing every layer moves the model far from the children the search
+//! weighs (a 2x child keeps about half the parent's cost) and over-estimated savings: on the
+//! tiny parent in llama.cpp at batch 8, all-layer deltas mispredicted 5 random children by
+//! 16% on average, half-layer deltas by 6% (`puzzle cost --validate 5`).
+//!
+//! ```text
+//! delta(v)   = (T(parent with v in the group's layers) - T(parent)) / |group|   per round, median
+//! share(k)   = -delta(no-op of kind k)                the parent's own subblock of kind k
+//! cost(v)    = share(kinds of v) + delta(v)           (a no-op costs exactly 0)
+//! non_block  = T(parent) - sum over layers of share(attention) + share(FFN)
+//! ```
+//!
+//! so that `non_block + sum of the parent's own entries = T(parent)` exactly and any child is
+//! predicted as `T(parent) + sum of its deltas`. What this leaves out is interaction between
+//! layers (a no-op FFN the engine re-expresses only next to an attention, for example).
+//! Timings use random weights of the right shapes: engines do not branch on values.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::collections::BTreeMap;
 
-use puzzle_core::burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use puzzle_core::cost::{CostContext, CostModel, Costs, analytic_counts, analytic_non_block};
-use puzzle_core::error::Result;
-use puzzle_core::nn::{ForwardCtx, LayerKv, RopeTables, Subblock as _};
-use puzzle_core::spec::ModelSpec;
-use puzzle_core::train::init::normal;
-use puzzle_core::variants::{Subblock, SubblockSpec, build_subblock};
-use puzzle_core::weights::{HostTensor, MemoryWeights};
-use rand::{SeedableRng, rngs::StdRng};
+use puzzle_core::error::{Context as _, Error, Result};
+use puzzle_core::eval::speed::Served;
+use puzzle_core::progress::{Progress, Silent};
+use puzzle_core::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
+use puzzle_core::train::init::random_weights;
+use puzzle_core::variants::SubblockSpec;
 
-/// The measured model. Results are cached per distinct subblock shape within a process.
+/// The in-context measured model.
 pub struct MeasuredCost;
 
-/// Copies of a subblock in the timed stack: enough that per-call overhead is amortised and the
-/// weights are not all cache-resident, as in a real model.
-const STACK: usize = 4;
-const WARMUP: usize = 2;
-const REPEATS: usize = 7;
+/// Timed rounds per model (after one warm-up round); each round times the parent too.
+const ROUNDS: usize = 7;
+/// Models loaded and timed together with the parent (bounds memory for large parents).
+const CHUNK: usize = 4;
 
-/// Per batch size: (batch, ms).
-type Timings = Vec<(usize, f64)>;
-
-static CACHE: Mutex<Option<HashMap<String, (Timings, Timings)>>> = Mutex::new(None);
-
-fn random_weights(parent: &ModelSpec, s: &SubblockSpec, seed: u64) -> MemoryWeights {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut w = MemoryWeights::new("timing weights");
-    for (name, shape) in s.tensor_shapes(parent) {
-        let n: usize = shape.iter().product();
-        let data = if name.ends_with("norm.weight") {
-            vec![1.0; n]
-        } else {
-            (0..n).map(|_| normal(&mut rng) * 0.02).collect()
-        };
-        w.insert(name, HostTensor::new(shape, data));
-    }
-    w
+/// A replacement: these subblocks in place of the parent's in these layers.
+#[derive(Clone, Debug, PartialEq)]
+struct Replacement {
+    layers: Vec<usize>,
+    specs: Vec<SubblockSpec>,
 }
 
-fn sync(t: Tensor<3>) {
-    // Reading one element forces the computation to complete.
-    let _ = t.slice([0..1, 0..1, 0..1]).into_data();
+impl Replacement {
+    fn spec(&self, parent: &ModelSpec) -> ModelSpec {
+        let mut s = parent.clone();
+        for &l in &self.layers {
+            for sub in &self.specs {
+                match sub {
+                    SubblockSpec::Attention(a) => s.layers[l].attention = a.clone(),
+                    SubblockSpec::Ffn(f) => s.layers[l].ffn = f.clone(),
+                }
+            }
+        }
+        s
+    }
+
+    /// `attn:gqa(kv=2) in 6 layers`.
+    fn label(&self, parent: &ModelSpec) -> String {
+        let s = self.spec(parent);
+        let ids: Vec<String> = self
+            .specs
+            .iter()
+            .map(|x| s.variant_of(self.layers[0], x.kind()).to_string())
+            .collect();
+        let n = self.layers.len();
+        format!(
+            "{} in {n} layer{}",
+            ids.join(" + "),
+            if n == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// Per batch size: (prefill ms, decode-step ms).
+type PerBatch = BTreeMap<usize, (f64, f64)>;
+
+/// The middle half of the layers whose parent subblocks of `specs`' kinds equal layer
+/// `layer`'s: the layers the replacement is timed in. (Half also keeps some attention with a KV
+/// cache when the replacement removes it: llama.cpp cannot run a model without one.)
+fn group(parent: &ModelSpec, layer: usize, specs: &[SubblockSpec]) -> Vec<usize> {
+    let same = |a: &LayerSpec, b: &LayerSpec| {
+        specs.iter().all(|s| match s {
+            SubblockSpec::Attention(_) => a.attention == b.attention,
+            SubblockSpec::Ffn(_) => a.ffn == b.ffn,
+        })
+    };
+    let g: Vec<usize> = (0..parent.layers.len())
+        .filter(|&g| same(&parent.layers[g], &parent.layers[layer]))
+        .collect();
+    // The middle half of the group, the same for every layer of it (one measurement serves
+    // them all): see the module's note on context.
+    let n = g.len().div_ceil(2);
+    let start = (g.len() - n) / 2;
+    g[start..start + n].to_vec()
+}
+
+/// Whether `specs` are the parent's own subblocks at `layer` (no measurement needed).
+fn is_parent(parent: &ModelSpec, layer: usize, specs: &[SubblockSpec]) -> bool {
+    specs.iter().all(|s| match s {
+        SubblockSpec::Attention(a) => *a == parent.layers[layer].attention,
+        SubblockSpec::Ffn(f) => *f == parent.layers[layer].ffn,
+    })
+}
+
+fn noop_of(s: &SubblockSpec) -> SubblockSpec {
+    match s {
+        SubblockSpec::Attention(_) => SubblockSpec::Attention(AttentionSpec::NoOp),
+        SubblockSpec::Ffn(_) => SubblockSpec::Ffn(FfnSpec::NoOp),
+    }
+}
+
+/// Every measurement one table needs, then the arithmetic above.
+struct Plan<'c, 'a> {
+    ctx: &'c CostContext<'a>,
+    todo: Vec<Replacement>,
+    /// Per replacement (same order as `todo`): the per-layer paired deltas.
+    deltas: Vec<PerBatch>,
+    parent: PerBatch,
+}
+
+impl<'c, 'a> Plan<'c, 'a> {
+    fn new(ctx: &'c CostContext<'a>) -> Self {
+        Plan {
+            ctx,
+            todo: Vec::new(),
+            deltas: Vec::new(),
+            parent: PerBatch::new(),
+        }
+    }
+
+    /// Registers the replacement of `specs` at `layer`'s group (once), and its kinds' no-ops.
+    fn want(&mut self, layer: usize, specs: &[SubblockSpec]) {
+        let p = self.ctx.parent;
+        let mut add = |specs: Vec<SubblockSpec>| {
+            if is_parent(p, layer, &specs) {
+                return;
+            }
+            let r = Replacement {
+                layers: group(p, layer, &specs),
+                specs,
+            };
+            if !self.todo.contains(&r) {
+                self.todo.push(r);
+            }
+        };
+        add(specs.to_vec());
+        for s in specs {
+            add(vec![noop_of(s)]);
+        }
+    }
+
+    fn load(&self, spec: &ModelSpec, seed: u64) -> Result<Box<dyn Served>> {
+        let engine = self
+            .ctx
+            .engine
+            .as_ref()
+            .map_err(|e| Error::invalid(e.clone()))?;
+        let w = random_weights(spec, 0.02, seed);
+        engine.load(spec, &w, self.ctx.deploy, &self.ctx.device)
+    }
+
+    /// Times every wanted replacement against the parent, `CHUNK` models at a time.
+    fn measure(&mut self, progress: &mut dyn Progress) -> Result<()> {
+        let d = self.ctx.deploy;
+        let engine = self.ctx.deploy.engine;
+        let parent = self
+            .load(self.ctx.parent, 0)
+            .context(format!("timing the parent in {engine}"))?;
+        progress.start("cost", self.todo.len().max(1) as u64);
+        let mut parent_rounds: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut done = 0;
+        for chunk in self.todo.chunks(CHUNK) {
+            let models = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    self.load(&r.spec(self.ctx.parent), 1 + (done + i) as u64)
+                        .context(format!("timing {} in {engine}", r.label(self.ctx.parent)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut per: Vec<PerBatch> = vec![PerBatch::new(); chunk.len()];
+            for &b in &d.batch_sizes {
+                let mut rows: Vec<Vec<(f64, f64)>> = vec![Vec::new(); chunk.len() + 1];
+                for round in 0..=ROUNDS {
+                    let mut t = vec![step_times(parent.as_ref(), b, d)?];
+                    for m in &models {
+                        t.push(step_times(m.as_ref(), b, d)?);
+                    }
+                    if round > 0 {
+                        for (row, x) in rows.iter_mut().zip(t) {
+                            row.push(x);
+                        }
+                    }
+                }
+                parent_rounds.entry(b).or_default().extend(&rows[0]);
+                for (i, r) in chunk.iter().enumerate() {
+                    // Paired per round: a drift of the machine hits parent and model alike.
+                    let n = r.layers.len() as f64;
+                    let dp: Vec<f64> = rows[0]
+                        .iter()
+                        .zip(&rows[i + 1])
+                        .map(|(p, m)| (m.0 - p.0) / n)
+                        .collect();
+                    let dd: Vec<f64> = rows[0]
+                        .iter()
+                        .zip(&rows[i + 1])
+                        .map(|(p, m)| (m.1 - p.1) / n)
+                        .collect();
+                    per[i].insert(b, (median(dp), median(dd)));
+                }
+            }
+            self.deltas.extend(per);
+            done += chunk.len();
+            progress.set(done as u64, &chunk[chunk.len() - 1].label(self.ctx.parent));
+        }
+        if self.todo.is_empty() {
+            for &b in &d.batch_sizes {
+                for _ in 0..ROUNDS {
+                    parent_rounds
+                        .entry(b)
+                        .or_default()
+                        .push(step_times(parent.as_ref(), b, d)?);
+                }
+            }
+        }
+        self.parent = parent_rounds
+            .into_iter()
+            .map(|(b, v)| {
+                (
+                    b,
+                    (
+                        median(v.iter().map(|x| x.0).collect()),
+                        median(v.iter().map(|x| x.1).collect()),
+                    ),
+                )
+            })
+            .collect();
+        progress.finish();
+        Ok(())
+    }
+
+    /// The paired per-layer delta of `specs` at `layer` (zero for the parent's own).
+    fn delta(&self, layer: usize, specs: &[SubblockSpec]) -> PerBatch {
+        let p = self.ctx.parent;
+        if is_parent(p, layer, specs) {
+            return self.parent.keys().map(|&b| (b, (0.0, 0.0))).collect();
+        }
+        let r = Replacement {
+            layers: group(p, layer, specs),
+            specs: specs.to_vec(),
+        };
+        let i = self.todo.iter().position(|t| *t == r).expect("wanted");
+        self.deltas[i].clone()
+    }
+
+    /// The parent's own subblocks of `specs`' kinds at `layer`: minus their no-ops' deltas.
+    fn share(&self, layer: usize, specs: &[SubblockSpec]) -> PerBatch {
+        let mut out: PerBatch = self.parent.keys().map(|&b| (b, (0.0, 0.0))).collect();
+        for s in specs {
+            for (b, (p, d)) in self.delta(layer, &[noop_of(s)]) {
+                let e = out.entry(b).or_default();
+                e.0 -= p;
+                e.1 -= d;
+            }
+        }
+        out
+    }
+
+    fn entry(&self, layer: usize, specs: &[SubblockSpec]) -> Result<Costs> {
+        let mut c = analytic_counts(self.ctx, specs)?;
+        let share = self.share(layer, specs);
+        for (b, (p, d)) in self.delta(layer, specs) {
+            let (sp, sd) = share[&b];
+            c.prefill_ms.insert(b, sp + p);
+            c.decode_ms.insert(b, sd + d);
+        }
+        Ok(c)
+    }
+
+    fn non_block(&self) -> Result<Costs> {
+        let mut c = analytic_non_block(self.ctx)?;
+        for (&b, &(p, d)) in &self.parent {
+            c.prefill_ms.insert(b, p);
+            c.decode_ms.insert(b, d);
+        }
+        let p = self.ctx.parent;
+        for (l, layer) in p.layers.iter().enumerate() {
+            let own = [
+                SubblockSpec::Attention(layer.attention.clone()),
+                SubblockSpec::Ffn(layer.ffn.clone()),
+            ];
+            for (b, (sp, sd)) in self.share(l, &own) {
+                *c.prefill_ms.get_mut(&b).expect("same batches") -= sp;
+                *c.decode_ms.get_mut(&b).expect("same batches") -= sd;
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// One request's (prefill ms, ms per decode step) at batch `b` of the deployment's workload:
+/// `generation_len` decode steps after the prefill, as `Costs::runtime_ms` adds them up.
+fn step_times(
+    m: &dyn Served,
+    b: usize,
+    d: &puzzle_core::deploy::DeploymentProfile,
+) -> Result<(f64, f64)> {
+    let (p, t) = m.request(b, d.prefill_len, d.generation_len)?;
+    Ok((p, (t - p) / d.generation_len as f64))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -53,43 +323,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn ctx_for(parent: &ModelSpec, b: usize, past: usize, new: usize, device: &Device) -> ForwardCtx {
-    let inv = parent.rope.inv_freq(parent.head_dim);
-    let positions = vec![(past..past + new).collect::<Vec<_>>()];
-    let _ = b;
-    ForwardCtx {
-        rope: RopeTables::new(&inv, &positions, device),
-        key_mask: None,
-    }
-}
-
-/// Median milliseconds of one pass through the stack, divided by its depth.
-fn time_stack(stack: &[Vec<Subblock>], run: &dyn Fn(&[Subblock]) -> Tensor<3>) -> f64 {
-    let go = || {
-        let t0 = Instant::now();
-        for copy in stack {
-            sync(run(copy));
+impl MeasuredCost {
+    fn plan_for<'c, 'a>(
+        ctx: &'c CostContext<'a>,
+        entries: &[(usize, Vec<SubblockSpec>)],
+        progress: &mut dyn Progress,
+    ) -> Result<Plan<'c, 'a>> {
+        let mut plan = Plan::new(ctx);
+        for (l, specs) in entries {
+            plan.want(*l, specs);
         }
-        t0.elapsed().as_secs_f64() * 1e3 / stack.len() as f64
-    };
-    for _ in 0..WARMUP {
-        go();
+        // The non-block part needs every layer's own shares.
+        for (l, layer) in ctx.parent.layers.iter().enumerate() {
+            plan.want(
+                l,
+                &[
+                    SubblockSpec::Attention(layer.attention.clone()),
+                    SubblockSpec::Ffn(layer.ffn.clone()),
+                ],
+            );
+        }
+        plan.measure(progress)?;
+        Ok(plan)
     }
-    median((0..REPEATS).map(|_| go()).collect())
-}
-
-fn forward(subs: &[Subblock], x: Tensor<3>, ctx: &ForwardCtx, kv: Option<&LayerKv>) -> Tensor<3> {
-    let mut x = x;
-    for s in subs {
-        x = match s {
-            Subblock::Attention(a) => {
-                let mut cache = kv.cloned();
-                a.forward(x, ctx, cache.as_mut())
-            }
-            Subblock::Ffn(f) => f.forward(x, ctx, None),
-        };
-    }
-    x
 }
 
 impl CostModel for MeasuredCost {
@@ -98,141 +354,245 @@ impl CostModel for MeasuredCost {
     }
 
     fn entry(&self, ctx: &CostContext, layer: usize, specs: &[SubblockSpec]) -> Result<Costs> {
-        let mut c = analytic_counts(ctx, specs)?;
-        let key = format!("{:?}|{:?}|{:?}", specs, ctx.deploy, ctx.parent.hidden_size);
-        if let Some((pre, dec)) = CACHE
-            .lock()
-            .expect("cache lock")
-            .get_or_insert_with(HashMap::new)
-            .get(&key)
-        {
-            c.prefill_ms = pre.iter().copied().collect();
-            c.decode_ms = dec.iter().copied().collect();
-            return Ok(c);
-        }
-        let p = ctx.parent;
-        let d = &ctx.device;
-        let stack: Vec<Vec<Subblock>> = (0..STACK)
-            .map(|i| {
-                specs
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| {
-                        build_subblock(p, s, layer, &random_weights(p, s, (i * 7 + j) as u64), d)
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
-        let kv_heads = specs.iter().find_map(|s| match s {
-            SubblockSpec::Attention(puzzle_core::spec::AttentionSpec::Gqa {
-                num_kv_heads, ..
-            }) => Some(*num_kv_heads),
-            _ => None,
-        });
-        let (pl, mean) = (ctx.deploy.prefill_len, ctx.deploy.mean_decode_context());
-        let mut pre = Vec::new();
-        let mut dec = Vec::new();
-        for &b in &ctx.deploy.batch_sizes {
-            let x = Tensor::<3>::random([b, pl, p.hidden_size], Distribution::Normal(0.0, 1.0), d);
-            let c0 = ctx_for(p, b, 0, pl, d);
-            pre.push((
-                b,
-                time_stack(&stack, &|s| {
-                    forward(s, x.clone(), &c0, Some(&LayerKv::default()))
-                }),
-            ));
-            let x1 = Tensor::<3>::random([b, 1, p.hidden_size], Distribution::Normal(0.0, 1.0), d);
-            let c1 = ctx_for(p, b, mean, 1, d);
-            let cache = kv_heads.map(|k| LayerKv {
-                k: Some(Tensor::random(
-                    [b, k, mean, p.head_dim],
-                    Distribution::Default,
-                    d,
-                )),
-                v: Some(Tensor::random(
-                    [b, k, mean, p.head_dim],
-                    Distribution::Default,
-                    d,
-                )),
-            });
-            dec.push((
-                b,
-                time_stack(&stack, &|s| forward(s, x1.clone(), &c1, cache.as_ref())),
-            ));
-        }
-        CACHE
-            .lock()
-            .expect("cache lock")
-            .get_or_insert_with(HashMap::new)
-            .insert(key, (pre.clone(), dec.clone()));
-        c.prefill_ms = pre.into_iter().collect();
-        c.decode_ms = dec.into_iter().collect();
-        Ok(c)
+        Self::plan_for(ctx, &[(layer, specs.to_vec())], &mut Silent)?.entry(layer, specs)
     }
 
     fn non_block(&self, ctx: &CostContext) -> Result<Costs> {
-        let mut c = analytic_non_block(ctx)?;
-        let p = ctx.parent;
-        let d = &ctx.device;
-        // Embedding table and head of the parent's shape, random values.
-        let embed = Tensor::<2>::random(
-            [p.vocab_size, p.hidden_size],
-            Distribution::Normal(0.0, 0.02),
-            d,
-        );
-        let head = (!p.tie_word_embeddings).then(|| {
-            Tensor::<2>::random(
-                [p.hidden_size, p.vocab_size],
-                Distribution::Normal(0.0, 0.02),
-                d,
-            )
-        });
-        let norm_w = Tensor::<1>::ones([p.hidden_size], d);
-        for &b in &ctx.deploy.batch_sizes {
-            for (tokens, map) in [
-                (ctx.deploy.prefill_len, &mut c.prefill_ms),
-                (1, &mut c.decode_ms),
-            ] {
-                let ids: Vec<i64> = (0..b * tokens)
-                    .map(|i| (i * 7919 % p.vocab_size) as i64)
-                    .collect();
-                let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, tokens]), d);
-                let inv = p.rope.inv_freq(p.head_dim);
-                let start = if tokens == 1 {
-                    ctx.deploy.mean_decode_context()
-                } else {
-                    0
+        Self::plan_for(ctx, &[], &mut Silent)?.non_block()
+    }
+
+    fn table(
+        &self,
+        ctx: &CostContext,
+        entries: &[(usize, Vec<SubblockSpec>)],
+        progress: &mut dyn Progress,
+    ) -> Result<(Costs, Vec<Costs>)> {
+        let plan = Self::plan_for(ctx, entries, progress)?;
+        let costs = entries
+            .iter()
+            .map(|(l, s)| plan.entry(*l, s))
+            .collect::<Result<_>>()?;
+        Ok((plan.non_block()?, costs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use puzzle_core::burn::tensor::Device;
+    use puzzle_core::deploy::{DeploymentProfile, resolve_hardware};
+    use puzzle_core::engine::{BurnEngine, Engine};
+    use puzzle_core::kinds::Dtype;
+    use puzzle_core::spec::{RopeScaling, RopeSpec};
+    use puzzle_core::weights::WeightSource;
+
+    fn spec(layers: usize) -> ModelSpec {
+        ModelSpec {
+            family: "llama".into(),
+            hidden_size: 16,
+            vocab_size: 32,
+            num_attention_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope: RopeSpec {
+                theta: 10000.0,
+                scaling: RopeScaling::Default,
+            },
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            storage_dtype: None,
+            layers: vec![
+                LayerSpec {
+                    attention: AttentionSpec::Gqa {
+                        num_kv_heads: 2,
+                        qkv_bias: false,
+                        o_bias: false,
+                        window: None,
+                    },
+                    ffn: FfnSpec::SwiGlu {
+                        intermediate_size: 64,
+                        bias: false,
+                    },
                 };
-                let run = || {
-                    // Per-step work outside the blocks: rotary tables for the new positions.
-                    let rope = RopeTables::new(&inv, &[(start..start + tokens).collect()], d);
-                    let _ = rope.cos.slice([0..1, 0..1, 0..1, 0..1]).into_data();
-                    let x = embed
-                        .clone()
-                        .select(0, ids.clone().reshape([b * tokens]))
-                        .reshape([b, tokens, p.hidden_size]);
-                    // The head runs on the last position of each sequence (as generation does).
-                    let last = x.narrow(1, tokens - 1, 1).reshape([b, p.hidden_size]);
-                    let var = last.clone().square().mean_dim(1);
-                    let h = last / (var + 1e-5).sqrt() * norm_w.clone().unsqueeze::<2>();
-                    let logits = match &head {
-                        Some(w) => h.matmul(w.clone()),
-                        None => h.matmul(embed.clone().transpose()),
-                    };
-                    // Greedy sampling on the host, as `generate` does.
-                    let _ = logits.argmax(1).into_data();
-                };
-                let times: Vec<f64> = (0..WARMUP + REPEATS)
-                    .map(|_| {
-                        let t0 = Instant::now();
-                        run();
-                        t0.elapsed().as_secs_f64() * 1e3
-                    })
-                    .skip(WARMUP)
-                    .collect();
-                map.insert(b, median(times));
-            }
+                layers
+            ],
         }
-        Ok(c)
+    }
+
+    /// A request whose every phase takes the model's `clock` milliseconds.
+    struct Timed(f64);
+    impl Served for Timed {
+        fn request(&self, _b: usize, _p: usize, steps: usize) -> Result<(f64, f64)> {
+            Ok((self.0, self.0 * (1 + steps) as f64))
+        }
+    }
+    /// An engine's exact, known time of a model: 10 ms of overhead, 2 ms per attention plus
+    /// 0.5 per KV head, 1 per linear attention, FFN width / 32 ms, 0.5 per linear FFN.
+    fn clock(s: &ModelSpec) -> f64 {
+        let mut t = 10.0;
+        for l in &s.layers {
+            t += match l.attention {
+                AttentionSpec::Gqa { num_kv_heads, .. } => 2.0 + 0.5 * num_kv_heads as f64,
+                AttentionSpec::Linear => 1.0,
+                AttentionSpec::NoOp => 0.0,
+            };
+            t += match l.ffn {
+                FfnSpec::SwiGlu {
+                    intermediate_size, ..
+                } => intermediate_size as f64 / 32.0,
+                FfnSpec::Linear => 0.5,
+                FfnSpec::NoOp => 0.0,
+            };
+        }
+        t
+    }
+    struct ClockEngine;
+    impl Engine for ClockEngine {
+        fn kind(&self) -> puzzle_core::kinds::EngineKind {
+            puzzle_core::kinds::EngineKind::Burn
+        }
+        fn describe(&self, _: &Device) -> String {
+            "clockwork".into()
+        }
+        fn load(
+            &self,
+            spec: &ModelSpec,
+            _: &dyn WeightSource,
+            _: &DeploymentProfile,
+            _: &Device,
+        ) -> Result<Box<dyn Served>> {
+            Ok(Box::new(Timed(clock(spec))))
+        }
+    }
+
+    #[test]
+    fn block_sums_reproduce_an_additive_engine_exactly() {
+        let parent = spec(3);
+        let deploy = DeploymentProfile {
+            batch_sizes: vec![1],
+            prefill_len: 4,
+            generation_len: 3,
+            weight_dtype: Dtype::Fp32,
+            ..Default::default()
+        };
+        let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
+        let ctx = CostContext {
+            parent: &parent,
+            deploy: &deploy,
+            hardware: &hw,
+            device: Device::flex(),
+            engine: Ok(&ClockEngine),
+        };
+        let kv1 = SubblockSpec::Attention(AttentionSpec::Gqa {
+            num_kv_heads: 1,
+            qkv_bias: false,
+            o_bias: false,
+            window: None,
+        });
+        let lin = SubblockSpec::Attention(AttentionSpec::Linear);
+        let w32 = SubblockSpec::Ffn(FfnSpec::SwiGlu {
+            intermediate_size: 32,
+            bias: false,
+        });
+        let nof = SubblockSpec::Ffn(FfnSpec::NoOp);
+        let entries: Vec<(usize, Vec<SubblockSpec>)> = (0..3)
+            .flat_map(|l| {
+                [kv1.clone(), lin.clone(), w32.clone(), nof.clone()].map(|s| (l, vec![s]))
+            })
+            .collect();
+        let (nb, costs) = MeasuredCost.table(&ctx, &entries, &mut Silent).unwrap();
+        // Child: layer 0 kv=1 + w32, layer 1 linear + parent FFN, layer 2 parent + no-op.
+        let mut child = parent.clone();
+        child.layers[0].attention = AttentionSpec::Gqa {
+            num_kv_heads: 1,
+            qkv_bias: false,
+            o_bias: false,
+            window: None,
+        };
+        child.layers[0].ffn = FfnSpec::SwiGlu {
+            intermediate_size: 32,
+            bias: false,
+        };
+        child.layers[1].attention = AttentionSpec::Linear;
+        child.layers[2].ffn = FfnSpec::NoOp;
+        let find = |l: usize, s: &SubblockSpec| {
+            let i = entries
+                .iter()
+                .position(|(el, es)| *el == l && es[0] == *s)
+                .unwrap();
+            costs[i].decode_ms[&1]
+        };
+        let parent_attn = MeasuredCost
+            .entry(&ctx, 1, &[SubblockSpec::Ffn(parent.layers[1].ffn.clone())])
+            .unwrap();
+        let own_attn = MeasuredCost
+            .entry(
+                &ctx,
+                2,
+                &[SubblockSpec::Attention(parent.layers[2].attention.clone())],
+            )
+            .unwrap();
+        let predicted = nb.decode_ms[&1]
+            + find(0, &kv1)
+            + find(0, &w32)
+            + find(1, &lin)
+            + parent_attn.decode_ms[&1]
+            + own_attn.decode_ms[&1]
+            + find(2, &nof);
+        assert!(
+            (predicted - clock(&child)).abs() < 1e-9,
+            "{predicted} vs {}",
+            clock(&child)
+        );
+        // The parent's own entries and the non-block part add up to the parent.
+        let own: f64 = (0..3)
+            .map(|l| {
+                MeasuredCost
+                    .entry(
+                        &ctx,
+                        l,
+                        &[
+                            SubblockSpec::Attention(parent.layers[l].attention.clone()),
+                            SubblockSpec::Ffn(parent.layers[l].ffn.clone()),
+                        ],
+                    )
+                    .unwrap()
+                    .decode_ms[&1]
+            })
+            .sum();
+        assert!((nb.decode_ms[&1] + own - clock(&parent)).abs() < 1e-9);
+        // A no-op costs nothing; a parent attention 2 + 0.5 x 2 = 3 ms.
+        assert_eq!(find(1, &nof), 0.0);
+        assert!((own_attn.decode_ms[&1] - 3.0).abs() < 1e-9);
+        assert!((nb.decode_ms[&1] - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn replacements_are_timed_in_half_the_layers_of_the_same_shape() {
+        let mut p = spec(4);
+        p.layers[1].ffn = FfnSpec::SwiGlu {
+            intermediate_size: 32,
+            bias: false,
+        };
+        let f = [SubblockSpec::Ffn(FfnSpec::NoOp)];
+        assert_eq!(group(&p, 0, &f), vec![0, 2]);
+        assert_eq!(group(&p, 3, &f), vec![0, 2]);
+        assert_eq!(group(&p, 1, &f), vec![1]);
+        // A no-op attention in half the layers leaves the rest their KV cache.
+        let a = [SubblockSpec::Attention(AttentionSpec::NoOp)];
+        assert_eq!(group(&p, 1, &a), vec![1, 2]);
+        assert_eq!(group(&p, 0, &a), vec![1, 2]);
+        let lin = [SubblockSpec::Attention(AttentionSpec::Linear)];
+        assert_eq!(group(&p, 1, &lin), vec![1, 2]);
+        let kv1 = [SubblockSpec::Attention(AttentionSpec::Gqa {
+            num_kv_heads: 1,
+            qkv_bias: false,
+            o_bias: false,
+            window: None,
+        })];
+        assert_eq!(group(&p, 1, &kv1), vec![1, 2]);
+        assert_eq!(group(&p, 3, &kv1), vec![1, 2]);
     }
 }

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::gguf_import::LLAMA3_SPLIT;
 
 /// Width of the zero FFN that stands in for a no-op FFN llama.cpp cannot run (a Q8_0 block).
-pub const ZERO_FFN_WIDTH: usize = 32;
+pub const ZERO_FFN_WIDTH: usize = puzzle_core::capabilities::LLAMACPP_ZERO_FFN_WIDTH;
 
 /// What `export_gguf` wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +46,8 @@ struct LayerPlan {
     ffn: usize,
     /// The FFN is a zero SwiGLU standing in for a no-op.
     zero_ffn: bool,
+    /// The attention is a zero linear attention standing in for a no-op.
+    zero_attn: bool,
 }
 
 fn plan(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<Vec<LayerPlan>> {
@@ -67,8 +69,18 @@ fn plan(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<Vec<LayerPlan>> {
             }
             AttentionSpec::Gqa { num_kv_heads, .. } => Some(*num_kv_heads),
             AttentionSpec::Linear => Some(0),
+            // llama.cpp takes the head size from layer 0's head count: with none there, every
+            // attention of the model gets size 0. A zero linear attention adds exactly nothing.
+            AttentionSpec::NoOp if l == 0 => {
+                notes.push(
+                    "layer 0: no-op attention written as a zero linear attention (llama.cpp reads the head size from layer 0)"
+                        .to_string(),
+                );
+                Some(0)
+            }
             AttentionSpec::NoOp => None,
         };
+        let zero_attn = l == 0 && layer.attention == AttentionSpec::NoOp;
         let (ffn, zero_ffn) = match &layer.ffn {
             FfnSpec::SwiGlu { bias: true, .. } => {
                 return Err(Error::invalid(format!(
@@ -102,6 +114,7 @@ fn plan(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<Vec<LayerPlan>> {
             attn_kv,
             ffn,
             zero_ffn,
+            zero_attn,
         });
     }
     Ok(out)
@@ -408,7 +421,7 @@ fn storage(t: &HostTensor, ty: GgmlType, name: &str, notes: &mut Vec<String>) ->
 
 /// The tensors of one layer, in llama.cpp's names and row order.
 fn layer_tensors(
-    w: &SafetensorsWeights,
+    w: &dyn WeightSource,
     spec: &ModelSpec,
     l: usize,
     plan: LayerPlan,
@@ -417,12 +430,24 @@ fn layer_tensors(
         attn_kv,
         ffn,
         zero_ffn,
+        zero_attn,
     } = plan;
     let hf = |s: &str| format!("model.layers.{l}.{s}");
     let gg = |s: &str| format!("blk.{l}.{s}");
     let mut out = Vec::new();
     match attn_kv {
         None => {}
+        Some(0) if zero_attn => {
+            let h = spec.hidden_size;
+            out.push((
+                gg("attn_norm.weight"),
+                HostTensor::new(vec![h], vec![1.0; h]),
+            ));
+            out.push((
+                gg("attn_output.weight"),
+                HostTensor::new(vec![h, h], vec![0.0; h * h]),
+            ));
+        }
         Some(0) => {
             out.push((
                 gg("attn_norm.weight"),
@@ -514,21 +539,56 @@ pub fn export_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<GgufExportRep
             ),
         ));
     }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let w = SafetensorsWeights::open(dir)?;
+    write_model_gguf(&spec, &w, Vocab::Folder(dir), &name, out, ty)
+}
+
+/// Where the GGUF's tokenizer comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Vocab<'a> {
+    /// The folder's `tokenizer.json` (and chat template), as `tokenizer.ggml.*`.
+    Folder(&'a Path),
+    /// None (`tokenizer.ggml.model = "no_vocab"`, `vocab_size` dummy tokens): for models that
+    /// are only timed, never asked to read text.
+    None,
+}
+
+/// Writes the model `spec` with weights `w` (HF names) as the GGUF `out`, with matrices stored
+/// as `ty`; llama.cpp's limits are re-expressed or refused as the module says.
+pub fn write_model_gguf(
+    spec: &ModelSpec,
+    w: &dyn WeightSource,
+    vocab: Vocab,
+    name: &str,
+    out: &Path,
+    ty: GgmlType,
+) -> Result<GgufExportReport> {
     let mut notes = Vec::new();
-    let layers = plan(&spec, &mut notes)?;
+    let layers = plan(spec, &mut notes)?;
     let homogeneous = layers.windows(2).all(|p| p[0] == p[1])
         && layers
             .first()
             .is_some_and(|p| p.attn_kv.is_some_and(|k| k > 0) && p.ffn > 0 && !p.zero_ffn);
     let arch = if homogeneous { "llama" } else { "deci" };
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let mut metadata = model_metadata(&spec, arch, &layers, &name, ty);
-    let (tok, pre) = tokenizer_metadata(dir, &spec)?;
-    metadata.extend(tok);
-    let w = SafetensorsWeights::open(dir)?;
+    let mut metadata = model_metadata(spec, arch, &layers, name, ty);
+    let pre = match vocab {
+        Vocab::Folder(dir) => {
+            let (tok, pre) = tokenizer_metadata(dir, spec)?;
+            metadata.extend(tok);
+            pre
+        }
+        Vocab::None => {
+            metadata.push((
+                "tokenizer.ggml.model".into(),
+                GgufValue::String("no_vocab".into()),
+            ));
+            "none"
+        }
+    };
     let mut named: Vec<(String, HostTensor)> = vec![(
         "token_embd.weight".into(),
         w.read("model.embed_tokens.weight")?,
@@ -537,7 +597,7 @@ pub fn export_gguf(dir: &Path, out: &Path, ty: GgmlType) -> Result<GgufExportRep
         named.push(("rope_freqs.weight".into(), f));
     }
     for (l, p) in layers.iter().enumerate() {
-        named.extend(layer_tensors(&w, &spec, l, *p)?);
+        named.extend(layer_tensors(w, spec, l, *p)?);
     }
     named.push(("output_norm.weight".into(), w.read("model.norm.weight")?));
     if !spec.tie_word_embeddings {

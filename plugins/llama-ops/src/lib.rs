@@ -5,6 +5,8 @@
 //!
 //! Linking this crate registers the catalog (and, through `puzzle-llama`, the families).
 
+#[cfg(feature = "llamacpp")]
+pub mod engine;
 pub mod gguf_export;
 pub mod gguf_import;
 pub mod variants;

@@ -149,6 +149,43 @@ fn no_op_ffns_llama_cpp_cannot_run_are_re_expressed_exactly() {
 }
 
 #[test]
+fn a_no_op_attention_in_layer_0_is_re_expressed_exactly() {
+    // llama.cpp reads the head size from layer 0's head count: tiny-decilm with layer 0's
+    // attention removed (layer 3's no-op block config) is written as a zero linear attention.
+    let src = root().join("fixtures/hf/tiny-decilm");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["block_configs"][3]["attention"]["no_op"], true);
+    c["block_configs"][0]["attention"] = c["block_configs"][3]["attention"].clone();
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let w = SafetensorsWeights::open(&src).unwrap();
+    let keep: Vec<(String, HostTensor)> = w
+        .names()
+        .into_iter()
+        .filter(|n| {
+            !n.starts_with("model.layers.0.self_attn.")
+                && n != "model.layers.0.input_layernorm.weight"
+        })
+        .map(|n| {
+            let t = w.read(&n).unwrap();
+            (n, t)
+        })
+        .collect();
+    puzzle_core::weights::write_safetensors(
+        &dir.join("model.safetensors"),
+        keep.iter().map(|(n, t)| (n.as_str(), t)),
+        StoreDtype::F32,
+        None,
+    )
+    .unwrap();
+    let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 500).collect();
+    assert!(compare(dir, &ids, 6) < 1e-4);
+}
+
+#[test]
 fn smollm2_imported_then_exported_runs_in_llama_cpp_as_in_ours() {
     let gguf = root().join("model-zoo/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(

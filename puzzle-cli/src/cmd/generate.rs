@@ -15,11 +15,13 @@ use puzzle_core::model::load_model;
 ///   puzzle generate model-zoo/tiny-parent --prompt "And God said" --max-new-tokens 40
 ///   puzzle generate model-zoo/smollm2/hf --prompt "The capital of France is" --greedy
 ///   puzzle generate MODEL --prompt "Once" --temperature 0.8 --top-p 0.95 --seed 7 --batch 4
+///   puzzle generate runs/tiny/child/model.gguf --prompt "And God said"   (greedy, in llama.cpp)
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
 #[command(verbatim_doc_comment)]
 pub struct GenerateArgs {
-    /// Checkpoint folder with config.json, safetensors and tokenizer.json.
+    /// Checkpoint folder with config.json, safetensors and tokenizer.json; or a `.gguf` file,
+    /// which runs in llama.cpp (greedy, batch 1, with the GGUF's own tokenizer).
     pub model: PathBuf,
     /// Text to continue.
     #[arg(long)]
@@ -56,6 +58,9 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if a.model.extension().is_some_and(|e| e == "gguf") {
+        return generate_gguf(&a);
     }
     let device = puzzle_core::device::parse_device(&a.device)?;
     let m =
@@ -97,4 +102,35 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         g.decode_tokens as f64 / g.decode_secs.max(1e-9),
     );
     Ok(())
+}
+
+/// A GGUF continued greedily in llama.cpp (what `llama-simple` does), with its own tokenizer.
+#[cfg(feature = "llamacpp")]
+fn generate_gguf(a: &GenerateArgs) -> Result<()> {
+    if a.temperature.is_some() || a.batch != 1 {
+        bail!("a .gguf model runs greedy at batch 1 here (no --temperature, --batch)");
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let m = puzzle_llamacpp::LlamaCpp::load(&a.model, threads)?;
+    let ids = m.tokenize(&a.prompt);
+    let t0 = std::time::Instant::now();
+    let out = m.generate(&ids, a.max_new_tokens, !a.ignore_eos)?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!("{}{}", a.prompt, m.detokenize(&out));
+    eprintln!(
+        "{} prompt + {} new tokens in {secs:.2} s ({:.1} tok/s) in {}",
+        ids.len(),
+        out.len(),
+        out.len() as f64 / secs.max(1e-9),
+        puzzle_llamacpp::LLAMACPP_SOURCE
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "llamacpp"))]
+fn generate_gguf(a: &GenerateArgs) -> Result<()> {
+    bail!(
+        "{}: this build has no llama.cpp (build with the default `llamacpp` feature)",
+        a.model.display()
+    )
 }

@@ -2,13 +2,15 @@
 
 use anyhow::Result;
 use clap::Args;
+use puzzle_core::kinds::EngineKind;
 use puzzle_core::variant::SubblockKind;
 
 use crate::ui;
 
 /// List every plugin: parent families, variant catalogs (with their variant heads), cost
-/// models, scorers and solvers, where each comes from (a linked crate, or a shared library
-/// loaded with --plugin or a run config's `plugins`).
+/// models, scorers, solvers and engines, where each comes from (a linked crate, or a shared library
+/// loaded with --plugin or a run config's `plugins`), and each engine's capability table (what
+/// the search may use when `[deployment] engine` names it).
 #[derive(Args, Debug)]
 pub struct PluginsArgs {
     /// Print JSON.
@@ -57,6 +59,14 @@ pub fn run(a: PluginsArgs) -> Result<()> {
     for r in p.solvers.iter() {
         rows.push(row("solver", r.item.name(), &r.description, &r.provider));
     }
+    for r in p.engines.iter() {
+        rows.push(row(
+            "engine",
+            r.item.kind().as_str(),
+            &r.description,
+            &r.provider,
+        ));
+    }
     if a.json {
         let v: Vec<serde_json::Value> = rows
             .iter()
@@ -70,5 +80,21 @@ pub fn run(a: PluginsArgs) -> Result<()> {
         t.add_row(vec![k, n, p, f]);
     }
     println!("{t}");
+    // What each engine can run: the search leaves out what the deployment's engine cannot.
+    let kinds = EngineKind::ALL;
+    let mut header = vec!["capability".to_string()];
+    header.extend(kinds.iter().map(|k| {
+        let linked = p.engines.get(k.as_str()).is_ok();
+        format!("{k}{}", if linked { "" } else { " (not measurable here)" })
+    }));
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = ui::table(&hdr);
+    let rows: Vec<Vec<(&str, String)>> = kinds.iter().map(|k| k.capabilities().rows()).collect();
+    for i in 0..rows[0].len() {
+        let mut r = vec![rows[0][i].0.to_string()];
+        r.extend(rows.iter().map(|c| c[i].1.clone()));
+        t.add_row(r);
+    }
+    println!("engines (`[deployment] engine`): what each can run\n{t}");
     Ok(())
 }

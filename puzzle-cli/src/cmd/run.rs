@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use puzzle_core::gguf::GgmlType;
+use puzzle_pipeline::evaluate::verdicts;
 use puzzle_pipeline::pipeline::{ChosenSolution, precheck, run_all};
 
 use crate::{report, ui};
@@ -89,6 +90,18 @@ pub fn run(a: RunArgs) -> Result<()> {
     child_gguf(&dir.join("child"));
     let out = report::write(&dir, &config.display().to_string())?;
     print_summary(&summary.eval, &summary.chosen);
+    let cfg = puzzle_pipeline::config::RunConfig::load(&config)?;
+    for v in verdicts(&cfg.search.constraints, &summary.eval, "child")? {
+        println!(
+            "target {}: the child measured {:.2}x (rounds {:.2}x-{:.2}x) in {} in the final evaluation: {}",
+            v.constraint,
+            v.measured,
+            v.range[0],
+            v.range[1],
+            summary.eval.engine,
+            if v.met { "met" } else { "NOT met" }
+        );
+    }
     eprintln!(
         "done in {:.0} s; report: {}",
         t0.elapsed().as_secs_f64(),
