@@ -24,6 +24,9 @@ use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer};
 use puzzle_core::variants::SubblockSpec;
 use puzzle_core::weights::SafetensorsWeights;
 
+/// A planned entry the deployment's engine cannot run, and why.
+type Refused = (EntryKey, String);
+
 /// A run: its config, folder, the loaded parent and the corpus.
 pub struct Run {
     pub config: RunConfig,
@@ -170,13 +173,14 @@ impl Run {
             .collect())
     }
 
-    fn plan_split(&self) -> Result<(Vec<EntryKey>, Vec<(EntryKey, String)>)> {
+    /// (kept, left out with the reason).
+    fn plan_split(&self) -> Result<(Vec<EntryKey>, Vec<Refused>)> {
         let c = &self.config;
         let caps = c.deployment.engine.capabilities();
         let mut keep = Vec::new();
         let mut out = Vec::new();
         for k in plan(&self.plugins.catalogs, &self.parent.spec, &c.space, &c.bld)? {
-            let specs = crate::stages::entry_specs(&self.plugins, &self.parent.spec, &k)?;
+            let specs = entry_specs(&self.plugins, &self.parent.spec, &k)?;
             let why = specs.iter().find_map(|s| match s {
                 SubblockSpec::Attention(a) => caps.refuses_attention(a),
                 SubblockSpec::Ffn(f) => caps.refuses_ffn(f),
@@ -197,6 +201,18 @@ impl Run {
             config: RunConfig::hash_of(&(&self.config.bld, &self.config.space)),
         }
     }
+}
+
+/// The specs of a planned entry.
+pub fn entry_specs(
+    plugins: &Plugins,
+    parent: &puzzle_core::spec::ModelSpec,
+    key: &EntryKey,
+) -> Result<Vec<SubblockSpec>> {
+    key.variants
+        .iter()
+        .map(|v| plugins.catalog_for(v)?.spec(v, parent))
+        .collect()
 }
 
 /// The parent spec recorded in a run folder's `run.json`.

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::run::Run;
-use puzzle_core::Plugins;
 use puzzle_core::artifact::Artifact;
 use puzzle_core::bld::{EntryKey, EntryMeta, read_done};
 use puzzle_core::cost::{CostContext, CostEntry, CostTable};
@@ -26,17 +25,7 @@ use puzzle_core::train::init::random_weights;
 use puzzle_core::variant::SubblockKind;
 use puzzle_core::variants::SubblockSpec;
 
-/// The specs of a planned entry.
-pub fn entry_specs(
-    plugins: &Plugins,
-    parent: &ModelSpec,
-    key: &EntryKey,
-) -> Result<Vec<SubblockSpec>> {
-    key.variants
-        .iter()
-        .map(|v| plugins.catalog_for(v)?.spec(v, parent))
-        .collect()
-}
+pub use crate::run::entry_specs;
 
 fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
     let c = &run.config;

@@ -381,7 +381,7 @@ mod tests {
     use super::*;
     use puzzle_core::burn::tensor::Device;
     use puzzle_core::deploy::{DeploymentProfile, resolve_hardware};
-    use puzzle_core::engine::{BurnEngine, Engine};
+    use puzzle_core::engine::Engine;
     use puzzle_core::kinds::Dtype;
     use puzzle_core::spec::{RopeScaling, RopeSpec};
     use puzzle_core::weights::WeightSource;

@@ -90,6 +90,12 @@ impl Engine for LlamaCppEngine {
                 "llama.cpp cannot serve a model without any KV-cache attention layer (it fails to allocate an empty KV cache)",
             ));
         }
+        if kv == KvType::Q8_0 && !spec.head_dim.is_multiple_of(32) {
+            return Err(Error::invalid(format!(
+                "deployment.kv_dtype = \"{}\": llama.cpp's Q8_0 KV cache needs a head size that is a multiple of 32 (this model's head size {})",
+                deploy.kv_dtype, spec.head_dim
+            )));
+        }
         let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let path = dir.path().join("model.gguf");
         write_model_gguf(spec, weights, Vocab::None, "timed", &path, ty)?;

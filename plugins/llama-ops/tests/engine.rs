@@ -33,8 +33,8 @@ fn spec(layers: Vec<LayerSpec>) -> ModelSpec {
         family: "llama".into(),
         hidden_size: 64,
         vocab_size: 96,
-        num_attention_heads: 4,
-        head_dim: 16,
+        num_attention_heads: 2,
+        head_dim: 32,
         rms_norm_eps: 1e-5,
         rope: RopeSpec {
             theta: 10000.0,
@@ -67,14 +67,14 @@ fn deploy(weights: Dtype, kv: Dtype) -> DeploymentProfile {
 #[test]
 fn every_shape_the_search_makes_for_llama_cpp_serves_batched_requests() {
     let shapes = [
-        vec![layer(gqa(4), swiglu(128)); 3],
+        vec![layer(gqa(2), swiglu(128)); 3],
         // The no-op models the in-context costs subtract.
         vec![
             layer(AttentionSpec::NoOp, swiglu(128)),
-            layer(gqa(4), swiglu(128)),
+            layer(gqa(2), swiglu(128)),
             layer(AttentionSpec::NoOp, swiglu(128)),
         ],
-        vec![layer(gqa(4), FfnSpec::NoOp); 3],
+        vec![layer(gqa(2), FfnSpec::NoOp); 3],
         vec![
             layer(gqa(1), FfnSpec::NoOp),
             layer(AttentionSpec::Linear, swiglu(32)),
@@ -105,8 +105,8 @@ fn every_shape_the_search_makes_for_llama_cpp_serves_batched_requests() {
 #[test]
 fn what_llama_cpp_cannot_run_is_refused_with_the_layer_named() {
     let s = spec(vec![
-        layer(gqa(4), swiglu(128)),
-        layer(gqa(4), FfnSpec::Linear),
+        layer(gqa(2), swiglu(128)),
+        layer(gqa(2), FfnSpec::Linear),
     ]);
     let w = random_weights(&s, 0.02, 1);
     let e = LlamaCppEngine
@@ -117,7 +117,7 @@ fn what_llama_cpp_cannot_run_is_refused_with_the_layer_named() {
     assert!(e.contains("layer 1") && e.contains("linear FFN"), "{e}");
     let e = LlamaCppEngine
         .load(
-            &spec(vec![layer(gqa(4), swiglu(128))]),
+            &spec(vec![layer(gqa(2), swiglu(128))]),
             &w,
             &deploy(Dtype::Int4, Dtype::Fp32),
             &Device::flex(),
@@ -126,6 +126,21 @@ fn what_llama_cpp_cannot_run_is_refused_with_the_layer_named() {
         .unwrap()
         .to_string();
     assert!(e.contains("deployment.weight_dtype = \"int4\""), "{e}");
+    // llama.cpp's Q8_0 KV cache needs heads of whole 32-value blocks.
+    let mut s = spec(vec![layer(gqa(2), swiglu(128))]);
+    s.head_dim = 16;
+    s.num_attention_heads = 4;
+    let e = LlamaCppEngine
+        .load(
+            &s,
+            &random_weights(&s, 0.02, 3),
+            &deploy(Dtype::Fp32, Dtype::Int8),
+            &Device::flex(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("head size 16") && e.contains("kv_dtype"), "{e}");
     // No attention anywhere leaves llama.cpp an empty KV cache, which it cannot allocate.
     let s = spec(vec![layer(AttentionSpec::NoOp, swiglu(128)); 2]);
     let e = LlamaCppEngine
