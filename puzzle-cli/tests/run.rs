@@ -399,6 +399,32 @@ fn a_llamacpp_run_measures_there_leaves_out_what_it_cannot_run_and_its_gguf_gene
     // llama-simple-like greedy generation runs it with the GGUF's own tokenizer.
     let gguf = run_dir.join("child/model.gguf");
     assert!(gguf.is_file(), "{err}");
+    // The run's child in llama.cpp computes the logits our forward does (f32 everywhere).
+    puzzle_llama_ops::link();
+    let device = puzzle_core::burn::tensor::Device::flex();
+    let ours = puzzle_core::model::load_model(&run_dir.join("child"), &device).unwrap();
+    let cpp = puzzle_llamacpp::LlamaCpp::load(&gguf, 2).unwrap();
+    let ids: Vec<u32> = (0..24)
+        .map(|i| (i * 37 + 3) % ours.spec.vocab_size as u32)
+        .collect();
+    let theirs = cpp.logits(&ids).unwrap();
+    let mine = puzzle_core::weights::HostTensor::from_tensor(&ours.decoder.forward(
+        puzzle_core::nn::ids_tensor(std::slice::from_ref(&ids), &device),
+    ));
+    let v = ours.spec.vocab_size;
+    let worst = theirs
+        .iter()
+        .enumerate()
+        .flat_map(|(t, row)| {
+            row.iter()
+                .zip(&mine.data[t * v..(t + 1) * v])
+                .map(|(a, b)| (a - b).abs())
+        })
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "child logits: llama.cpp vs ours differ by {worst}"
+    );
     let g = Proc::cargo_bin("puzzle")
         .unwrap()
         .args([

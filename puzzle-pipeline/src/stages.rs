@@ -36,6 +36,17 @@ fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
             RunConfig::hash_of(&(&c.deployment, &c.cost, &c.space, &c.bld.coupled)),
         ),
         ("model".to_string(), model.to_string()),
+        // The registered description says how the model measures: a changed method (with the
+        // same name and config) is a new table, not a reused one.
+        (
+            "method".to_string(),
+            run.plugins
+                .cost_models
+                .iter()
+                .find(|r| r.item.name() == model)
+                .map(|r| r.description.clone())
+                .unwrap_or_default(),
+        ),
         (
             "device".to_string(),
             puzzle_core::device::describe(&run.parent.decoder.device()),
