@@ -14,7 +14,7 @@ use puzzle_core::cost::{CostContext, CostEntry, CostTable};
 use puzzle_core::data::Split;
 use puzzle_core::deploy::resolve_hardware;
 use puzzle_core::error::{Context as _, Error, Result};
-use puzzle_core::eval::speed::Served;
+use puzzle_core::eval::speed::{Served, median};
 use puzzle_core::eval::tasks::{TaskItem, read_tasks};
 use puzzle_core::fsutil;
 use puzzle_core::progress::Progress;
@@ -285,7 +285,7 @@ pub fn validate_additivity(
                 }
             }
         }
-        for ((label, layers, picks, _), mut times) in models.iter().zip(rounds) {
+        for ((label, layers, picks, _), times) in models.iter().zip(rounds) {
             let mut predicted = costs.non_block.runtime_ms(b, d).ok_or_else(|| {
                 Error::invalid(format!(
                     "costs.json has no latency for batch {b}: use a timing cost model"
@@ -295,8 +295,7 @@ pub fn validate_additivity(
                 predicted += a.costs.runtime_ms(b, d).unwrap_or(0.0)
                     + f.costs.runtime_ms(b, d).unwrap_or(0.0);
             }
-            times.sort_by(f64::total_cmp);
-            let measured = times[times.len() / 2];
+            let measured = median(times);
             out.push(AdditivityPoint {
                 child: label.clone(),
                 layers: layers.clone(),

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use puzzle_core::cost::{CostContext, CostModel, Costs, analytic_counts, analytic_non_block};
 use puzzle_core::error::{Context as _, Error, Result};
-use puzzle_core::eval::speed::Served;
+use puzzle_core::eval::speed::{Served, median};
 use puzzle_core::progress::{Progress, Silent};
 use puzzle_core::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
 use puzzle_core::train::init::random_weights;
@@ -316,11 +316,6 @@ fn step_times(
 ) -> Result<(f64, f64)> {
     let (p, t) = m.request(b, d.prefill_len, d.generation_len)?;
     Ok((p, (t - p) / d.generation_len as f64))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 impl MeasuredCost {

@@ -112,6 +112,27 @@ fn a_heterogeneous_deci_child_matches_ours_and_the_independent_reference() {
     assert!(compare(&dir, &ids, 8) < 1e-4);
 }
 
+/// `src`'s safetensors without the tensors `drop` names, as `dir/model.safetensors` (f32).
+fn write_tensors_but(src: &Path, dir: &Path, drop: impl Fn(&str) -> bool) {
+    let w = SafetensorsWeights::open(src).unwrap();
+    let keep: Vec<(String, HostTensor)> = w
+        .names()
+        .into_iter()
+        .filter(|n| !drop(n))
+        .map(|n| {
+            let t = w.read(&n).unwrap();
+            (n, t)
+        })
+        .collect();
+    puzzle_core::weights::write_safetensors(
+        &dir.join("model.safetensors"),
+        keep.iter().map(|(n, t)| (n.as_str(), t)),
+        StoreDtype::F32,
+        None,
+    )
+    .unwrap();
+}
+
 #[test]
 fn no_op_ffns_llama_cpp_cannot_run_are_re_expressed_exactly() {
     // tiny-decilm-full without its linear FFN: layer 4 is attention + no-op FFN (llama.cpp
@@ -125,25 +146,9 @@ fn no_op_ffns_llama_cpp_cannot_run_are_re_expressed_exactly() {
     c["block_configs"][5]["ffn"] = serde_json::json!({"ffn_mult": null, "no_op": true,
         "replace_with_linear": false, "sparsify": null});
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
-    let w = SafetensorsWeights::open(&full).unwrap();
-    let keep: Vec<(String, HostTensor)> = w
-        .names()
-        .into_iter()
-        .filter(|n| {
-            !n.starts_with("model.layers.5.mlp.") && !n.starts_with("model.layers.5.post_attention")
-        })
-        .map(|n| {
-            let t = w.read(&n).unwrap();
-            (n, t)
-        })
-        .collect();
-    puzzle_core::weights::write_safetensors(
-        &dir.join("model.safetensors"),
-        keep.iter().map(|(n, t)| (n.as_str(), t)),
-        StoreDtype::F32,
-        None,
-    )
-    .unwrap();
+    write_tensors_but(&full, dir, |n| {
+        n.starts_with("model.layers.5.mlp.") || n.starts_with("model.layers.5.post_attention")
+    });
     let ids: Vec<u32> = (0..20).map(|i| (i * 53 + 11) % 500).collect();
     assert!(compare(dir, &ids, 6) < 1e-4);
 }
@@ -161,26 +166,9 @@ fn a_no_op_attention_in_layer_0_is_re_expressed_exactly() {
     assert_eq!(c["block_configs"][3]["attention"]["no_op"], true);
     c["block_configs"][0]["attention"] = c["block_configs"][3]["attention"].clone();
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
-    let w = SafetensorsWeights::open(&src).unwrap();
-    let keep: Vec<(String, HostTensor)> = w
-        .names()
-        .into_iter()
-        .filter(|n| {
-            !n.starts_with("model.layers.0.self_attn.")
-                && n != "model.layers.0.input_layernorm.weight"
-        })
-        .map(|n| {
-            let t = w.read(&n).unwrap();
-            (n, t)
-        })
-        .collect();
-    puzzle_core::weights::write_safetensors(
-        &dir.join("model.safetensors"),
-        keep.iter().map(|(n, t)| (n.as_str(), t)),
-        StoreDtype::F32,
-        None,
-    )
-    .unwrap();
+    write_tensors_but(&src, dir, |n| {
+        n.starts_with("model.layers.0.self_attn.") || n == "model.layers.0.input_layernorm.weight"
+    });
     let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 500).collect();
     assert!(compare(dir, &ids, 6) < 1e-4);
 }

@@ -114,7 +114,8 @@ pub fn measure_together(
         .collect())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the upper one of an even count) of timings.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
