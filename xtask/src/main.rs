@@ -48,7 +48,7 @@ fn sha256(path: &Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-fn fetch_smollm2() -> Result<()> {
+fn fetch_smollm2(tools: &tools::BuildEnv) -> Result<()> {
     let dir = root().join("model-zoo/smollm2");
     let hf = dir.join("hf");
     let gguf = dir.join(SMOLLM2_GGUF);
@@ -110,8 +110,23 @@ fn fetch_smollm2() -> Result<()> {
         }
     }
     eprintln!("converting {} -> {}", gguf.display(), hf.display());
-    puzzle_llama_ops::gguf_import::import_gguf(&gguf, &hf, &Default::default(), |_, _| {})
-        .with_context(|| format!("importing {}", gguf.display()))?;
+    // Through the CLI rather than a library call, so that xtask itself stays small: the first
+    // command (`demo`) builds it before anything else, and it must not wait for burn in the dev
+    // profile. The tests build the CLI in this profile anyway.
+    run(cargo(tools)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "puzzle-cli",
+            "--",
+            "import",
+            "gguf",
+        ])
+        .arg(&gguf)
+        .arg(&hf)
+        .args(["--dtype", "bf16"]))
+    .with_context(|| format!("importing {}", gguf.display()))?;
     eprintln!("SmolLM2 ready at {}", hf.display());
     Ok(())
 }
@@ -152,8 +167,8 @@ fn demo(extra: &[String]) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     // Cheap, and a layering violation is worth knowing before a long test run.
     layers::check(&root())?;
-    fetch_smollm2()?;
     let tools = build_tools()?;
+    fetch_smollm2(&tools)?;
     let mut cmd = cargo(&tools);
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
@@ -191,8 +206,9 @@ fn python_with_pulp() -> Result<PathBuf> {
 }
 
 fn bench(extra: &[String]) -> Result<()> {
-    fetch_smollm2()?;
-    let mut cmd = cargo(&build_tools()?);
+    let tools = build_tools()?;
+    fetch_smollm2(&tools)?;
+    let mut cmd = cargo(&tools);
     if extra.is_empty() || extra.iter().any(|b| b == "search") {
         cmd.env("PUZZLE_PYTHON", python_with_pulp()?);
     }
@@ -224,7 +240,7 @@ fn main() -> Result<()> {
         .map(|(t, r)| (t.as_str(), r))
         .unwrap_or(("help", &[]));
     match task {
-        "fetch-smollm2" => fetch_smollm2(),
+        "fetch-smollm2" => fetch_smollm2(&build_tools()?),
         "demo" => demo(rest),
         "env" => {
             print!("{}", build_tools()?.exports());
