@@ -15,6 +15,7 @@ use puzzle_solver_highs as _;
 use puzzle_window as _;
 
 mod cmd;
+mod readme_table;
 mod registry;
 mod report;
 mod ui;

@@ -224,6 +224,24 @@ fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Re
 }
 
 /// The `license:` of a model folder's README.md front matter (Hugging Face model cards).
+/// The run's speed targets as its config states them (`RUN/config.toml` `[search] constraints`).
+pub fn run_constraints(run: &Path) -> Result<Vec<String>> {
+    let cfg = run.join("config.toml");
+    let text =
+        std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+    let v: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
+    Ok(v.get("search")
+        .and_then(|s| s.get("constraints"))
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 fn parent_licence(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("README.md")).ok()?;
     let front = text.strip_prefix("---")?.split("\n---").next()?;
@@ -291,25 +309,9 @@ impl<'a> Report<'a> {
         })
     }
 
-    /// The run's relative speed targets as its config states them (`RUN/config.toml`).
-    fn constraints(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(self.run.join("config.toml")).unwrap_or_default();
-        let v: toml::Value =
-            toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
-        v.get("search")
-            .and_then(|s| s.get("constraints"))
-            .and_then(|c| c.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Each relative speed target, decided by the final evaluation's measurement.
     fn targets(&self, md: &mut String) -> Result<()> {
-        let vs = verdicts(&self.constraints(), &self.eval, "child")?;
+        let vs = verdicts(&run_constraints(self.run)?, &self.eval, "child")?;
         if vs.is_empty() {
             return Ok(());
         }
@@ -520,7 +522,8 @@ impl<'a> Report<'a> {
         writeln!(md, "\n## Predicted vs measured speed\n")?;
         writeln!(
             md,
-            "The search sums per-block costs; the child is then measured end to end. A round whose child missed the target (with a 3% margin) tightened the constraint; one more than 10% faster than needed loosened it; the best round that met the target was kept:\n"
+            "The search sums per-block costs; the child is then measured end to end. A round whose child missed the target (with a {:.0}% margin) tightened the constraint; one more than 10% faster than needed loosened it; the best round that met the target was kept:\n",
+            100.0 * puzzle_pipeline::calibrate::AIM_MARGIN
         )?;
         writeln!(
             md,

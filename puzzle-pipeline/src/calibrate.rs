@@ -407,17 +407,24 @@ enum Adjust {
     Loosen(Vec<(usize, f64)>),
 }
 
-/// Measurements on a shared machine wander by a few percent, so the aim is 3% above the target
-/// (a later measurement, the evaluation, should still meet it). The new bound scales the old one
+/// How far above a speed target a search round's measured child must be. Two measurements of
+/// the same child on a shared 2-core machine differed by up to 7% (a fresh run: 2.09x in the
+/// search, 2.02x beside the baselines, 1.95x in the final evaluation), and the final evaluation
+/// is what decides; 3% lost that run its target. Rounds are cheap next to distillation.
+pub const AIM_MARGIN: f64 = 0.05;
+
+/// Measurements on a shared machine wander by a few percent, so the aim is [`AIM_MARGIN`] above
+/// the target (a later measurement, the evaluation, should still meet it). The new bound scales the old one
 /// by how far the measured ratio is from the aim, 1% further: the predicted ratio is a proxy, and
 /// a loosened bound may sit below the target as asked when the block sums are pessimistic; the
 /// next round's measurement checks it.
 fn adjust_speed_bounds(checks: &[SpeedCheck]) -> Adjust {
-    let rescale = |c: &SpeedCheck| c.bound * (c.target * 1.03 / c.measured) * 1.01;
-    if let Some(c) = checks.iter().find(|c| c.measured < c.target * 1.03) {
+    let aim = 1.0 + AIM_MARGIN;
+    let rescale = |c: &SpeedCheck| c.bound * (c.target * aim / c.measured) * 1.01;
+    if let Some(c) = checks.iter().find(|c| c.measured < c.target * aim) {
         return Adjust::Tighten(c.index, rescale(c));
     }
-    if !checks.is_empty() && checks.iter().all(|c| c.measured > c.target * 1.03 * 1.10) {
+    if !checks.is_empty() && checks.iter().all(|c| c.measured > c.target * aim * 1.10) {
         return Adjust::Loosen(checks.iter().map(|c| (c.index, rescale(c))).collect());
     }
     Adjust::Keep
@@ -438,16 +445,16 @@ mod tests {
 
     #[test]
     fn a_child_short_of_its_aim_tightens_that_constraint() {
-        // Asked 2x, searched with 2x, measured 1.81x: aim 2.06x, bound 2 x 2.06 / 1.81 x 1.01.
+        // Asked 2x, searched with 2x, measured 1.81x: aim 2.1x, bound 2 x 2.1 / 1.81 x 1.01.
         let a = adjust_speed_bounds(&[check(1, 2.0, 2.0, 1.81)]);
-        let want = 2.0 * (2.06 / 1.81) * 1.01;
+        let want = 2.0 * (2.1 / 1.81) * 1.01;
         match a {
             Adjust::Tighten(1, b) => assert!((b - want).abs() < 1e-12, "{b} vs {want}"),
             other => panic!("{other:?}"),
         }
-        // Met but within the 3% margin: still tightened.
+        // Met but within the 5% margin: still tightened.
         assert!(matches!(
-            adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.05)]),
+            adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.09)]),
             Adjust::Tighten(0, b) if b > 2.0
         ));
     }
@@ -456,7 +463,7 @@ mod tests {
     fn a_child_far_faster_than_needed_loosens_below_the_predicted_target() {
         // Predicted 2.0x, measured 2.84x for a 2x target: the sums were pessimistic.
         let a = adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.84)]);
-        let want = 2.0 * (2.06 / 2.84) * 1.01;
+        let want = 2.0 * (2.1 / 2.84) * 1.01;
         match a {
             Adjust::Loosen(v) => {
                 assert_eq!(v.len(), 1);
@@ -468,7 +475,7 @@ mod tests {
 
     #[test]
     fn met_with_little_to_spare_or_mixed_keeps_the_round() {
-        // 2.2x for 2x: 6.8% above the aim, under the 10% that triggers loosening.
+        // 2.2x for 2x: 4.8% above the aim, under the 10% that triggers loosening.
         assert_eq!(
             adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.2)]),
             Adjust::Keep

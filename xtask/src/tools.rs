@@ -116,6 +116,8 @@ fn wheel(spec: &str, cache: &Path) -> Result<PathBuf> {
     }
     eprintln!("fetching {spec} from PyPI into {}", dir.display());
     let status = Command::new(python())
+        // --target touches no environment, so pip's warning about root installs does not apply.
+        .env("PIP_ROOT_USER_ACTION", "ignore")
         .args([
             "-m",
             "pip",

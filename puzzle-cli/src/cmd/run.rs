@@ -16,8 +16,8 @@ use crate::{report, ui};
 /// the same command again to continue.
 ///
 /// Without CONFIG it runs the embedded example: the tiny parent trained on public-domain
-/// English, searched for at least 2x decode throughput on this CPU (about 10 minutes on two
-/// cores after the build), written to runs/tiny.
+/// English, searched for at least 2x decode throughput on this CPU, written to runs/tiny (how
+/// long it takes: the README's "Two commands").
 ///
 /// Examples:
 ///   puzzle run
@@ -157,8 +157,26 @@ fn print_summary(eval: &puzzle_pipeline::pipeline::EvalReport, chosen: &ChosenSo
 /// with the commands that produced it.
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Run folder.
-    pub run: PathBuf,
+    /// Run folder(s). One writes RUN/report/; with --readme-table, the first is tabled and all
+    /// of them give the run-to-run spread.
+    pub runs: Vec<PathBuf>,
+    /// Print the README's results block (tables generated from the runs' eval/report.json)
+    /// instead of writing RUN/report/.
+    ///
+    /// Example (how the README's table is made):
+    ///   puzzle report --readme-table runs/tiny-1 runs/tiny-2 runs/tiny-3 \
+    ///     --record examples/tiny/results --into README.md
+    #[arg(long)]
+    pub readme_table: bool,
+    /// With --readme-table: record each run given as DIR/<run folder name>.json (the old
+    /// records in DIR are replaced), then render from DIR's records. Without runs: render
+    /// from the records already there.
+    #[arg(long, requires = "readme_table", value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// With --readme-table: replace the results block of this Markdown file (between its
+    /// `<!-- results: ... -->` markers) instead of printing it.
+    #[arg(long, requires = "readme_table", value_name = "FILE")]
+    pub into: Option<PathBuf>,
 }
 
 /// `child/model.gguf` beside the Hugging Face folder, for llama.cpp (f32). A child llama.cpp
@@ -177,9 +195,65 @@ fn child_gguf(child: &Path) {
 }
 
 pub fn report_cmd(a: ReportArgs) -> Result<()> {
-    let cfg = a.run.join("config.toml");
-    let out = report::write(&a.run, &cfg.display().to_string())?;
+    if a.readme_table {
+        return readme_table_cmd(&a);
+    }
+    let [run] = a.runs.as_slice() else {
+        anyhow::bail!(
+            "give one run folder (more than one only with --readme-table); got {}",
+            a.runs.len()
+        );
+    };
+    let cfg = run.join("config.toml");
+    let out = report::write(run, &cfg.display().to_string())?;
     println!("{}", out.join("README.md").display());
+    Ok(())
+}
+
+fn run_name(run: &Path) -> String {
+    let abs = std::fs::canonicalize(run).unwrap_or_else(|_| run.to_path_buf());
+    abs.file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
+}
+
+fn readme_table_cmd(a: &ReportArgs) -> Result<()> {
+    use crate::readme_table::{RecordedRun, read_records, render, splice};
+    let mut runs = Vec::new();
+    for r in &a.runs {
+        runs.push((run_name(r), RecordedRun::from_run(r)?));
+    }
+    if let Some(dir) = &a.record {
+        if !runs.is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (old, _) in read_records(dir)? {
+                std::fs::remove_file(dir.join(format!("{old}.json")))?;
+            }
+            for (id, r) in &runs {
+                let file = dir.join(format!("{id}.json"));
+                puzzle_core::fsutil::write_json(&file, r)?;
+                eprintln!("recorded {}", file.display());
+            }
+        }
+        runs = read_records(dir)?;
+    }
+    if runs.is_empty() {
+        anyhow::bail!("no runs: give run folders, or --record DIR with recorded runs in it");
+    }
+    let block = render(&runs)?;
+    match &a.into {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            if crate::readme_table::current(&text) == Some(block.trim_end()) {
+                eprintln!("the results block of {} is current", file.display());
+                return Ok(());
+            }
+            let out = splice(&text, &block, file)?;
+            puzzle_core::fsutil::write_atomic(file, out.as_bytes())?;
+            eprintln!("updated the results block of {}", file.display());
+        }
+        None => print!("{block}"),
+    }
     Ok(())
 }
 
