@@ -33,6 +33,12 @@ struct Cli {
     /// running the command; repeatable.
     #[arg(long = "plugin", global = true, value_name = "PATH")]
     plugins: Vec<std::path::PathBuf>,
+    /// Also load the plugin libraries a run config names in `plugins`. Off by default: a
+    /// config is data (perhaps sent to you), and loading a library runs its native code.
+    /// Without this flag such a config is refused, with each library's path and sha256; a
+    /// library also given with --plugin needs no flag.
+    #[arg(long, global = true)]
+    allow_config_plugins: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,7 +89,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    registry::set_plugins(plugins);
+    registry::set_plugins(
+        plugins,
+        puzzle_pipeline::host::Consent {
+            config_plugins: cli.allow_config_plugins,
+            named: cli.plugins.clone(),
+        },
+    );
     let result = match cli.command {
         Command::Plugins(a) => cmd::plugins::run(a),
         Command::Run(a) => cmd::run::run(a),

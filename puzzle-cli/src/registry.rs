@@ -3,14 +3,24 @@
 use std::sync::OnceLock;
 
 use puzzle_core::Plugins;
+use puzzle_pipeline::host::Consent;
 
 /// The registries of this invocation: the linked static plugins plus every `--plugin`, set once
 /// by `main` before any command runs.
 static PLUGINS: OnceLock<Plugins> = OnceLock::new();
 
-/// Sets this invocation's registries (first call wins).
-pub fn set_plugins(p: Plugins) {
+/// What the user consented to load from run configs (`--allow-config-plugins`, `--plugin`).
+static CONSENT: OnceLock<Consent> = OnceLock::new();
+
+/// Sets this invocation's registries and consent (first call wins).
+pub fn set_plugins(p: Plugins, consent: Consent) {
     let _ = PLUGINS.set(p);
+    let _ = CONSENT.set(consent);
+}
+
+/// This invocation's consent to load a config's plugins.
+pub fn consent() -> &'static Consent {
+    CONSENT.get_or_init(Consent::default)
 }
 
 /// This invocation's registries.
@@ -24,5 +34,13 @@ pub fn open_run(
     run_dir: Option<&std::path::Path>,
     device: &puzzle_core::burn::tensor::Device,
 ) -> puzzle_core::Result<puzzle_pipeline::Run> {
-    puzzle_pipeline::Run::open_with(config, run_dir, device, plugins().clone())
+    let run =
+        puzzle_pipeline::Run::open_with(config, run_dir, device, plugins().clone(), consent())?;
+    for (path, hash) in &run.config_plugins {
+        eprintln!(
+            "loaded plugin {} named in the config (sha256 {hash})",
+            path.display()
+        );
+    }
+    Ok(run)
 }

@@ -386,7 +386,7 @@ impl<'a> Report<'a> {
             .map(|i| BoundValue::Relative(1.0 + 0.25 * i as f64))
             .collect();
         let solvers = &crate::registry::plugins().solvers;
-        let solver = solvers.get("highs").or_else(|_| solvers.get("bnb"))?;
+        let solver = solvers.get("bnb").or_else(|_| solvers.get("highs"))?;
         let opts = SolveOptions::default();
         let pts = sweep(
             &self.table,

@@ -184,9 +184,59 @@ fn scorer_cost_model_and_catalog_swapped_in_by_config_only() {
     )
     .unwrap();
     let run = dir.path().join("run");
-    for stage in ["bld", "cost", "score"] {
-        let (ok, _, err) = puzzle(&[stage, cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    // A config is data: the library it names is not loaded without the user's consent.
+    let (ok, _, err) = puzzle(&["bld", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    assert!(!ok, "a config's plugin was loaded without consent");
+    let hash = {
+        use sha2::{Digest, Sha256};
+        format!("{:x}", Sha256::digest(std::fs::read(&lib).unwrap()))
+    };
+    assert!(
+        err.contains("--allow-config-plugins") && err.contains(&hash),
+        "the refusal names the flag and the library's sha256: {err}"
+    );
+    assert!(
+        !run.join("library").exists(),
+        "nothing ran before the refusal"
+    );
+    // Pinned to another hash: refused even with consent.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let pinned = dir.path().join("pinned.toml");
+    let entry = format!("\"{}\"", lib.display());
+    std::fs::write(
+        &pinned,
+        text.replacen(
+            &entry,
+            &format!("{{ path = {entry}, sha256 = \"{}\" }}", "0".repeat(64)),
+            1,
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = puzzle(&["bld", pinned.to_str().unwrap(), "--allow-config-plugins"]);
+    assert!(!ok && err.contains("the file changed"), "{err}");
+    // Naming the same library with --plugin is consent too.
+    let (ok, _, err) = puzzle(&[
+        "--plugin",
+        lib.to_str().unwrap(),
+        "bld",
+        cfg.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "bld with --plugin: {err}");
+    for stage in ["cost", "score"] {
+        let (ok, _, err) = puzzle(&[
+            stage,
+            cfg.to_str().unwrap(),
+            "--run",
+            run.to_str().unwrap(),
+            "--allow-config-plugins",
+        ]);
         assert!(ok, "{stage}: {err}");
+        assert!(
+            err.contains(&hash),
+            "the loaded library's sha256 is printed: {err}"
+        );
     }
     let scores: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("scores.json")).unwrap()).unwrap();
@@ -228,6 +278,7 @@ fn scorer_cost_model_and_catalog_swapped_in_by_config_only() {
         refusing.to_str().unwrap(),
         "--run",
         run.to_str().unwrap(),
+        "--allow-config-plugins",
     ]);
     assert!(
         !ok && err.contains("scorer `refuses`")

@@ -311,9 +311,22 @@ fn check_speeds(
             round.index + 1,
             con.key
         ));
+        if measured < MIN_TRUSTED_FRACTION * predicted {
+            return Err(Error::invalid(format!(
+                "search round {}: the costs predicted {predicted:.2}x for `{}` and {} measured {measured:.2}x: the cost table does not describe this engine (timing noise from other work on the machine during `puzzle cost`?). Re-measure with `puzzle cost CONFIG --validate 5` on a quiet machine (delete costs.json first) and run again",
+                round.index + 1,
+                con.key,
+                run.config.deployment.engine
+            )));
+        }
     }
     Ok(checks)
 }
+
+/// A round whose child measured under this fraction of its predicted speed-up means the cost
+/// table is wrong, not slightly off: tightening the bound on it only chases noise (a run whose
+/// costs were timed beside a compiler predicted 3.2x and measured 1.1x, then 11x and 1.1x).
+const MIN_TRUSTED_FRACTION: f64 = 0.6;
 
 /// The rounds of search and measurement; returns the kept round and every round's calibration.
 fn calibrated_search(

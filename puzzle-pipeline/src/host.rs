@@ -130,6 +130,69 @@ fn push<T: ?Sized + Named + 'static>(
     reg.add(item, provider, description)
 }
 
+/// What the user agreed to load. A run config is data, and data someone sent you must not run
+/// code: a config's `plugins` are loaded only when the user said so on the command line, by
+/// `--allow-config-plugins` or by naming the same file with `--plugin`.
+#[derive(Clone, Debug, Default)]
+pub struct Consent {
+    /// `--allow-config-plugins`: load the libraries a config names (a pinned sha256 is still
+    /// checked).
+    pub config_plugins: bool,
+    /// Libraries the user named with `--plugin` (already loaded by the caller).
+    pub named: Vec<PathBuf>,
+}
+
+impl Consent {
+    fn covers(&self, path: &Path) -> bool {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        self.config_plugins || self.named.iter().any(|n| canon(n) == canon(path))
+    }
+}
+
+/// The sha256 of a file, lowercase hex.
+pub fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// Loads a plugin a run config names, if `consent` covers it and a pinned hash matches;
+/// returns its sha256. `config` is the config file, for the errors.
+pub fn load_from_config(
+    plugin: &crate::config::PluginRef,
+    config: &Path,
+    consent: &Consent,
+    plugins: &mut Plugins,
+) -> Result<String> {
+    let path = plugin.path();
+    let hash = sha256_of(path)?;
+    if let Some(want) = plugin.sha256()
+        && !want.eq_ignore_ascii_case(&hash)
+    {
+        return Err(Error::config(
+            config,
+            format!(
+                "plugin {} has sha256 {hash}, the config pins {want}: the file changed; not loaded",
+                path.display()
+            ),
+        ));
+    }
+    if !consent.covers(path) {
+        return Err(Error::config(
+            config,
+            format!(
+                "names the plugin {} (sha256 {hash}); loading it would run its native code, so \
+                 it is loaded only with your consent: pass --allow-config-plugins, or \
+                 --plugin {}; pin it in the config with {{ path = \"...\", sha256 = \"{hash}\" }}",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    load(path, plugins)?;
+    Ok(hash)
+}
+
 /// Opens a plugin library and pushes what it provides into `plugins`.
 pub fn load(path: &Path, plugins: &mut Plugins) -> Result<&'static LoadedPlugin> {
     let plugin = open(path)?;

@@ -148,11 +148,18 @@ pub fn run_all(
     run_dir: Option<&Path>,
     device: &Device,
     plugins: Plugins,
+    consent: &crate::host::Consent,
     progress: &mut dyn Progress,
 ) -> Result<RunSummary> {
-    let run = Run::open_with(config, run_dir, device, plugins)?;
+    let run = Run::open_with(config, run_dir, device, plugins, consent)?;
     precheck(&run)?;
     progress.note(&format!("run folder {}", run.dir.display()));
+    for (path, hash) in &run.config_plugins {
+        progress.note(&format!(
+            "loaded plugin {} named in the config (sha256 {hash})",
+            path.display()
+        ));
+    }
     let engine = run.engine()?;
     progress.note(&format!(
         "engine {} ({}): speeds are measured there",

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use puzzle_core::burn::tensor::Device;
 
 use crate::config::{RunConfig, checkpoint_fingerprint};
+use crate::host::Consent;
 use puzzle_core::Plugins;
 use puzzle_core::bld::{EntryKey, Provenance, plan};
 use puzzle_core::data::{self, Document, Split};
@@ -38,28 +39,41 @@ pub struct Run {
     pub data_fingerprint: String,
     /// The registries this run uses: the caller's, plus the config's `plugins`.
     pub plugins: Plugins,
+    /// The config's plugins that were loaded, with their sha256.
+    pub config_plugins: Vec<(PathBuf, String)>,
 }
 
 impl Run {
-    /// [`Run::open_with`] the statically linked plugins.
+    /// [`Run::open_with`] the statically linked plugins, without consent to load the config's
+    /// dynamic ones (a config naming any is refused).
     pub fn open(config_path: &Path, run_dir: Option<&Path>, device: &Device) -> Result<Run> {
-        Run::open_with(config_path, run_dir, device, Plugins::builtin())
+        Run::open_with(
+            config_path,
+            run_dir,
+            device,
+            Plugins::builtin(),
+            &Consent::default(),
+        )
     }
 
-    /// Loads the config, the config's dynamic plugins (into `plugins`), the parent and the
-    /// corpus; creates the run folder.
+    /// Loads the config, the config's dynamic plugins (into `plugins`, as far as `consent`
+    /// allows), the parent and the corpus; creates the run folder.
     pub fn open_with(
         config_path: &Path,
         run_dir: Option<&Path>,
         device: &Device,
         mut plugins: Plugins,
+        consent: &Consent,
     ) -> Result<Run> {
         let mut config = RunConfig::load(config_path)?;
+        let mut config_plugins = Vec::new();
         for p in &config.plugins {
-            crate::host::load(p, &mut plugins).context(format!(
-                "loading plugin {} named in the config's `plugins`",
-                p.display()
-            ))?;
+            let hash = crate::host::load_from_config(p, config_path, consent, &mut plugins)
+                .context(format!(
+                    "loading plugin {} named in the config's `plugins`",
+                    p.path().display()
+                ))?;
+            config_plugins.push((p.path().to_path_buf(), hash));
         }
         if let Some(d) = run_dir {
             config.run_dir = Some(d.to_path_buf());
@@ -101,6 +115,7 @@ impl Run {
             docs,
             data_fingerprint,
             plugins,
+            config_plugins,
         })
     }
 

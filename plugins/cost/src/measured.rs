@@ -14,10 +14,13 @@
 //!
 //! ```text
 //! delta(v)   = (T(parent with v in the group's layers) - T(parent)) / |group|   per round, median
-//! share(k)   = -delta(no-op of kind k)                the parent's own subblock of kind k
-//! cost(v)    = share(kinds of v) + delta(v)           (a no-op costs exactly 0)
-//! non_block  = T(parent) - sum over layers of share(attention) + share(FFN)
+//! share(k)   = max(0, -delta(no-op of kind k))        the parent's own subblock of kind k
+//! cost(v)    = max(0, share(kinds of v) + delta(v))   (a no-op costs exactly 0)
+//! non_block  = max(0, T(parent) - sum over layers of share(attention) + share(FFN))
 //! ```
+//!
+//! (the `max`es only act when timing noise exceeds a block's own time: a time is never
+//! negative, and a negative one would let the search "buy" speed that does not exist).
 //!
 //! so that `non_block + sum of the parent's own entries = T(parent)` exactly and any child is
 //! predicted as `T(parent) + sum of its deltas`. What this leaves out is interaction between
@@ -262,14 +265,16 @@ impl<'c, 'a> Plan<'c, 'a> {
         self.deltas[i].clone()
     }
 
-    /// The parent's own subblocks of `specs`' kinds at `layer`: minus their no-ops' deltas.
+    /// The parent's own subblocks of `specs`' kinds at `layer`: minus their no-ops' deltas,
+    /// each at least 0 (removing a block cannot make a model slower; when the timing says so,
+    /// it is noise).
     fn share(&self, layer: usize, specs: &[SubblockSpec]) -> PerBatch {
         let mut out: PerBatch = self.parent.keys().map(|&b| (b, (0.0, 0.0))).collect();
         for s in specs {
             for (b, (p, d)) in self.delta(layer, &[noop_of(s)]) {
                 let e = out.entry(b).or_default();
-                e.0 -= p;
-                e.1 -= d;
+                e.0 += (-p).max(0.0);
+                e.1 += (-d).max(0.0);
             }
         }
         out
@@ -280,8 +285,9 @@ impl<'c, 'a> Plan<'c, 'a> {
         let share = self.share(layer, specs);
         for (b, (p, d)) in self.delta(layer, specs) {
             let (sp, sd) = share[&b];
-            c.prefill_ms.insert(b, sp + p);
-            c.decode_ms.insert(b, sd + d);
+            // A time is never negative; a negative sum is timing noise larger than the block.
+            c.prefill_ms.insert(b, (sp + p).max(0.0));
+            c.decode_ms.insert(b, (sd + d).max(0.0));
         }
         Ok(c)
     }
@@ -302,6 +308,11 @@ impl<'c, 'a> Plan<'c, 'a> {
                 *c.prefill_ms.get_mut(&b).expect("same batches") -= sp;
                 *c.decode_ms.get_mut(&b).expect("same batches") -= sd;
             }
+        }
+        // Shares summing past the whole parent are noise too: the embeddings and head cost
+        // something, never less than nothing.
+        for v in c.prefill_ms.values_mut().chain(c.decode_ms.values_mut()) {
+            *v = v.max(0.0);
         }
         Ok(c)
     }

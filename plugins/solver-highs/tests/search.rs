@@ -21,6 +21,7 @@ fn opts() -> SolveOptions {
     SolveOptions {
         time_limit_secs: 120.0,
         relative_gap: 1e-9,
+        ..Default::default()
     }
 }
 

@@ -78,6 +78,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         run_dir.as_deref(),
         &device,
         crate::registry::plugins().clone(),
+        crate::registry::consent(),
         &mut bars,
     )?;
     let dir = puzzle_pipeline::config::RunConfig::load(&config)?

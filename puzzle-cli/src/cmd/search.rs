@@ -55,8 +55,9 @@ pub struct SearchArgs {
     /// --constraint; both ends absolute or both relative), printing the frontier.
     #[arg(long, value_name = "KEY<=FROM..TO:N")]
     pub sweep: Option<String>,
-    /// MIP backend.
-    #[arg(long, default_value = "highs")]
+    /// MIP backend: `bnb` (our exact solver for Puzzle's multiple-choice programs; the fastest on
+    /// them, see the README's search benchmark) or `highs` (HiGHS, the general-purpose check).
+    #[arg(long, default_value = "bnb")]
     pub solver: String,
     /// Seconds per solve before returning the best found (with its gap).
     #[arg(long, default_value_t = 60.0)]

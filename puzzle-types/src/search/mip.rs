@@ -191,6 +191,11 @@ pub struct SolveOptions {
     pub time_limit_secs: f64,
     /// Stop when the relative gap is at most this.
     pub relative_gap: f64,
+    /// Full choices (an index per group) to start from, e.g. the previous point of a sweep:
+    /// a solver may offer each feasible one as its first incumbent, so a series of related
+    /// solves shares work. Ignoring them is allowed; they never change the answer.
+    #[serde(default)]
+    pub hints: Vec<Vec<usize>>,
 }
 
 impl Default for SolveOptions {
@@ -198,6 +203,7 @@ impl Default for SolveOptions {
         SolveOptions {
             time_limit_secs: 60.0,
             relative_gap: 1e-9,
+            hints: Vec::new(),
         }
     }
 }
@@ -339,6 +345,51 @@ pub mod random {
             groups: gvars,
             objective,
             objective_constant: rng.random_range(0.0..1.0),
+            rows: rs,
+        }
+    }
+
+    /// Instances meant to trip a solver: small integers (ties everywhere, duplicated choices),
+    /// zero and negative coefficients, groups of one choice, and `<=`, `>=`, two-sided and
+    /// equality rows; about a third are infeasible.
+    pub fn awkward(seed: u64, groups: usize, max_choices: usize, rows: usize) -> MipProblem {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut gvars = Vec::new();
+        let mut n = 0;
+        for _ in 0..groups {
+            let k = rng.random_range(1..=max_choices);
+            gvars.push((n..n + k).collect::<Vec<_>>());
+            n += k;
+        }
+        let int = |rng: &mut StdRng, lo: i32, hi: i32| rng.random_range(lo..=hi) as f64;
+        let objective: Vec<f64> = (0..n).map(|_| int(&mut rng, -2, 4)).collect();
+        let mut rs = Vec::new();
+        for r in 0..rows {
+            let mut coefs: Vec<(usize, f64)> = Vec::new();
+            for v in 0..n {
+                if rng.random_bool(0.8) {
+                    coefs.push((v, int(&mut rng, -2, 5)));
+                }
+            }
+            let mid = groups as f64 * rng.random_range(0.0..3.0);
+            let (lo, hi) = match rng.random_range(0..4) {
+                0 => (f64::NEG_INFINITY, mid.round()),
+                1 => (mid.round(), f64::INFINITY),
+                2 => (mid.round() - 2.0, mid.round() + 2.0),
+                _ => (mid.round(), mid.round()),
+            };
+            rs.push(Row {
+                name: format!("r{r}"),
+                coefs,
+                lo,
+                hi,
+            });
+        }
+        MipProblem {
+            num_vars: n,
+            groups: gvars,
+            objective,
+            objective_constant: 0.0,
             rows: rs,
         }
     }

@@ -212,6 +212,26 @@ impl SearchSpec {
                             "constraint `{c}`: the bound must be positive"
                         )));
                     }
+                    // The rewrite holds only for a positive denominator: every runtime must
+                    // be >= 0 and the constant too (a negative one is a measurement gone wrong).
+                    for (gi, g) in table.groups.iter().enumerate() {
+                        for (ci, ch) in g.choices.iter().enumerate() {
+                            let v = table.value(gi, ci, &inv.of)?;
+                            if v < 0.0 {
+                                return Err(Error::invalid(format!(
+                                    "`{}` of {} choice `{}` is {v} in {}: a time cannot be negative (a measurement lost in noise?); `{c}` cannot be solved on it",
+                                    inv.of, g.name, ch.id, table.source
+                                )));
+                            }
+                        }
+                    }
+                    let k = table.constants.get(&inv.of).copied().unwrap_or(0.0);
+                    if k < 0.0 {
+                        return Err(Error::invalid(format!(
+                            "the non-block part of `{}` is {k} in {}: a time cannot be negative; `{c}` cannot be solved on it",
+                            inv.of, table.source
+                        )));
+                    }
                     let flipped = match c.op {
                         Op::Ge => Op::Le,
                         Op::Le => Op::Ge,
@@ -278,5 +298,52 @@ mod tests {
         assert_eq!(c.to_string(), "decode_throughput@b1>=2x");
         c.value = BoundValue::Relative(1.6315105195045034);
         assert_eq!(c.to_string(), "decode_throughput@b1>=1.6315x");
+    }
+
+    /// A throughput constraint is linear only over non-negative times: a negative one (a cost
+    /// measurement lost in noise) is refused with the choice named, not solved into nonsense.
+    #[test]
+    fn negative_times_under_a_throughput_constraint_are_refused() {
+        use crate::search::table::{InverseMetric, TableChoice, TableGroup};
+        let choice = |id: &str, ms: f64, kl: f64| TableChoice {
+            id: id.into(),
+            values: [("runtime_ms".to_string(), ms), ("kl".to_string(), kl)].into(),
+        };
+        let mut t = BlockTable {
+            source: "costs.json".into(),
+            groups: vec![TableGroup {
+                name: "layer 0".into(),
+                choices: vec![choice("parent", 2.0, 0.0), choice("attn:noop", -0.5, 0.3)],
+                parent: Some(0),
+            }],
+            constants: [("runtime_ms".to_string(), 1.0)].into(),
+            inverse: [(
+                "throughput".to_string(),
+                InverseMetric {
+                    of: "runtime_ms".into(),
+                    numerator: 1000.0,
+                },
+            )]
+            .into(),
+        };
+        let spec = SearchSpec {
+            objective: Objective {
+                key: "kl".into(),
+                sense: Sense::Minimize,
+            },
+            constraints: vec!["throughput>=1.5x".parse().unwrap()],
+        };
+        let e = spec.build(&t).unwrap_err().to_string();
+        assert!(
+            e.contains("attn:noop") && e.contains("cannot be negative"),
+            "{e}"
+        );
+        t.groups[0].choices[1]
+            .values
+            .insert("runtime_ms".into(), 0.5);
+        assert!(spec.build(&t).is_ok());
+        t.constants.insert("runtime_ms".into(), -1.0);
+        let e = spec.build(&t).unwrap_err().to_string();
+        assert!(e.contains("non-block"), "{e}");
     }
 }

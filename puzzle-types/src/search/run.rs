@@ -275,27 +275,44 @@ pub fn sweep(
     op: Op,
     values: &[BoundValue],
 ) -> Result<Vec<SweepPoint>> {
-    let mut points = Vec::new();
+    let mut limits = Vec::with_capacity(values.len());
     for &v in values {
+        limits.push(match v {
+            BoundValue::Absolute(a) => a,
+            BoundValue::Relative(r) => r * parent_total(table, key)?,
+        });
+    }
+    // Tightest first: every solution is then feasible at the next (looser) point, and is
+    // handed to the solver as its first incumbent there.
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| match op {
+        Op::Ge => limits[b].total_cmp(&limits[a]),
+        Op::Le => limits[a].total_cmp(&limits[b]),
+    });
+    let mut solved: Vec<Option<SweepPoint>> = vec![None; values.len()];
+    let mut hint: Option<Vec<usize>> = None;
+    for i in order {
         let c = Constraint {
             key: key.to_string(),
             op,
-            value: v,
+            value: values[i],
         };
         let mut s = spec.clone();
         s.constraints.push(c.clone());
-        let limit = match v {
-            BoundValue::Absolute(a) => a,
-            BoundValue::Relative(r) => r * parent_total(table, key)?,
-        };
-        let solution = solve_with(table, &s, solver, opts, &[], 0)?;
-        points.push(SweepPoint {
+        let mut o = opts.clone();
+        o.hints.extend(hint.iter().cloned());
+        let solution = solve_with(table, &s, solver, &o, &[], 0)?;
+        if let Some(sol) = &solution {
+            hint = Some(sol.choice_index.clone());
+        }
+        solved[i] = Some(SweepPoint {
             constraint: c.to_string(),
-            limit,
+            limit: limits[i],
             solution,
             pareto: false,
         });
     }
+    let mut points: Vec<SweepPoint> = solved.into_iter().flatten().collect();
     // Frontier: better objective and better swept metric than no other point.
     let better_obj = |a: f64, b: f64| match spec.objective.sense {
         Sense::Minimize => a <= b,

@@ -142,96 +142,18 @@ impl BlockTable {
             serde_json::from_value::<BlockTable>(v)
                 .map_err(|e| Error::config(path, format!("not a block table: {e}")))?
         } else {
-            from_nvidia_json(&v, path)?
+            // NVlabs/puzzle ships the parent's block stats beside the library.
+            let beside = path.with_file_name("parent_block_stats.json");
+            let parent = if beside.is_file() {
+                Some(fsutil::read_json::<serde_json::Value>(&beside)?)
+            } else {
+                None
+            };
+            super::nvidia::read(&v, path, parent.as_ref())?
         };
         t.validate()?;
         Ok(t)
     }
-}
-
-/// Parses NVIDIA's Puzzle block-library JSON. Each `layer_i` holds whole-block choices keyed by
-/// a description; every numeric entry of `stats` and `metrics` becomes a metric (bare key, or
-/// `stats.key` / `metrics.key` when both sections use the same name). A choice whose description
-/// says `parent * 100%` for every part is the parent's.
-pub fn from_nvidia_json(v: &serde_json::Value, path: &Path) -> Result<BlockTable> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::config(path, "expected an object of `layer_<i>` entries"))?;
-    let mut layers: Vec<(usize, &serde_json::Map<String, serde_json::Value>)> = Vec::new();
-    for (k, val) in obj {
-        let i: usize = k
-            .strip_prefix("layer_")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::config(path, format!("key `{k}` is not `layer_<index>`")))?;
-        let m = val
-            .as_object()
-            .ok_or_else(|| Error::config(path, format!("`{k}` is not an object of blocks")))?;
-        layers.push((i, m));
-    }
-    layers.sort_by_key(|(i, _)| *i);
-    for (pos, (i, _)) in layers.iter().enumerate() {
-        if *i != pos {
-            return Err(Error::config(
-                path,
-                format!("layer_{pos} is missing (found layer_{i})"),
-            ));
-        }
-    }
-    let mut groups = Vec::new();
-    for (i, blocks) in layers {
-        let mut choices = Vec::new();
-        let mut parent = None;
-        for (desc, entry) in blocks {
-            let mut values = BTreeMap::new();
-            let sections = ["stats", "metrics"];
-            let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-            for s in sections {
-                if let Some(m) = entry.get(s).and_then(|m| m.as_object()) {
-                    for k in m.keys() {
-                        *seen.entry(k.clone()).or_default() += 1;
-                    }
-                }
-            }
-            for s in sections {
-                if let Some(m) = entry.get(s).and_then(|m| m.as_object()) {
-                    for (k, x) in m {
-                        let Some(x) = x.as_f64() else { continue };
-                        let key = if seen[k] > 1 {
-                            format!("{s}.{k}")
-                        } else {
-                            k.clone()
-                        };
-                        values.insert(key, x);
-                    }
-                }
-            }
-            if values.is_empty() {
-                return Err(Error::config(
-                    path,
-                    format!("layer_{i} block `{desc}` has no numeric stats or metrics"),
-                ));
-            }
-            let parts: Vec<&str> = desc.split("&&").collect();
-            if parts.iter().all(|p| p.contains("parent * 100%")) {
-                parent = Some(choices.len());
-            }
-            choices.push(TableChoice {
-                id: desc.replace('\t', " "),
-                values,
-            });
-        }
-        groups.push(TableGroup {
-            name: format!("layer {i}"),
-            choices,
-            parent,
-        });
-    }
-    Ok(BlockTable {
-        source: path.display().to_string(),
-        groups,
-        constants: BTreeMap::new(),
-        inverse: BTreeMap::new(),
-    })
 }
 
 #[cfg(test)]
@@ -239,33 +161,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_nvidia_block_library_json() {
-        let v = serde_json::json!({
-            "layer_0": {
-                "attention = 8 kv heads (parent * 100%)\t&&\tffn = intermediate size 29e3 (parent * 100%)":
-                    {"stats": {"memory_mib": 1437.1, "runtime_ms": 817.0, "num_params": 855654400},
-                     "metrics": {"kl_div": 0.0, "lm_loss": 1.64}},
-                "attention = no_op\t&&\tffn = intermediate size 14e3 (parent * 50%)":
-                    {"stats": {"memory_mib": 400.0, "runtime_ms": 300.0, "num_params": 300000000},
-                     "metrics": {"kl_div": 0.2, "lm_loss": 1.9}}
-            },
-            "layer_1": {
-                "attention = 8 kv heads (parent * 100%)\t&&\tffn = intermediate size 29e3 (parent * 100%)":
-                    {"stats": {"memory_mib": 1437.1, "runtime_ms": 817.0, "num_params": 855654400},
-                     "metrics": {"kl_div": 0.0, "lm_loss": 1.64}}
-            }
-        });
-        let t = from_nvidia_json(&v, Path::new("lib.json")).unwrap();
-        assert_eq!(t.groups.len(), 2);
-        assert_eq!(t.groups[0].choices.len(), 2);
-        assert_eq!(t.groups[0].parent, Some(0));
-        assert!(t.common_keys().contains("runtime_ms"));
-        let p = t.parent_choice().unwrap();
-        assert!((t.total(&p, "runtime_ms").unwrap() - 1634.0).abs() < 1e-9);
-        let bad = serde_json::json!({"layer_0": {}, "layer_2": {}});
-        let e = from_nvidia_json(&bad, Path::new("lib.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("layer_1 is missing"), "{e}");
+    fn totals_add_the_constants_and_compute_ratio_metrics() {
+        let choice = |id: &str, ms: f64| TableChoice {
+            id: id.into(),
+            values: [("runtime_ms".to_string(), ms)].into(),
+        };
+        let t = BlockTable {
+            source: "t".into(),
+            groups: (0..2)
+                .map(|l| TableGroup {
+                    name: format!("layer {l}"),
+                    choices: vec![choice("parent", 3.0), choice("small", 1.0)],
+                    parent: Some(0),
+                })
+                .collect(),
+            constants: [("runtime_ms".to_string(), 2.0)].into(),
+            inverse: [(
+                "tokens_per_s".to_string(),
+                InverseMetric {
+                    of: "runtime_ms".into(),
+                    numerator: 1000.0,
+                },
+            )]
+            .into(),
+        };
+        assert_eq!(t.total(&[0, 1], "runtime_ms").unwrap(), 6.0);
+        assert_eq!(t.total(&[1, 1], "tokens_per_s").unwrap(), 250.0);
+        assert!(t.common_keys().contains("tokens_per_s"));
+        let e = t.total(&[0, 0], "memory_mib").unwrap_err().to_string();
+        assert!(
+            e.contains("`memory_mib` is missing") && e.contains("layer 0"),
+            "{e}"
+        );
+        assert_eq!(t.parent_choice(), Some(vec![0, 0]));
     }
 }
