@@ -37,10 +37,7 @@ pub fn open_run(
     let run =
         puzzle_pipeline::Run::open_with(config, run_dir, device, plugins().clone(), consent())?;
     for (path, hash) in &run.config_plugins {
-        eprintln!(
-            "loaded plugin {} named in the config (sha256 {hash})",
-            path.display()
-        );
+        eprintln!("{}", puzzle_pipeline::host::loaded_note(path, hash));
     }
     Ok(run)
 }

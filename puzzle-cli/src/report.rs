@@ -223,8 +223,7 @@ fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Re
     Ok(())
 }
 
-/// The `license:` of a model folder's README.md front matter (Hugging Face model cards).
-/// The run's speed targets as its config states them (`RUN/config.toml` `[search] constraints`).
+/// The run's constraints as its config states them (`RUN/config.toml` `[search] constraints`).
 pub fn run_constraints(run: &Path) -> Result<Vec<String>> {
     let cfg = run.join("config.toml");
     let text =
@@ -242,6 +241,7 @@ pub fn run_constraints(run: &Path) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
+/// The `license:` of a model folder's README.md front matter (Hugging Face model cards).
 fn parent_licence(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("README.md")).ok()?;
     let front = text.strip_prefix("---")?.split("\n---").next()?;

@@ -311,9 +311,17 @@ fn check_speeds(
             round.index + 1,
             con.key
         ));
-        if measured < MIN_TRUSTED_FRACTION * predicted {
+        // The previous round of this constraint, if any (its record is the one before ours).
+        let before = calibration.iter().rev().skip(1).find(|c| {
+            c.constraint
+                .parse::<puzzle_core::search::Constraint>()
+                .is_ok_and(|k| k.key == con.key)
+        });
+        if measured < MIN_TRUSTED_FRACTION * predicted
+            && before.is_some_and(|b| measured <= b.measured_ratio)
+        {
             return Err(Error::invalid(format!(
-                "search round {}: the costs predicted {predicted:.2}x for `{}` and {} measured {measured:.2}x: the cost table does not describe this engine (timing noise from other work on the machine during `puzzle cost`?). Re-measure with `puzzle cost CONFIG --validate 5` on a quiet machine (delete costs.json first) and run again",
+                "search round {}: the costs predicted {predicted:.2}x for `{}` and {} measured {measured:.2}x, no faster than the round before although a faster child was asked for: block sums do not describe this engine (timing noise from other work on the machine while `puzzle cost` ran, or an engine whose costs do not add up: `puzzle cost CONFIG --validate 5` tells which). Delete costs.json, re-measure on a quiet machine and run again",
                 round.index + 1,
                 con.key,
                 run.config.deployment.engine
@@ -323,9 +331,11 @@ fn check_speeds(
     Ok(checks)
 }
 
-/// A round whose child measured under this fraction of its predicted speed-up means the cost
-/// table is wrong, not slightly off: tightening the bound on it only chases noise (a run whose
-/// costs were timed beside a compiler predicted 3.2x and measured 1.1x, then 11x and 1.1x).
+/// Tightening the bound stops helping when a round's child measures under this fraction of its
+/// predicted speed-up and no faster than the round before: the table is wrong, not slightly
+/// off, and further rounds chase noise (a run whose costs were timed beside a compiler
+/// predicted 3.2x and measured 1.1x, then 11x and 1.1x). Burn at batch 8, whose sums are
+/// systematically optimistic, measured 0.85-0.60 of its predictions while still getting faster.
 const MIN_TRUSTED_FRACTION: f64 = 0.6;
 
 /// The rounds of search and measurement; returns the kept round and every round's calibration.
@@ -420,11 +430,12 @@ enum Adjust {
     Loosen(Vec<(usize, f64)>),
 }
 
-/// How far above a speed target a search round's measured child must be. Two measurements of
-/// the same child on a shared 2-core machine differed by up to 7% (a fresh run: 2.09x in the
-/// search, 2.02x beside the baselines, 1.95x in the final evaluation), and the final evaluation
-/// is what decides; 3% lost that run its target. Rounds are cheap next to distillation.
-pub const AIM_MARGIN: f64 = 0.05;
+/// How far above a speed target a search round's measured child must be. The final evaluation
+/// decides the target, and on this 2-core machine it measured the same child 0-8.5% slower than
+/// the search round had (five llama.cpp runs: 2.18x -> 2.18x, 2.20x -> 2.16x, 2.23x -> 2.10x,
+/// 2.09x -> 1.95x, 2.11x -> 1.93x), so a 3% and then a 5% aim each lost runs their target.
+/// Rounds are cheap next to distillation; the price is a child a little faster than asked.
+pub const AIM_MARGIN: f64 = 0.10;
 
 /// Measurements on a shared machine wander by a few percent, so the aim is [`AIM_MARGIN`] above
 /// the target (a later measurement, the evaluation, should still meet it). The new bound scales the old one
@@ -458,16 +469,16 @@ mod tests {
 
     #[test]
     fn a_child_short_of_its_aim_tightens_that_constraint() {
-        // Asked 2x, searched with 2x, measured 1.81x: aim 2.1x, bound 2 x 2.1 / 1.81 x 1.01.
+        // Asked 2x, searched with 2x, measured 1.81x: aim 2.2x, bound 2 x 2.2 / 1.81 x 1.01.
         let a = adjust_speed_bounds(&[check(1, 2.0, 2.0, 1.81)]);
-        let want = 2.0 * (2.1 / 1.81) * 1.01;
+        let want = 2.0 * (2.2 / 1.81) * 1.01;
         match a {
             Adjust::Tighten(1, b) => assert!((b - want).abs() < 1e-12, "{b} vs {want}"),
             other => panic!("{other:?}"),
         }
-        // Met but within the 5% margin: still tightened.
+        // Met but within the 10% margin: still tightened.
         assert!(matches!(
-            adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.09)]),
+            adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.15)]),
             Adjust::Tighten(0, b) if b > 2.0
         ));
     }
@@ -476,7 +487,7 @@ mod tests {
     fn a_child_far_faster_than_needed_loosens_below_the_predicted_target() {
         // Predicted 2.0x, measured 2.84x for a 2x target: the sums were pessimistic.
         let a = adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.84)]);
-        let want = 2.0 * (2.1 / 2.84) * 1.01;
+        let want = 2.0 * (2.2 / 2.84) * 1.01;
         match a {
             Adjust::Loosen(v) => {
                 assert_eq!(v.len(), 1);
@@ -488,14 +499,14 @@ mod tests {
 
     #[test]
     fn met_with_little_to_spare_or_mixed_keeps_the_round() {
-        // 2.2x for 2x: 4.8% above the aim, under the 10% that triggers loosening.
+        // 2.3x for 2x: 4.5% above the aim, under the 10% that triggers loosening.
         assert_eq!(
-            adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.2)]),
+            adjust_speed_bounds(&[check(0, 2.0, 2.0, 2.3)]),
             Adjust::Keep
         );
         // One constraint with room, one without: loosening one would only trade between them.
         assert_eq!(
-            adjust_speed_bounds(&[check(0, 2.0, 2.0, 3.0), check(1, 1.5, 1.5, 1.6)]),
+            adjust_speed_bounds(&[check(0, 2.0, 2.0, 3.0), check(1, 1.5, 1.5, 1.7)]),
             Adjust::Keep
         );
         // One short among several: tighten the short one.

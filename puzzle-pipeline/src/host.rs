@@ -149,11 +149,29 @@ impl Consent {
     }
 }
 
-/// The sha256 of a file, lowercase hex.
+/// The sha256 of a regular file, lowercase hex, read in pieces (a config may name anything:
+/// a device or a pipe is refused rather than read forever).
 pub fn sha256_of(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::invalid(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// How a config's plugin that was loaded is reported.
+pub fn loaded_note(path: &Path, hash: &str) -> String {
+    format!(
+        "loaded plugin {} named in the config (sha256 {hash})",
+        path.display()
+    )
 }
 
 /// Loads a plugin a run config names, if `consent` covers it and a pinned hash matches;
@@ -183,12 +201,15 @@ pub fn load_from_config(
             format!(
                 "names the plugin {} (sha256 {hash}); loading it would run its native code, so \
                  it is loaded only with your consent: pass --allow-config-plugins, or \
-                 --plugin {}; pin it in the config with {{ path = \"...\", sha256 = \"{hash}\" }}",
+                 --plugin {} (to also refuse the file once it changes, pin it: \
+                 {{ path = \"...\", sha256 = \"{hash}\" }})",
                 path.display(),
                 path.display()
             ),
         ));
     }
+    // Between the hash above and the loader opening the path again the file could change; a
+    // pin is a check against accidents and stale files, not against a hostile local writer.
     load(path, plugins)?;
     Ok(hash)
 }

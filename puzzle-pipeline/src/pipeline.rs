@@ -155,10 +155,7 @@ pub fn run_all(
     precheck(&run)?;
     progress.note(&format!("run folder {}", run.dir.display()));
     for (path, hash) in &run.config_plugins {
-        progress.note(&format!(
-            "loaded plugin {} named in the config (sha256 {hash})",
-            path.display()
-        ));
+        progress.note(&crate::host::loaded_note(path, hash));
     }
     let engine = run.engine()?;
     progress.note(&format!(

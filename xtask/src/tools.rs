@@ -38,7 +38,11 @@ impl BuildEnv {
     pub fn exports(&self) -> String {
         self.vars
             .iter()
-            .map(|(k, v)| format!("export {k}='{}'\n", v.to_string_lossy()))
+            // Single quotes keep everything literal; a quote inside is closed, escaped, reopened.
+            .map(|(k, v)| {
+                let v = v.to_string_lossy().replace('\'', r"'\''");
+                format!("export {k}='{v}'\n")
+            })
             .collect()
     }
 }
@@ -68,7 +72,11 @@ fn has_libclang(dir: &Path) -> bool {
         entries.flatten().any(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with("libclang.so") || name.starts_with("libclang-") && name.contains(".so")
+            // `libclang-14.so.1` is the C library bindgen loads; `libclang-cpp.so` is not.
+            name.starts_with("libclang.so")
+                || name.starts_with("libclang-")
+                    && !name.starts_with("libclang-cpp")
+                    && name.contains(".so")
         })
     })
 }
@@ -236,6 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!has_libclang(dir.path()));
         std::fs::write(dir.path().join("libclang-cpp.a"), b"").unwrap();
+        std::fs::write(dir.path().join("libclang-cpp.so.14"), b"").unwrap();
         assert!(!has_libclang(dir.path()));
         std::fs::write(dir.path().join("libclang-14.so.1"), b"").unwrap();
         assert!(has_libclang(dir.path()));
@@ -244,9 +253,9 @@ mod tests {
     #[test]
     fn exports_quote_each_variable() {
         let env = BuildEnv {
-            vars: vec![("CMAKE", OsString::from("/a b/cmake"))],
+            vars: vec![("CMAKE", OsString::from("/a b/it's/cmake"))],
             notes: vec![],
         };
-        assert_eq!(env.exports(), "export CMAKE='/a b/cmake'\n");
+        assert_eq!(env.exports(), "export CMAKE='/a b/it'\\''s/cmake'\n");
     }
 }

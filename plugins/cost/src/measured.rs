@@ -19,11 +19,10 @@
 //! non_block  = max(0, T(parent) - sum over layers of share(attention) + share(FFN))
 //! ```
 //!
-//! (the `max`es only act when timing noise exceeds a block's own time: a time is never
-//! negative, and a negative one would let the search "buy" speed that does not exist).
-//!
 //! so that `non_block + sum of the parent's own entries = T(parent)` exactly and any child is
-//! predicted as `T(parent) + sum of its deltas`. What this leaves out is interaction between
+//! predicted as `T(parent) + sum of its deltas`, unless a `max` acted: they act only when timing
+//! noise exceeds a block's own time (a time is never negative, and a negative one would let
+//! the search "buy" speed that does not exist). What this leaves out is interaction between
 //! layers (a no-op FFN the engine re-expresses only next to an attention, for example).
 //! Timings use random weights of the right shapes: engines do not branch on values.
 

@@ -219,15 +219,24 @@ fn run_name(run: &Path) -> String {
 
 fn readme_table_cmd(a: &ReportArgs) -> Result<()> {
     use crate::readme_table::{RecordedRun, read_records, render, splice};
-    let mut runs = Vec::new();
+    let mut runs: Vec<(String, RecordedRun)> = Vec::new();
     for r in &a.runs {
-        runs.push((run_name(r), RecordedRun::from_run(r)?));
+        let id = run_name(r);
+        if runs.iter().any(|(other, _)| *other == id) {
+            anyhow::bail!(
+                "two runs are named `{id}`: records are named after the run folder, so rename one"
+            );
+        }
+        runs.push((id, RecordedRun::from_run(r)?));
     }
     if let Some(dir) = &a.record {
         if !runs.is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            for (old, _) in read_records(dir)? {
-                std::fs::remove_file(dir.join(format!("{old}.json")))?;
+            // The old records go, readable or not.
+            for e in std::fs::read_dir(dir)?.flatten() {
+                if e.path().extension().is_some_and(|x| x == "json") {
+                    std::fs::remove_file(e.path())?;
+                }
             }
             for (id, r) in &runs {
                 let file = dir.join(format!("{id}.json"));

@@ -193,7 +193,8 @@ pub struct SolveOptions {
     pub relative_gap: f64,
     /// Full choices (an index per group) to start from, e.g. the previous point of a sweep:
     /// a solver may offer each feasible one as its first incumbent, so a series of related
-    /// solves shares work. Ignoring them is allowed; they never change the answer.
+    /// solves shares work. Ignoring them is allowed; they never change the optimal value (among
+    /// equally good choices the one returned may differ).
     #[serde(default)]
     pub hints: Vec<Vec<usize>>,
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::table::{BlockTable, TableChoice, TableGroup};
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 /// Stats that describe a block's structure rather than what it costs: the parent is the choice
 /// whose structure is the parent's.
@@ -34,7 +35,16 @@ fn find_parent(
     if let Some(p) = parent {
         let want: Vec<Option<f64>> = STRUCTURE_KEYS.iter().map(|k| p.get(*k).copied()).collect();
         if known(&want) {
-            return choices.iter().position(|(_, v)| structure(v) == want);
+            // Compare only what the parent's stats state; no match falls through.
+            let matches = |v: &BTreeMap<String, f64>| {
+                structure(v)
+                    .iter()
+                    .zip(&want)
+                    .all(|(got, w)| w.is_none() || got == w)
+            };
+            if let Some(i) = choices.iter().position(|(_, v)| matches(v)) {
+                return Some(i);
+            }
         }
     }
     let all: Vec<Vec<Option<f64>>> = choices.iter().map(|(_, v)| structure(v)).collect();
@@ -72,6 +82,31 @@ fn exact_description(desc: &str, values: &BTreeMap<String, f64>) -> String {
     let start = at + marker.len();
     let end = desc[start..].find(' ').map_or(desc.len(), |e| start + e);
     format!("{}{}{}", &desc[..start], *size as u64, &desc[end..])
+}
+
+// Here rather than in `table`, which knows nothing of file layouts: reading dispatches to the
+// readers of this module.
+impl BlockTable {
+    /// Reads a table: our own `BlockTable` JSON, NVlabs/puzzle's `block_library.json` (with
+    /// `parent_block_stats.json` beside it when there is one) or Model-Optimizer's gathered
+    /// choices.
+    pub fn load(path: &Path) -> Result<Self> {
+        let v: serde_json::Value = fsutil::read_json(path)?;
+        let t = if v.get("groups").is_some() {
+            serde_json::from_value::<BlockTable>(v)
+                .map_err(|e| Error::config(path, format!("not a block table: {e}")))?
+        } else {
+            let beside = path.with_file_name("parent_block_stats.json");
+            let parent = if beside.is_file() {
+                Some(fsutil::read_json::<serde_json::Value>(&beside)?)
+            } else {
+                None
+            };
+            read(&v, path, parent.as_ref())?
+        };
+        t.validate()?;
+        Ok(t)
+    }
 }
 
 /// Every numeric entry of an entry's `stats` and `metrics`, under `stats.k` / `metrics.k` and,

@@ -3,12 +3,10 @@
 //! folder's cost and score tables or from NVIDIA's published block-library JSON.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil;
 
 /// One alternative for a group, with its metric values (any keys: `runtime_ms`, `kl_div`, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,27 +130,6 @@ impl BlockTable {
             }
         }
         Ok(())
-    }
-
-    /// Reads a table: NVIDIA's block-library JSON (`{"layer_0": {"<block>": {"stats": {...},
-    /// "metrics": {...}}}}`) or our own `BlockTable` JSON.
-    pub fn load(path: &Path) -> Result<Self> {
-        let v: serde_json::Value = fsutil::read_json(path)?;
-        let t = if v.get("groups").is_some() {
-            serde_json::from_value::<BlockTable>(v)
-                .map_err(|e| Error::config(path, format!("not a block table: {e}")))?
-        } else {
-            // NVlabs/puzzle ships the parent's block stats beside the library.
-            let beside = path.with_file_name("parent_block_stats.json");
-            let parent = if beside.is_file() {
-                Some(fsutil::read_json::<serde_json::Value>(&beside)?)
-            } else {
-                None
-            };
-            super::nvidia::read(&v, path, parent.as_ref())?
-        };
-        t.validate()?;
-        Ok(t)
     }
 }
 
