@@ -165,8 +165,8 @@ pub struct ReportArgs {
     /// instead of writing RUN/report/.
     ///
     /// Example (how the README's table is made):
-    ///   puzzle report --readme-table runs/tiny-1 runs/tiny-2 runs/tiny-3 \
-    ///     --record examples/tiny/results --into README.md
+    ///
+    ///   puzzle report --readme-table runs/tiny-1 runs/tiny-2 runs/tiny-3 --record examples/tiny/results --into README.md
     #[arg(long)]
     pub readme_table: bool,
     /// With --readme-table: record each run given as DIR/<run folder name>.json (the old
