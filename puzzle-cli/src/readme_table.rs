@@ -172,7 +172,7 @@ pub fn render(runs: &[(String, RecordedRun)]) -> Result<String> {
             v.measured,
             v.range[0],
             v.range[1],
-            if v.met { "met" } else { "**not met**" }
+            v.word()
         )?;
     }
     if runs.len() > 1 {

@@ -332,7 +332,7 @@ impl<'a> Report<'a> {
                 v.measured,
                 v.range[0],
                 v.range[1],
-                if v.met { "met" } else { "**not met**" }
+                v.word()
             )?;
         }
         writeln!(md)?;

@@ -257,6 +257,13 @@ pub struct Verdict {
     pub met: bool,
 }
 
+impl Verdict {
+    /// `met` or a bold `**not met**`, as the report and the README tables write it.
+    pub fn word(&self) -> &'static str {
+        if self.met { "met" } else { "**not met**" }
+    }
+}
+
 /// The verdict on every relative end-to-end speed constraint of `constraints` for `model`.
 pub fn verdicts(constraints: &[String], eval: &EvalReport, model: &str) -> Result<Vec<Verdict>> {
     let find = |name: &str| {

@@ -14,9 +14,9 @@
 //!
 //! ```text
 //! delta(v)   = (T(parent with v in the group's layers) - T(parent)) / |group|   per round, median
-//! share(k)   = max(0, -delta(no-op of kind k))        the parent's own subblock of kind k
+//! share(k)   = -delta(no-op of kind k)                the parent's own subblock of kind k
 //! cost(v)    = max(0, share(kinds of v) + delta(v))   (a no-op costs exactly 0)
-//! non_block  = max(0, T(parent) - sum over layers of share(attention) + share(FFN))
+//! non_block  = max(0, T(parent) - sum over layers of max(0, share(attention)) + max(0, share(FFN)))
 //! ```
 //!
 //! so that `non_block + sum of the parent's own entries = T(parent)` exactly and any child is
@@ -264,16 +264,15 @@ impl<'c, 'a> Plan<'c, 'a> {
         self.deltas[i].clone()
     }
 
-    /// The parent's own subblocks of `specs`' kinds at `layer`: minus their no-ops' deltas,
-    /// each at least 0 (removing a block cannot make a model slower; when the timing says so,
-    /// it is noise).
+    /// The parent's own subblocks of `specs`' kinds at `layer`: minus their no-ops' deltas.
+    /// Unclamped, so that a no-op's cost (`share + delta(no-op)`) is exactly 0 whatever the noise.
     fn share(&self, layer: usize, specs: &[SubblockSpec]) -> PerBatch {
         let mut out: PerBatch = self.parent.keys().map(|&b| (b, (0.0, 0.0))).collect();
         for s in specs {
             for (b, (p, d)) in self.delta(layer, &[noop_of(s)]) {
                 let e = out.entry(b).or_default();
-                e.0 += (-p).max(0.0);
-                e.1 += (-d).max(0.0);
+                e.0 -= p;
+                e.1 -= d;
             }
         }
         out
@@ -303,9 +302,13 @@ impl<'c, 'a> Plan<'c, 'a> {
                 SubblockSpec::Attention(layer.attention.clone()),
                 SubblockSpec::Ffn(layer.ffn.clone()),
             ];
-            for (b, (sp, sd)) in self.share(l, &own) {
-                *c.prefill_ms.get_mut(&b).expect("same batches") -= sp;
-                *c.decode_ms.get_mut(&b).expect("same batches") -= sd;
+            // Each own subblock's entry is its share clamped at 0 (`entry`), so the same
+            // clamped shares leave the parent's total exact.
+            for kind in &own {
+                for (b, (sp, sd)) in self.share(l, std::slice::from_ref(kind)) {
+                    *c.prefill_ms.get_mut(&b).expect("same batches") -= sp.max(0.0);
+                    *c.decode_ms.get_mut(&b).expect("same batches") -= sd.max(0.0);
+                }
             }
         }
         // Shares summing past the whole parent are noise too: the embeddings and head cost
@@ -453,7 +456,8 @@ mod tests {
         }
         t
     }
-    struct ClockEngine;
+    /// An engine whose time of a model is the given function of its spec.
+    struct ClockEngine(fn(&ModelSpec) -> f64);
     impl Engine for ClockEngine {
         fn kind(&self) -> puzzle_core::kinds::EngineKind {
             puzzle_core::kinds::EngineKind::Burn
@@ -468,7 +472,7 @@ mod tests {
             _: &DeploymentProfile,
             _: &Device,
         ) -> Result<Box<dyn Served>> {
-            Ok(Box::new(Timed(clock(spec))))
+            Ok(Box::new(Timed((self.0)(spec))))
         }
     }
 
@@ -488,7 +492,7 @@ mod tests {
             deploy: &deploy,
             hardware: &hw,
             device: Device::flex(),
-            engine: Ok(&ClockEngine),
+            engine: Ok(&ClockEngine(clock)),
         };
         let kv1 = SubblockSpec::Attention(AttentionSpec::Gqa {
             num_kv_heads: 1,
@@ -599,5 +603,70 @@ mod tests {
         })];
         assert_eq!(group(&p, 1, &kv1), vec![1, 2]);
         assert_eq!(group(&p, 3, &kv1), vec![1, 2]);
+    }
+
+    /// Noise can make a no-op look slower than the block it removes: its cost stays exactly 0,
+    /// no cost goes negative, and the parent still adds up.
+    #[test]
+    fn a_no_op_timed_slower_than_its_block_costs_nothing_and_nothing_goes_negative() {
+        // As `clock`, but a no-op FFN "takes" 5 ms, more than the parent's 2 ms FFN.
+        fn slow_noop(s: &ModelSpec) -> f64 {
+            clock(s)
+                + 5.0
+                    * s.layers
+                        .iter()
+                        .filter(|l| matches!(l.ffn, FfnSpec::NoOp))
+                        .count() as f64
+        }
+        let parent = spec(3);
+        let deploy = DeploymentProfile {
+            batch_sizes: vec![1],
+            prefill_len: 4,
+            generation_len: 3,
+            weight_dtype: Dtype::Fp32,
+            ..Default::default()
+        };
+        let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
+        let engine = ClockEngine(slow_noop);
+        let ctx = CostContext {
+            parent: &parent,
+            deploy: &deploy,
+            hardware: &hw,
+            device: Device::flex(),
+            engine: Ok(&engine),
+        };
+        let own_ffn = SubblockSpec::Ffn(parent.layers[0].ffn.clone());
+        let own_attn = SubblockSpec::Attention(parent.layers[0].attention.clone());
+        let w32 = SubblockSpec::Ffn(FfnSpec::SwiGlu {
+            intermediate_size: 32,
+            bias: false,
+        });
+        let entries: Vec<(usize, Vec<SubblockSpec>)> = (0..3)
+            .flat_map(|l| {
+                [
+                    SubblockSpec::Ffn(FfnSpec::NoOp),
+                    w32.clone(),
+                    own_ffn.clone(),
+                    own_attn.clone(),
+                ]
+                .map(|s| (l, vec![s]))
+            })
+            .collect();
+        let (nb, costs) = MeasuredCost.table(&ctx, &entries, &mut Silent).unwrap();
+        for ((l, s), c) in entries.iter().zip(&costs) {
+            let ms = c.decode_ms[&1];
+            assert!(ms >= 0.0, "layer {l} {s:?}: {ms}");
+            if s[0] == SubblockSpec::Ffn(FfnSpec::NoOp) {
+                assert_eq!(ms, 0.0, "a no-op costs nothing");
+            }
+        }
+        let own: f64 = entries
+            .iter()
+            .zip(&costs)
+            .filter(|((_, s), _)| s[0] == own_ffn || s[0] == own_attn)
+            .map(|(_, c)| c.decode_ms[&1])
+            .sum();
+        let total = nb.decode_ms[&1] + own;
+        assert!((total - slow_noop(&parent)).abs() < 1e-9, "{total}");
     }
 }

@@ -309,17 +309,28 @@ pub mod random {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
+    /// `groups` groups of `min..=max` consecutive variables each; the groups and the count.
+    fn draw_groups(
+        rng: &mut StdRng,
+        groups: usize,
+        min: usize,
+        max: usize,
+    ) -> (Vec<Vec<usize>>, usize) {
+        let mut gvars = Vec::new();
+        let mut n = 0;
+        for _ in 0..groups {
+            let k = rng.random_range(min..=max);
+            gvars.push((n..n + k).collect::<Vec<_>>());
+            n += k;
+        }
+        (gvars, n)
+    }
+
     /// `groups` groups of 2..=`max_choices` choices, `rows` `<=` rows with bounds drawn so
     /// that some instances are infeasible.
     pub fn instance(seed: u64, groups: usize, max_choices: usize, rows: usize) -> MipProblem {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut gvars = Vec::new();
-        let mut n = 0;
-        for _ in 0..groups {
-            let k = rng.random_range(2..=max_choices);
-            gvars.push((n..n + k).collect::<Vec<_>>());
-            n += k;
-        }
+        let (gvars, n) = draw_groups(&mut rng, groups, 2, max_choices);
         let objective: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..5.0)).collect();
         let mut rs = Vec::new();
         for r in 0..rows {
@@ -355,13 +366,7 @@ pub mod random {
     /// equality rows; about a third are infeasible.
     pub fn awkward(seed: u64, groups: usize, max_choices: usize, rows: usize) -> MipProblem {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut gvars = Vec::new();
-        let mut n = 0;
-        for _ in 0..groups {
-            let k = rng.random_range(1..=max_choices);
-            gvars.push((n..n + k).collect::<Vec<_>>());
-            n += k;
-        }
+        let (gvars, n) = draw_groups(&mut rng, groups, 1, max_choices);
         let int = |rng: &mut StdRng, lo: i32, hi: i32| rng.random_range(lo..=hi) as f64;
         let objective: Vec<f64> = (0..n).map(|_| int(&mut rng, -2, 4)).collect();
         let mut rs = Vec::new();
