@@ -11,6 +11,7 @@ use puzzle_llama_ops as _;
 use puzzle_qwen2 as _;
 use puzzle_scorers as _;
 use puzzle_solver_bnb as _;
+#[cfg(feature = "highs")]
 use puzzle_solver_highs as _;
 use puzzle_window as _;
 

@@ -577,6 +577,14 @@ impl<'a> Report<'a> {
             "Made by `puzzle` (blockwise local distillation, a mixed-integer search under the run's constraints, global distillation) from the parent at `{}`. The weights are in DeciLM / nemotron-nas format (`config.json` `block_configs`: one entry per layer).\n",
             parent.path
         )?;
+        writeln!(md, "## Loading\n")?;
+        writeln!(
+            md,
+            "- llama.cpp: `model.gguf` (f32, arch `deci` or `llama`), which `puzzle run` writes beside these files when llama.cpp can run the child (`puzzle export gguf` says why when it cannot, and writes other types).\n\
+             - vLLM serves `DeciLMForCausalLM` natively (not linear subblocks; see the warnings in the run's log).\n\
+             - transformers and TensorRT-LLM's converter load it with `trust_remote_code=True`: `config.json`'s `auto_map` names the DeciLM classes in the Hugging Face repository `{}`, which is NVIDIA's code, fetched from there under that repository's terms, not shipped here.\n",
+            puzzle_llama::decilm::DECILM_CODE_REPO
+        )?;
         writeln!(md, "## Architecture\n")?;
         writeln!(md, "| layer | parent | child |\n|---|---|---|")?;
         for (l, (p, c)) in parent.layers.iter().zip(&child.layers).enumerate() {

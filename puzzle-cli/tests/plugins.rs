@@ -119,7 +119,7 @@ fn dynamic_solver_matches_the_built_in_one_and_mismatches_and_panics_are_errors(
             "--json",
         ])
     };
-    let (ok, a, err) = search("highs");
+    let (ok, a, err) = search("bnb");
     assert!(ok, "{err}");
     let (ok, b, err) = search("dfs");
     assert!(ok, "{err}");

@@ -56,7 +56,13 @@ fn json_output_diversity_and_both_solvers() {
     let lib = library(dir.path());
     let lib = lib.to_str().unwrap();
     let mut objectives = vec![];
-    for solver in ["highs", "bnb"] {
+    // HiGHS is an optional feature of the binary (`cargo xtask test` turns it on).
+    let solvers: &[&str] = if cfg!(feature = "highs") {
+        &["highs", "bnb"]
+    } else {
+        &["bnb"]
+    };
+    for &solver in solvers {
         let (ok, out, err) = search(&[
             lib,
             "--objective",
@@ -85,8 +91,10 @@ fn json_output_diversity_and_both_solvers() {
                 .collect::<Vec<_>>(),
         );
     }
-    for (a, b) in objectives[0].iter().zip(&objectives[1]) {
-        assert!((a - b).abs() < 1e-9, "{objectives:?}");
+    for other in &objectives[1..] {
+        for (a, b) in objectives[0].iter().zip(other) {
+            assert!((a - b).abs() < 1e-9, "{objectives:?}");
+        }
     }
 }
 
@@ -139,8 +147,5 @@ fn readable_table_sweep_and_infeasible() {
         "{err}"
     );
     let (ok, _, err) = search(&[lib, "--objective", "kl_div", "--solver", "cplex"]);
-    assert!(
-        !ok && err.contains("cplex") && err.contains("highs"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("cplex") && err.contains("bnb"), "{err}");
 }

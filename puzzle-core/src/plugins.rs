@@ -10,7 +10,7 @@ use puzzle_types::search::mip::{Solver, static_solvers};
 
 use crate::cost::{CostModel, static_cost_models};
 use crate::engine::{Engine, engine_for, static_engines};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::score::{Scorer, static_scorers};
 use crate::spec::ModelSpec;
 use crate::variant::VariantId;
@@ -62,6 +62,23 @@ impl Plugins {
         engine_for(&self.engines, kind)
     }
 
+    /// The solver `name`, or an error naming the ones this build has. HiGHS is an optional
+    /// feature of the `puzzle` binary (its C++ build is the slowest part of a fresh build and
+    /// `bnb` is the default), so a config asking for it in a build without it is told how to get it.
+    pub fn solver(&self, name: &str) -> Result<&'static dyn Solver> {
+        self.solvers.get(name).map_err(|e| {
+            if name == "highs" {
+                Error::invalid(format!(
+                    "{e}; HiGHS is an optional feature of the `puzzle` binary: build it with \
+                     `cargo build --release -p puzzle-cli --features highs` (needs cmake and a C++ compiler), \
+                     or use `bnb`, the default, which solves the same programs exactly"
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
     /// Reads a checkpoint folder's `config.json` with the family that claims it.
     pub fn read_spec(&self, dir: &std::path::Path) -> Result<ModelSpec> {
         puzzle_types::family::read_spec(&self.families, dir)
@@ -77,6 +94,8 @@ mod tests {
         let p = Plugins::empty();
         let e = p.solvers.get("highs").err().unwrap().to_string();
         assert!(e.contains("no solver named `highs`"), "{e}");
+        let e = p.solver("highs").err().unwrap().to_string();
+        assert!(e.contains("--features highs") && e.contains("bnb"), "{e}");
         let v: VariantId = "attn:gqa(kv=2)".parse().unwrap();
         assert!(p.catalog_for(&v).is_err());
         assert!(p.read_spec(std::path::Path::new(".")).is_err());

@@ -202,7 +202,7 @@ fn solve_round(
     index: usize,
 ) -> Result<std::result::Result<Round, String>> {
     let c = &run.config.search;
-    let solver = run.plugins.solvers.get(&c.solver)?;
+    let solver = run.plugins.solver(&c.solver)?;
     let opts = SolveOptions {
         time_limit_secs: c.time_limit_secs,
         ..Default::default()

@@ -33,7 +33,7 @@ pub fn precheck(run: &Run) -> Result<()> {
     let p = &run.plugins;
     run.plan()?;
     run.engine()?;
-    p.solvers.get(&c.search.solver)?;
+    p.solver(&c.search.solver)?;
     p.cost_models.get(&c.cost.model)?;
     for m in &c.score.metrics {
         p.scorers.get(m)?;

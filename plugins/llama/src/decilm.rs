@@ -207,6 +207,22 @@ impl Family for DeciLmFamily {
     }
 }
 
+/// The Hugging Face repository whose `configuration_decilm.py` / `modeling_decilm.py` a child's
+/// `auto_map` names, so `trust_remote_code` loaders (transformers' Auto classes, TensorRT-LLM's
+/// converter) find the DeciLM classes. Referenced in transformers' `repo--module.Class` form, not
+/// copied: the folder carries no Python, and whoever loads it fetches NVIDIA's code under that
+/// repository's terms (the model card says so). This repository's code reads every field
+/// `child_config` writes (no-op and linear subblocks, `ffn_mult`, `n_heads_in_group`).
+pub const DECILM_CODE_REPO: &str = "nvidia/Llama-3_3-Nemotron-Super-49B-v1_5";
+
+/// `auto_map` for a DeciLM config: the classes in [`DECILM_CODE_REPO`].
+pub fn decilm_auto_map() -> Value {
+    serde_json::json!({
+        "AutoConfig": format!("{DECILM_CODE_REPO}--configuration_decilm.DeciLMConfig"),
+        "AutoModelForCausalLM": format!("{DECILM_CODE_REPO}--modeling_decilm.DeciLMForCausalLM"),
+    })
+}
+
 /// The DeciLM `config.json` of a (heterogeneous) child of a Llama-family parent, and the
 /// serving caveats that apply to it. `parent_config` is the parent's `config.json`: everything
 /// that is not per-layer (RoPE, vocabulary, special tokens, norms) is kept from it.
@@ -219,6 +235,8 @@ pub fn child_config(
     let o = c
         .as_object_mut()
         .ok_or_else(|| Error::invalid("the parent config.json is not an object"))?;
+    // A parent's own `auto_map` names classes for the parent's format (or files in the parent's
+    // folder, which the child's does not have): replaced by the DeciLM classes below.
     for k in ["layer_types", "auto_map", "quantization_config"] {
         o.remove(k);
     }
@@ -298,6 +316,7 @@ pub fn child_config(
         serde_json::json!(["DeciLMForCausalLM"]),
     );
     o.insert("model_type".into(), serde_json::json!("nemotron-nas"));
+    o.insert("auto_map".into(), decilm_auto_map());
     o.insert("intermediate_size".into(), Value::Null);
     o.insert("num_key_value_heads".into(), Value::Null);
     o.insert(

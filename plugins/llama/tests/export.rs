@@ -69,6 +69,15 @@ fn exported_heterogeneous_child_reloads_with_the_same_logits() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
             .unwrap();
     assert_eq!(config["architectures"][0], "DeciLMForCausalLM");
+    // trust_remote_code loaders find NVIDIA's classes by repository (transformers' `repo--module.Class`).
+    assert_eq!(
+        config["auto_map"]["AutoModelForCausalLM"],
+        "nvidia/Llama-3_3-Nemotron-Super-49B-v1_5--modeling_decilm.DeciLMForCausalLM"
+    );
+    assert_eq!(
+        config["auto_map"]["AutoConfig"],
+        "nvidia/Llama-3_3-Nemotron-Super-49B-v1_5--configuration_decilm.DeciLMConfig"
+    );
     let blocks = config["block_configs"].as_array().unwrap();
     assert_eq!(blocks[0]["attention"]["n_heads_in_group"], 4);
     assert_eq!(blocks[1]["attention"]["replace_with_linear"], true);

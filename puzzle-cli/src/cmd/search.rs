@@ -220,10 +220,10 @@ fn print_solution(
 
 pub fn run(a: SearchArgs) -> Result<()> {
     let table = load_source(&a.source)?;
-    let solvers = &crate::registry::plugins().solvers;
-    let solver = solvers
-        .get(&a.solver)
-        .with_context(|| format!("solvers available: {}", solvers.known()))?;
+    let plugins = crate::registry::plugins();
+    let solver = plugins
+        .solver(&a.solver)
+        .with_context(|| format!("solvers available: {}", plugins.solvers.known()))?;
     let spec = search_spec(&a)?;
     let opts = SolveOptions {
         time_limit_secs: a.time_limit,
