@@ -12,6 +12,11 @@ use assert_cmd::cargo::CommandCargoExt;
 
 /// A run config on the tiny-llama fixture and a slice of the Bible.
 fn config(dir: &Path) -> PathBuf {
+    config_on(dir, &root().join("fixtures/hf/tiny-llama"))
+}
+
+/// The same config on the parent at `parent`.
+fn config_on(dir: &Path, parent: &Path) -> PathBuf {
     common::write_small_corpus(dir);
     let cfg = format!(
         r#"
@@ -34,7 +39,7 @@ eval_sequences = 8
 calibration_sequences = 8
 seed = 3
 "#,
-        root().join("fixtures/hf/tiny-llama").display()
+        parent.display()
     );
     let p = dir.join("run.toml");
     std::fs::write(&p, cfg).unwrap();
@@ -187,4 +192,45 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
     // Bad shard syntax.
     let o = bld(&cfg, &full, &["--shard", "2/2"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("INDEX/COUNT"));
+}
+
+#[test]
+fn a_changed_last_byte_of_the_parent_retrains_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    for f in std::fs::read_dir(root().join("fixtures/hf/tiny-llama"))
+        .unwrap()
+        .flatten()
+    {
+        if f.path().is_file() {
+            std::fs::copy(f.path(), parent.join(f.file_name())).unwrap();
+        }
+    }
+    let cfg = config_on(dir.path(), &parent);
+    let run = dir.path().join("run");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let o = bld(&cfg, &run, &["--shard", "0/6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = snapshot(&run);
+    // Unchanged: nothing to do.
+    let o = bld(&cfg, &run, &["--shard", "0/6"]);
+    assert!(
+        o.status.success() && stderr(&o).contains("already trained"),
+        "{}",
+        stderr(&o)
+    );
+    // The last byte of the weights (the last tensor's last element) changes: every entry of the
+    // library was built from the old parent and is rebuilt.
+    let st = parent.join("model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&st, &bytes).unwrap();
+    let o = bld(&cfg, &run, &["--shard", "0/6"]);
+    assert!(
+        o.status.success() && stderr(&o).contains("(0 already done"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshot(&run).len(), first.len());
 }

@@ -339,6 +339,22 @@ fn the_window_variant_takes_part_in_every_stage() {
             .all(|c| c.as_str().unwrap().starts_with("attn:window(w=8)")),
         "{choices:?}"
     );
+    // The memory constraint sees the window-capped cache: weights plus, per sequence, 8
+    // positions of 128 bytes in every layer (not the 32 of the whole request).
+    let totals = v["solutions"][0]["costs"].as_object().unwrap();
+    let mut batches = 0;
+    for (k, m) in totals {
+        if let Some(b) = k.strip_prefix("memory_bytes@b") {
+            let b: f64 = b.parse().unwrap();
+            let kv = m.as_f64().unwrap() - totals["param_bytes"].as_f64().unwrap();
+            assert!(
+                (kv - b * choices.len() as f64 * 128.0 * 8.0).abs() < 1e-6,
+                "{k}: {kv}"
+            );
+            batches += 1;
+        }
+    }
+    assert!(batches > 0, "{totals:?}");
     std::fs::create_dir_all(run.join("search")).unwrap();
     std::fs::write(run.join("search/solution.json"), "{}").unwrap();
     let sol: Vec<String> = choices

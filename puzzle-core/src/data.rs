@@ -12,8 +12,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
-use rand::{SeedableRng, rngs::StdRng};
+use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -277,9 +276,7 @@ impl BatchOrder {
             let epoch = pos / self.n;
             if cached.as_ref().map(|c| c.0) != Some(epoch) {
                 let mut perm: Vec<usize> = (0..self.n).collect();
-                perm.shuffle(&mut StdRng::seed_from_u64(
-                    self.seed.wrapping_add(epoch as u64),
-                ));
+                SeededRng::new(self.seed.wrapping_add(epoch as u64)).shuffle(&mut perm);
                 cached = Some((epoch, perm));
             }
             out.push(cached.as_ref().expect("set above").1[pos % self.n]);

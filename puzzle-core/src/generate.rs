@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use crate::rng::SeededRng;
 
 use crate::error::{Error, Result};
 use crate::nn::{Decoder, KvCache, ids_tensor};
@@ -110,7 +110,7 @@ pub fn generate(
         })
         .collect();
     let mut rng = match opts.sampling {
-        Sampling::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
+        Sampling::Sample { seed, .. } => Some(SeededRng::new(seed)),
         Sampling::Greedy => None,
     };
     let mut cache = KvCache::new(model.layers.len(), pads);
@@ -154,7 +154,7 @@ fn logits_rows(logits: burn::tensor::Tensor<3>) -> Vec<Vec<f32>> {
     (0..b).map(|r| data[r * v..(r + 1) * v].to_vec()).collect()
 }
 
-fn pick(rows: &[Vec<f32>], sampling: &Sampling, rng: Option<&mut StdRng>) -> Vec<u32> {
+fn pick(rows: &[Vec<f32>], sampling: &Sampling, rng: Option<&mut SeededRng>) -> Vec<u32> {
     match (sampling, rng) {
         (
             Sampling::Sample {
@@ -182,7 +182,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 
 /// Nucleus sampling: the smallest set of most likely tokens whose probability reaches `top_p`,
 /// renormalised.
-pub fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut impl Rng) -> u32 {
+pub fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SeededRng) -> u32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<(u32, f64)> = logits
         .iter()
@@ -202,7 +202,7 @@ pub fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut impl
     }
     let probs = &probs[..n];
     let mass: f64 = probs.iter().map(|p| p.1).sum();
-    let mut u = rng.random::<f64>() * mass;
+    let mut u = rng.uniform() * mass;
     for p in probs {
         u -= p.1;
         if u <= 0.0 {
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn top_p_keeps_only_the_nucleus() {
-        let mut rng = StdRng::seed_from_u64(7);
+        let mut rng = SeededRng::new(7);
         // p = softmax([10, 9, -10, -10]) ~ [0.73, 0.27, 0, 0]; top_p 0.5 keeps only token 0.
         for _ in 0..100 {
             assert_eq!(
@@ -242,7 +242,7 @@ mod tests {
     fn sampling_is_reproducible_with_a_seed() {
         let logits = [0.5f32, 0.1, 0.3, 0.9, 0.2];
         let draw = |seed| {
-            let mut rng = StdRng::seed_from_u64(seed);
+            let mut rng = SeededRng::new(seed);
             (0..20)
                 .map(|_| sample_top_p(&logits, 0.8, 0.9, &mut rng))
                 .collect::<Vec<_>>()

@@ -34,7 +34,9 @@ pub mod variants;
 pub mod weights;
 
 pub use puzzle_types::engine as capabilities;
-pub use puzzle_types::{artifact, error, family, fsutil, kinds, progress, registry, spec, variant};
+pub use puzzle_types::{
+    artifact, error, family, fsutil, kinds, progress, registry, rng, spec, variant,
+};
 
 /// The search: block tables, problems and solvers from `puzzle-types`, plus the block table
 /// built from a run's cost and score tables.

@@ -2,6 +2,7 @@
 //! resolved against the config file's folder; the run folder defaults to `runs/<config name>`
 //! beside it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -341,9 +342,19 @@ impl RunConfig {
     }
 }
 
-/// A cheap fingerprint of a checkpoint folder: its config and the safetensors headers and sizes
-/// (hashing hundreds of gigabytes of weights would take minutes).
-pub fn checkpoint_fingerprint(dir: &Path) -> Result<String> {
+/// The fingerprint of a checkpoint folder: its `config.json` and the full sha256 of every
+/// safetensors file, so a change to any byte of the weights invalidates what was built from them.
+/// Hashing reads every byte (minutes for a 70B parent), so each file's hash is kept in `cache`
+/// (a JSON map from path to size, modification time and sha256) and reused while the file's size
+/// and modification time (to the nanosecond) are unchanged. A rewrite that restores both (say
+/// `touch -r`) is not noticed; delete `cache` to force a re-hash.
+pub fn checkpoint_fingerprint(dir: &Path, cache: &Path) -> Result<String> {
+    let mut known: BTreeMap<String, FileHash> = if cache.is_file() {
+        // A cache that does not parse (an older layout, a torn write) is only a lost shortcut.
+        puzzle_core::fsutil::read_json(cache).unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
     let mut h = Sha256::new();
     h.update(puzzle_core::fsutil::read_to_string(&dir.join("config.json"))?.as_bytes());
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -352,14 +363,106 @@ pub fn checkpoint_fingerprint(dir: &Path) -> Result<String> {
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
+    let mut changed = false;
     for f in files {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
-        let len = file.metadata().map_err(|e| Error::io(&f, e))?.len();
-        h.update(len.to_le_bytes());
-        let mut head = vec![0u8; (len.min(1 << 20)) as usize];
-        file.read_exact(&mut head).map_err(|e| Error::io(&f, e))?;
-        h.update(&head);
+        let stamp = FileHash::stamp(&f)?;
+        let key = std::path::absolute(&f)
+            .unwrap_or_else(|_| f.clone())
+            .display()
+            .to_string();
+        let sha256 = match known.get(&key) {
+            Some(k) if k.size == stamp.size && k.mtime_ns == stamp.mtime_ns => k.sha256.clone(),
+            _ => {
+                let sha256 = puzzle_core::fsutil::sha256_of(&f)?;
+                known.insert(
+                    key,
+                    FileHash {
+                        sha256: sha256.clone(),
+                        ..stamp
+                    },
+                );
+                changed = true;
+                sha256
+            }
+        };
+        h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+        h.update(sha256.as_bytes());
+    }
+    if changed {
+        if let Some(parent) = cache.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        puzzle_core::fsutil::write_json(cache, &known)?;
     }
     Ok(format!("{:x}", h.finalize())[..16].to_string())
+}
+
+/// A weights file's full hash and what it was taken of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileHash {
+    size: u64,
+    mtime_ns: u128,
+    sha256: String,
+}
+
+impl FileHash {
+    /// Size and modification time of `path` (the hash is filled in by the caller).
+    fn stamp(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(Self {
+            size: meta.len(),
+            mtime_ns,
+            sha256: String::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_sees_every_byte_and_its_cache_holds_while_the_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let st = dir.path().join("model.safetensors");
+        // Past the first MiB, where the fingerprint used to stop reading.
+        let mut bytes: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(&st, &bytes).unwrap();
+        let cache = dir.path().join("run/hashes.json");
+        let a = checkpoint_fingerprint(dir.path(), &cache).unwrap();
+        assert!(cache.is_file());
+        assert_eq!(a, checkpoint_fingerprint(dir.path(), &cache).unwrap());
+        let set_mtime = |secs: u64| {
+            let f = std::fs::File::options().write(true).open(&st).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&st, &bytes).unwrap();
+        set_mtime(1_000_000);
+        let b = checkpoint_fingerprint(dir.path(), &cache).unwrap();
+        assert_ne!(a, b, "the last byte changed");
+        // The cached hash is what is used while size and mtime hold: a forged one shows through...
+        let mut known: BTreeMap<String, FileHash> = puzzle_core::fsutil::read_json(&cache).unwrap();
+        for v in known.values_mut() {
+            v.sha256 = "0".repeat(64);
+        }
+        puzzle_core::fsutil::write_json(&cache, &known).unwrap();
+        let forged = checkpoint_fingerprint(dir.path(), &cache).unwrap();
+        assert_ne!(forged, b);
+        // ...and a new mtime, or no cache at all, hashes the file again.
+        set_mtime(2_000_000);
+        assert_eq!(checkpoint_fingerprint(dir.path(), &cache).unwrap(), b);
+        std::fs::remove_file(&cache).unwrap();
+        assert_eq!(checkpoint_fingerprint(dir.path(), &cache).unwrap(), b);
+        // A torn cache is only a lost shortcut.
+        std::fs::write(&cache, "{not json").unwrap();
+        assert_eq!(checkpoint_fingerprint(dir.path(), &cache).unwrap(), b);
+    }
 }

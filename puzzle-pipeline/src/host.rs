@@ -149,22 +149,7 @@ impl Consent {
     }
 }
 
-/// The sha256 of a regular file, lowercase hex, read in pieces (a config may name anything:
-/// a device or a pipe is refused rather than read forever).
-pub fn sha256_of(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::invalid(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{:x}", h.finalize()))
-}
+use puzzle_core::fsutil::sha256_of;
 
 /// How a config's plugin that was loaded is reported.
 pub fn loaded_note(path: &Path, hash: &str) -> String {

@@ -25,6 +25,9 @@ use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer};
 use puzzle_core::variants::SubblockSpec;
 use puzzle_core::weights::SafetensorsWeights;
 
+/// The run folder's cache of the parent's weight-file hashes (`checkpoint_fingerprint`).
+pub const PARENT_HASHES: &str = "parent-hashes.json";
+
 /// A planned entry the deployment's engine cannot run, and why.
 type Refused = (EntryKey, String);
 
@@ -96,7 +99,8 @@ impl Run {
             ));
         }
         let parent_weights = SafetensorsWeights::open(&config.parent.path)?;
-        let parent_fingerprint = checkpoint_fingerprint(&config.parent.path)?;
+        let parent_fingerprint =
+            checkpoint_fingerprint(&config.parent.path, &dir.join(PARENT_HASHES))?;
         // Resolved facts about the run, for commands given only the run folder.
         let info = serde_json::json!({
             "config": std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()),

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
@@ -18,6 +17,7 @@ use puzzle_core::eval::speed::{Served, median};
 use puzzle_core::eval::tasks::{TaskItem, read_tasks};
 use puzzle_core::fsutil;
 use puzzle_core::progress::Progress;
+use puzzle_core::rng::SeededRng;
 use puzzle_core::score::{ScoreConfig, ScoreInputs, ScoreTable, run_score};
 use puzzle_core::search::BlockTable;
 use puzzle_core::spec::{LayerSpec, ModelSpec};
@@ -252,7 +252,7 @@ pub fn validate_additivity(
     let d = &costs.deployment;
     let device = run.parent.decoder.device();
     let engine = run.plugins.engine(d.engine)?;
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::new(seed);
     let mut models = Vec::new();
     for c in 0..=children {
         // Child 0 is the parent itself.
@@ -324,7 +324,7 @@ const ADDITIVITY_ROUNDS: usize = 7;
 fn additivity_child<'c>(
     run: &Run,
     costs: &'c CostTable,
-    mut rng: Option<&mut StdRng>,
+    mut rng: Option<&mut SeededRng>,
 ) -> Result<(ModelSpec, Vec<(&'c CostEntry, &'c CostEntry)>)> {
     let parent = &run.parent.spec;
     let mut spec = parent.clone();
@@ -352,8 +352,8 @@ fn additivity_child<'c>(
                 )
             }
             Some(rng) => (
-                attns.get(rng.random_range(0..attns.len().max(1))).copied(),
-                ffns.get(rng.random_range(0..ffns.len().max(1))).copied(),
+                attns.get(rng.below(attns.len().max(1))).copied(),
+                ffns.get(rng.below(ffns.len().max(1))).copied(),
             ),
         };
         let (a, f) = a

@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod kinds;
 pub mod progress;
 pub mod registry;
+pub mod rng;
 pub mod search;
 pub mod spec;
 pub mod variant;

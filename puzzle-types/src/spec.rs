@@ -352,10 +352,20 @@ impl ModelSpec {
     }
 }
 
-/// The id of an attention spec: `attn:gqa(kv=N)`, `attn:linear`, `attn:noop`.
+/// The id of an attention spec: `attn:gqa(kv=N)`, `attn:gqa(kv=N,w=W)` with a sliding window of
+/// W positions, `attn:linear`, `attn:noop`.
 pub fn attention_variant(a: &AttentionSpec) -> VariantId {
     let name = match a {
-        AttentionSpec::Gqa { num_kv_heads, .. } => format!("gqa(kv={num_kv_heads})"),
+        AttentionSpec::Gqa {
+            num_kv_heads,
+            window: None,
+            ..
+        } => format!("gqa(kv={num_kv_heads})"),
+        AttentionSpec::Gqa {
+            num_kv_heads,
+            window: Some(w),
+            ..
+        } => format!("gqa(kv={num_kv_heads},w={w})"),
         AttentionSpec::Linear => "linear".into(),
         AttentionSpec::NoOp => "noop".into(),
     };

@@ -191,9 +191,20 @@ impl VariantCatalog for LlamaVariants {
                     match head.as_str() {
                         "gqa" => {
                             if let Some((kv, _, _)) = parent_kv(parent, layer) {
+                                // A sliding-window parent layer keeps its window: its own
+                                // attention is then `gqa(kv=<parent>,w=<window>)`, the parent
+                                // variant, and fewer KV heads keep the same window.
+                                let window = match parent.layers[layer].attention {
+                                    AttentionSpec::Gqa {
+                                        window: Some(w), ..
+                                    } => {
+                                        format!(",w={w}")
+                                    }
+                                    _ => String::new(),
+                                };
                                 for k in (1..=kv).rev() {
                                     if kv % k == 0 && parent.num_attention_heads.is_multiple_of(k) {
-                                        out.push(vid(kind, format!("gqa(kv={k})")));
+                                        out.push(vid(kind, format!("gqa(kv={k}{window})")));
                                     }
                                 }
                             }
@@ -265,11 +276,22 @@ impl VariantCatalog for LlamaVariants {
                         parent.num_attention_heads
                     )));
                 }
+                let window = match v.arg("w") {
+                    None => None,
+                    Some(_) => match v.usize_arg(Some("w"))? {
+                        w if w >= 2 => Some(w),
+                        w => {
+                            return Err(Error::invalid(format!(
+                                "variant `{v}`: a window of {w} positions cannot attend to the past"
+                            )));
+                        }
+                    },
+                };
                 Ok(SubblockSpec::Attention(AttentionSpec::Gqa {
                     num_kv_heads: k,
                     qkv_bias,
                     o_bias,
-                    window: None,
+                    window,
                 }))
             }
             (SubblockKind::Attention, "linear") => {

@@ -195,3 +195,57 @@ fn kv_pooling_averages_the_merged_heads() {
         .to_string();
     assert!(e.contains("3 KV heads"), "{e}");
 }
+
+#[test]
+fn a_windowed_parent_layer_offers_its_own_attention_as_the_parent_variant() {
+    use puzzle_core::spec::AttentionSpec;
+    use puzzle_core::variant::SubblockKind;
+    use puzzle_core::variants::{SpaceOptions, SubblockSpec};
+    let (mut spec, w) = fixture();
+    let AttentionSpec::Gqa { window, .. } = &mut spec.layers[1].attention else {
+        panic!("the fixture's layer 1 is grouped-query attention")
+    };
+    *window = Some(16);
+    let space = SpaceOptions::default();
+    let ids: Vec<String> = LlamaVariants
+        .enumerate(&spec, 1, SubblockKind::Attention, &space)
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert!(
+        ids.contains(&"attn:gqa(kv=2,w=16)".to_string())
+            && ids.contains(&"attn:gqa(kv=1,w=16)".to_string()),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.iter()
+            .any(|i| i.starts_with("attn:gqa") && !i.contains("w=16")),
+        "{ids:?}"
+    );
+    // The parent's own attention maps to that id and back, and its init is the parent's tensors.
+    let own = spec.variant_of(1, SubblockKind::Attention);
+    assert_eq!(own.to_string(), "attn:gqa(kv=2,w=16)");
+    assert_eq!(
+        LlamaVariants.spec(&own, &spec).unwrap(),
+        SubblockSpec::Attention(spec.layers[1].attention.clone())
+    );
+    let parent_layer = layer_weights(&w, 1).unwrap();
+    let calib = LayerCalibration {
+        ffn_abs_mean: Some(vec![1.0; 176]),
+        tokens: 1,
+    };
+    let init = LlamaVariants
+        .init(&own, &spec, 1, &parent_layer, &calib)
+        .unwrap();
+    for (name, t) in &init.weights.tensors {
+        assert_eq!(t, &parent_layer.read(name).unwrap(), "{name}");
+    }
+    // Unwindowed layers are unchanged, and a window too small to attend is refused by name.
+    assert_eq!(
+        spec.variant_of(0, SubblockKind::Attention).to_string(),
+        "attn:gqa(kv=2)"
+    );
+    let bad: VariantId = "attn:gqa(kv=2,w=1)".parse().unwrap();
+    let e = LlamaVariants.spec(&bad, &spec).unwrap_err().to_string();
+    assert!(e.contains("gqa(kv=2,w=1)") && e.contains("window"), "{e}");
+}

@@ -6,9 +6,8 @@
 use std::io::BufRead;
 use std::path::Path;
 
+use crate::rng::SeededRng;
 use burn::tensor::{Int, Tensor, TensorData};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, Document, Split};
@@ -127,8 +126,8 @@ pub fn build_cloze(
             candidates.len()
         )));
     }
-    let mut rng = StdRng::seed_from_u64(seed);
-    candidates.shuffle(&mut rng);
+    let mut rng = SeededRng::new(seed);
+    rng.shuffle(&mut candidates);
     let mut by_len: Vec<usize> = (0..candidates.len()).collect();
     by_len.sort_by_key(|&i| candidates[i].1.len());
     let mut out = Vec::new();
@@ -153,13 +152,13 @@ pub fn build_cloze(
         }
         let mut picked: Vec<String> = Vec::new();
         while picked.len() < choices - 1 {
-            let j = pool[rng.random_range(0..pool.len())];
+            let j = pool[rng.below(pool.len())];
             let c = candidates[j].1.clone();
             if !picked.contains(&c) {
                 picked.push(c);
             }
         }
-        let label = rng.random_range(0..choices);
+        let label = rng.below(choices);
         picked.insert(label, truth.clone());
         out.push(TaskItem {
             context: context.clone(),

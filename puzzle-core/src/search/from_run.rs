@@ -35,13 +35,25 @@ fn cost_values(c: &Costs, table: &CostTable) -> BTreeMap<String, f64> {
                 p + d.generation_len as f64 * dec,
             );
         }
-        let seq = (d.prefill_len + d.generation_len) as f64;
         v.insert(
             format!("memory_bytes@b{b}"),
-            c.param_bytes + b as f64 * seq * c.kv_bytes_per_token,
+            c.param_bytes + b as f64 * kv_bytes_per_sequence(c, table),
         );
     }
     v
+}
+
+/// KV-cache bytes of one sequence of the deployment's length: what the cost model computed,
+/// which a sliding window caps; per token times the length for cost tables from before that
+/// field (and models that leave it out), which is exact without windows and an upper bound with.
+fn kv_bytes_per_sequence(c: &Costs, table: &CostTable) -> f64 {
+    let d = &table.deployment;
+    let full = (d.prefill_len + d.generation_len) as f64 * c.kv_bytes_per_token;
+    if c.kv_bytes_per_sequence > 0.0 {
+        c.kv_bytes_per_sequence.min(full)
+    } else {
+        full
+    }
 }
 
 fn score_values(m: &BTreeMap<String, f64>, scores: &ScoreTable) -> BTreeMap<String, f64> {

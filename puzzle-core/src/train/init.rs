@@ -1,22 +1,20 @@
 //! Random initialisation of a fresh model (pretraining from scratch).
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use crate::rng::SeededRng;
 
 use crate::spec::ModelSpec;
 use crate::weights::{HostTensor, MemoryWeights};
 
-/// A standard normal draw (Box-Muller), so initialisation depends only on the seed.
-pub fn normal(rng: &mut StdRng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(1e-300);
-    let u2: f64 = rng.random::<f64>();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+/// A standard normal draw, so initialisation depends only on the seed.
+pub fn normal(rng: &mut SeededRng) -> f32 {
+    rng.normal() as f32
 }
 
 /// GPT-2 style initialisation of every tensor the spec implies: norms 1, biases 0, matrices
 /// N(0, std), residual-output projections (`o_proj`, `down_proj`, linear replacements) scaled by
 /// `1/sqrt(2 * layers)` so the residual stream does not grow with depth.
 pub fn random_weights(spec: &ModelSpec, std: f32, seed: u64) -> MemoryWeights {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::new(seed);
     let mut w = MemoryWeights::new(format!("random init (seed {seed})"));
     let residual_scale = 1.0 / (2.0 * spec.layers.len().max(1) as f32).sqrt();
     for (name, shape) in spec.tensor_shapes() {

@@ -167,11 +167,19 @@ pub struct MipSolution {
     pub status: MipStatus,
     /// Chosen index within each group (empty unless a solution was found).
     pub choice: Vec<usize>,
+    /// Infinite when there is no solution; JSON has no infinity, so it is written as `null`
+    /// and `null` reads back as infinity (a dynamic plugin's infeasible answer included).
+    #[serde(deserialize_with = "null_is_infinity")]
     pub objective: f64,
-    /// Best proven lower bound on the objective.
+    /// Best proven lower bound on the objective (infinite, `null` in JSON, when infeasible).
+    #[serde(deserialize_with = "null_is_infinity")]
     pub bound: f64,
     /// Wall seconds.
     pub seconds: f64,
+}
+
+fn null_is_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 impl MipSolution {
@@ -302,16 +310,31 @@ mod json_tests {
         let back: MipProblem = serde_json::from_str(&text).unwrap();
         assert_eq!(back, p);
     }
+
+    #[test]
+    fn an_infeasible_answer_round_trips_through_json() {
+        let none = MipSolution {
+            status: MipStatus::Infeasible,
+            choice: vec![],
+            objective: f64::INFINITY,
+            bound: f64::INFINITY,
+            seconds: 0.5,
+        };
+        let text = serde_json::to_string(&none).unwrap();
+        assert!(text.contains("\"objective\":null"), "{text}");
+        let back: MipSolution = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, none);
+    }
 }
 
 /// Random small instances for property tests of solvers (deterministic per seed).
 pub mod random {
     use super::*;
-    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use crate::rng::SeededRng;
 
     /// `groups` groups of `min..=max` consecutive variables each; the groups and the count.
     fn draw_groups(
-        rng: &mut StdRng,
+        rng: &mut SeededRng,
         groups: usize,
         min: usize,
         max: usize,
@@ -319,7 +342,7 @@ pub mod random {
         let mut gvars = Vec::new();
         let mut n = 0;
         for _ in 0..groups {
-            let k = rng.random_range(min..=max);
+            let k = min + rng.below(max - min + 1);
             gvars.push((n..n + k).collect::<Vec<_>>());
             n += k;
         }
@@ -329,21 +352,17 @@ pub mod random {
     /// `groups` groups of 2..=`max_choices` choices, `rows` `<=` rows with bounds drawn so
     /// that some instances are infeasible.
     pub fn instance(seed: u64, groups: usize, max_choices: usize, rows: usize) -> MipProblem {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRng::new(seed);
         let (gvars, n) = draw_groups(&mut rng, groups, 2, max_choices);
-        let objective: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..5.0)).collect();
+        let objective: Vec<f64> = (0..n).map(|_| rng.uniform_in(-1.0, 5.0)).collect();
         let mut rs = Vec::new();
         for r in 0..rows {
-            let coefs: Vec<(usize, f64)> =
-                (0..n).map(|v| (v, rng.random_range(0.0..10.0))).collect();
+            let coefs: Vec<(usize, f64)> = (0..n).map(|v| (v, rng.uniform_in(0.0, 10.0))).collect();
             // Typical total is groups * 5; draw the limit around it, mostly `<=` rows, some `>=`.
-            let (lo, hi) = if rng.random_bool(0.75) {
-                (
-                    f64::NEG_INFINITY,
-                    groups as f64 * rng.random_range(1.5..6.0),
-                )
+            let (lo, hi) = if rng.uniform() < 0.75 {
+                (f64::NEG_INFINITY, groups as f64 * rng.uniform_in(1.5, 6.0))
             } else {
-                (groups as f64 * rng.random_range(3.0..7.5), f64::INFINITY)
+                (groups as f64 * rng.uniform_in(3.0, 7.5), f64::INFINITY)
             };
             rs.push(Row {
                 name: format!("r{r}"),
@@ -356,7 +375,7 @@ pub mod random {
             num_vars: n,
             groups: gvars,
             objective,
-            objective_constant: rng.random_range(0.0..1.0),
+            objective_constant: rng.uniform(),
             rows: rs,
         }
     }
@@ -365,20 +384,20 @@ pub mod random {
     /// zero and negative coefficients, groups of one choice, and `<=`, `>=`, two-sided and
     /// equality rows; about a third are infeasible.
     pub fn awkward(seed: u64, groups: usize, max_choices: usize, rows: usize) -> MipProblem {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRng::new(seed);
         let (gvars, n) = draw_groups(&mut rng, groups, 1, max_choices);
-        let int = |rng: &mut StdRng, lo: i32, hi: i32| rng.random_range(lo..=hi) as f64;
+        let int = |rng: &mut SeededRng, lo: i64, hi: i64| rng.int_in(lo, hi) as f64;
         let objective: Vec<f64> = (0..n).map(|_| int(&mut rng, -2, 4)).collect();
         let mut rs = Vec::new();
         for r in 0..rows {
             let mut coefs: Vec<(usize, f64)> = Vec::new();
             for v in 0..n {
-                if rng.random_bool(0.8) {
+                if rng.uniform() < 0.8 {
                     coefs.push((v, int(&mut rng, -2, 5)));
                 }
             }
-            let mid = groups as f64 * rng.random_range(0.0..3.0);
-            let (lo, hi) = match rng.random_range(0..4) {
+            let mid = groups as f64 * rng.uniform_in(0.0, 3.0);
+            let (lo, hi) = match rng.below(4) {
                 0 => (f64::NEG_INFINITY, mid.round()),
                 1 => (mid.round(), f64::INFINITY),
                 2 => (mid.round() - 2.0, mid.round() + 2.0),

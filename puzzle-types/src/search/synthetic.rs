@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use crate::rng::SeededRng;
 
 use super::table::{BlockTable, TableChoice, TableGroup};
 
-fn choice(rng: &mut StdRng, id: String, c: f64, sensitivity: f64, scale: f64) -> TableChoice {
-    let noise = |rng: &mut StdRng| rng.random_range(0.9..1.1);
+fn choice(rng: &mut SeededRng, id: String, c: f64, sensitivity: f64, scale: f64) -> TableChoice {
+    let noise = |rng: &mut SeededRng| rng.uniform_in(0.9, 1.1);
     let mut values = BTreeMap::new();
     values.insert("runtime_ms".into(), scale * c * noise(rng));
     values.insert("memory_mib".into(), scale * 1.7 * c * noise(rng));
@@ -20,7 +20,7 @@ fn choice(rng: &mut StdRng, id: String, c: f64, sensitivity: f64, scale: f64) ->
     let kl = if c >= 1.0 {
         0.0
     } else {
-        sensitivity * (1.0 - c).powf(1.5) * rng.random_range(0.7..1.3)
+        sensitivity * (1.0 - c).powf(1.5) * rng.uniform_in(0.7, 1.3)
     };
     values.insert("kl_div".into(), kl);
     TableChoice { id, values }
@@ -28,12 +28,12 @@ fn choice(rng: &mut StdRng, id: String, c: f64, sensitivity: f64, scale: f64) ->
 
 /// Decoupled: per layer one attention group (`attn_choices`) and one FFN group (`ffn_choices`).
 pub fn decoupled(seed: u64, layers: usize, attn_choices: usize, ffn_choices: usize) -> BlockTable {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::new(seed);
     let mut groups = Vec::new();
     for l in 0..layers {
         // Middle layers matter most (as observed in the paper).
         let pos = l as f64 / layers.max(1) as f64;
-        let sens = 0.05 + 0.5 * (1.0 - (2.0 * pos - 1.0).powi(2)) * rng.random_range(0.5..1.5);
+        let sens = 0.05 + 0.5 * (1.0 - (2.0 * pos - 1.0).powi(2)) * rng.uniform_in(0.5, 1.5);
         for (kind, n, scale) in [("attn", attn_choices, 0.35), ("ffn", ffn_choices, 0.65)] {
             let mut choices = Vec::new();
             for i in 0..n {
@@ -64,14 +64,14 @@ pub fn decoupled(seed: u64, layers: usize, attn_choices: usize, ffn_choices: usi
 
 /// Coupled: per layer one group of `choices` whole-block alternatives.
 pub fn whole_block(seed: u64, layers: usize, choices: usize) -> BlockTable {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeededRng::new(seed);
     let mut groups = Vec::new();
     for l in 0..layers {
         let pos = l as f64 / layers.max(1) as f64;
-        let sens = 0.1 + 1.0 * (1.0 - (2.0 * pos - 1.0).powi(2)) * rng.random_range(0.5..1.5);
+        let sens = 0.1 + 1.0 * (1.0 - (2.0 * pos - 1.0).powi(2)) * rng.uniform_in(0.5, 1.5);
         let mut cs = vec![choice(&mut rng, "block:0".into(), 1.0, sens, 1.0)];
         for i in 1..choices {
-            let c = rng.random_range(0.02..0.98);
+            let c = rng.uniform_in(0.02, 0.98);
             cs.push(choice(&mut rng, format!("block:{i}"), c, sens, 1.0));
         }
         groups.push(TableGroup {
