@@ -262,8 +262,9 @@ fn resume_or_start(
 
 /// The GKD loss of one batch of `seq_len + 1`-token windows: KL between the teacher's and the
 /// student's next-token distributions, plus the per-layer cosine distance of their outputs and
-/// the LM loss, each with its `[distill]` weight.
-fn gkd_loss(
+/// the LM loss, each with its `[distill]` weight. `model` is the student on the autodiff device,
+/// `all` the windows on the teacher's (public for its test against a naive formulation).
+pub fn gkd_loss(
     model: &Decoder,
     teacher: &Decoder,
     cfg: &DistillConfig,

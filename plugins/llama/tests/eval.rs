@@ -7,6 +7,8 @@ use puzzle_core::burn::tensor::Device;
 use puzzle_core::eval::tasks::{TaskItem, choice_logliks, score_tasks};
 use puzzle_core::eval::{agreement, lm_metrics};
 use puzzle_core::model::load_model;
+use puzzle_core::nn::ids_tensor;
+use puzzle_core::weights::HostTensor;
 
 #[test]
 fn a_model_against_itself_has_zero_kl_and_full_agreement() {
@@ -40,15 +42,25 @@ fn task_scores_follow_the_log_likelihoods_and_batching_does_not_matter() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-llama");
     let m = load_model(&dir, &Device::flex()).unwrap();
     let tok = m.tokenizer.as_ref().unwrap();
-    let mut items: Vec<TaskItem> = (0..6)
-        .map(|i| TaskItem {
-            context: format!("And God said {i}"),
+    let contexts = [
+        "And God said",
+        "In the beginning",
+        "The LORD is my",
+        "To be, or not",
+        "And it came to pass",
+        "Now the serpent",
+    ];
+    let items: Vec<TaskItem> = contexts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| TaskItem {
+            context: c.to_string(),
             choices: vec![
                 " let there be light".into(),
                 " no".into(),
                 " and it was so, and more words".into(),
             ],
-            label: 0,
+            label: i % 3,
         })
         .collect();
     let a = choice_logliks(&m.decoder, tok, &items, 1).unwrap();
@@ -56,15 +68,59 @@ fn task_scores_follow_the_log_likelihoods_and_batching_does_not_matter() {
     for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
-    // Label every item with its own argmax: an "always right" model scores 100%.
-    for (it, l) in items.iter_mut().zip(&a) {
-        it.label = l
+    // An independent reference: one unpadded forward per (context + choice), the choice tokens'
+    // log-probabilities summed in f64 from the logits.
+    let reference: Vec<Vec<f64>> = items
+        .iter()
+        .map(|it| {
+            let ctx = tok.encode(&it.context, true).unwrap();
+            it.choices
+                .iter()
+                .map(|c| {
+                    let mut ids = ctx.clone();
+                    ids.extend(tok.encode(c, false).unwrap());
+                    let logits = HostTensor::from_tensor(
+                        &m.decoder
+                            .forward(ids_tensor(&[ids.clone()], &Device::flex())),
+                    );
+                    let v = logits.shape[2];
+                    (ctx.len()..ids.len())
+                        .map(|p| {
+                            let row: Vec<f64> = logits.data[(p - 1) * v..p * v]
+                                .iter()
+                                .map(|&x| x as f64)
+                                .collect();
+                            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let z = row.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
+                            row[ids[p] as usize] - z
+                        })
+                        .sum()
+                })
+                .collect()
+        })
+        .collect();
+    for (x, y) in a.iter().flatten().zip(reference.iter().flatten()) {
+        assert!((x - y).abs() < 1e-4, "{x} vs the reference {y}");
+    }
+    // Accuracy from the reference by hand: the argmax of the sum (acc) and of the sum per byte
+    // of the choice (acc_norm), against the fixed labels.
+    let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+    let (mut acc, mut acc_norm) = (0.0, 0.0);
+    for (it, l) in items.iter().zip(&reference) {
+        acc += (argmax(l) == it.label) as u8 as f64 / items.len() as f64;
+        let per_byte: Vec<f64> = l
             .iter()
-            .enumerate()
-            .max_by(|p, q| p.1.total_cmp(q.1))
-            .unwrap()
-            .0;
+            .zip(&it.choices)
+            .map(|(x, c)| x / c.len() as f64)
+            .collect();
+        acc_norm += (argmax(&per_byte) == it.label) as u8 as f64 / items.len() as f64;
     }
     let s = score_tasks(&m.decoder, tok, &items, 4).unwrap();
-    assert_eq!(s.acc, 1.0);
+    assert!(
+        (s.acc - acc).abs() < 1e-12 && (s.acc_norm - acc_norm).abs() < 1e-12,
+        "{s:?} vs {acc} {acc_norm}"
+    );
+    assert!((s.chance - 1.0 / 3.0).abs() < 1e-12);
+    // The labels are neither all right nor all wrong, or the comparison would say little.
+    assert!(acc > 0.0 && acc < 1.0, "acc {acc}");
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, Document, Split};
 use crate::error::{Error, Result};
-use crate::nn::Decoder;
+use crate::nn::{Decoder, KvCache};
 use crate::tokenizer::Tokenizer;
 use crate::train::loss::target_log_probs;
 
@@ -181,7 +181,50 @@ pub struct TaskScore {
     pub chance: f64,
 }
 
+/// An item's context (left-truncated so its longest choice fits) and choices, as tokens.
+struct Encoded {
+    ctx: Vec<u32>,
+    choices: Vec<Vec<u32>>,
+}
+
+fn encode_item(tok: &Tokenizer, it: &TaskItem, i: usize, max: usize) -> Result<Encoded> {
+    let choices = it
+        .choices
+        .iter()
+        .map(|c| tok.encode(c, false))
+        .collect::<Result<Vec<_>>>()?;
+    if choices.iter().any(Vec::is_empty) {
+        return Err(Error::invalid(format!(
+            "item {i}: a choice encodes to no tokens"
+        )));
+    }
+    let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
+    if longest >= max {
+        return Err(Error::TooLong {
+            what: format!("item {i}'s choice"),
+            len: longest,
+            max: max - 1,
+        });
+    }
+    let mut ctx = tok.encode(&it.context, true)?;
+    if ctx.is_empty() {
+        // Nothing would predict the first token of a choice.
+        return Err(Error::invalid(format!(
+            "item {i}: the context encodes to no tokens (and the tokenizer adds no BOS)"
+        )));
+    }
+    let keep = (max - longest).min(ctx.len());
+    ctx.drain(..ctx.len() - keep);
+    Ok(Encoded { ctx, choices })
+}
+
 /// Per-item log-likelihoods of every choice.
+///
+/// The context is computed once per item, as lm-evaluation-harness's caching does: a batch of
+/// contexts (left-padded) is run once, its KV cache is copied to one row per choice, and the
+/// choices (right-padded: causal attention never lets a real token see a later pad) continue
+/// from it. `batch` bounds the choices per forward. A context is truncated on the left so that
+/// it and the item's longest choice fit the model's positions.
 pub fn choice_logliks(
     model: &Decoder,
     tok: &Tokenizer,
@@ -190,64 +233,107 @@ pub fn choice_logliks(
 ) -> Result<Vec<Vec<f64>>> {
     let max = model.spec.max_position_embeddings;
     let device = model.device();
-    // Every (item, choice) pair as one sequence: context (left-truncated to fit) + choice.
-    let mut seqs: Vec<(usize, Vec<u32>, usize)> = Vec::new(); // (item, tokens, choice start)
-    for (i, it) in items.iter().enumerate() {
-        let ctx = tok.encode(&it.context, true)?;
-        for c in &it.choices {
-            let cont = tok.encode(c, false)?;
-            if cont.is_empty() {
-                return Err(Error::invalid(format!(
-                    "item {i}: a choice encodes to no tokens"
-                )));
-            }
-            if cont.len() >= max {
-                return Err(Error::TooLong {
-                    what: format!("item {i}'s choice"),
-                    len: cont.len(),
-                    max: max - 1,
-                });
-            }
-            let keep = (max - cont.len()).min(ctx.len());
-            let mut toks = ctx[ctx.len() - keep..].to_vec();
-            let start = toks.len();
-            toks.extend(cont);
-            seqs.push((i, toks, start));
-        }
-    }
-    let mut out: Vec<Vec<f64>> = items
+    let enc = items
         .iter()
-        .map(|it| Vec::with_capacity(it.choices.len()))
-        .collect();
-    // Similar lengths together keeps padding low.
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&k| seqs[k].1.len());
-    let mut scores = vec![0.0f64; seqs.len()];
-    for chunk in order.chunks(batch.max(1)) {
-        let t = chunk.iter().map(|&k| seqs[k].1.len()).max().unwrap_or(1);
-        // Right padding: causal attention never lets a real token see a later pad.
-        let mut ids = Vec::with_capacity(chunk.len() * t);
-        for &k in chunk {
-            let s = &seqs[k].1;
-            ids.extend(s.iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(0i64, t - s.len()));
+        .enumerate()
+        .map(|(i, it)| encode_item(tok, it, i, max))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out: Vec<Vec<f64>> = enc.iter().map(|e| vec![0.0; e.choices.len()]).collect();
+    // Similar context lengths together keep padding low.
+    let mut order: Vec<usize> = (0..enc.len()).collect();
+    order.sort_by_key(|&i| enc[i].ctx.len());
+    let mut rest = order.as_slice();
+    while !rest.is_empty() {
+        // As many items as fit `batch` choice rows (at least one).
+        let mut n = 0;
+        let mut rows = 0;
+        while n < rest.len() && (n == 0 || rows + enc[rest[n]].choices.len() <= batch.max(1)) {
+            rows += enc[rest[n]].choices.len();
+            n += 1;
         }
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [chunk.len(), t]), &device);
-        let logits = model.forward(ids.clone().narrow(1, 0, t - 1));
-        let lp = target_log_probs(logits, ids.narrow(1, 1, t - 1));
-        let lp: Vec<f32> = lp.try_into_vec_as::<f32>().expect("f32");
-        for (row, &k) in chunk.iter().enumerate() {
-            let (_, s, start) = &seqs[k];
-            // Position p predicts token p + 1.
-            scores[k] = (start - 1..s.len() - 1)
-                .map(|p| lp[row * (t - 1) + p] as f64)
-                .sum();
-        }
-    }
-    for (k, (i, _, _)) in seqs.iter().enumerate() {
-        out[*i].push(scores[k]);
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        score_chunk(model, &enc, chunk, &device, &mut out);
     }
     Ok(out)
+}
+
+/// The choices of the items `chunk` (indices into `enc`), into `out`.
+fn score_chunk(
+    model: &Decoder,
+    enc: &[Encoded],
+    chunk: &[usize],
+    device: &burn::tensor::Device,
+    out: &mut [Vec<f64>],
+) {
+    let l = chunk.iter().map(|&i| enc[i].ctx.len()).max().unwrap_or(1);
+    let pads: Vec<usize> = chunk.iter().map(|&i| l - enc[i].ctx.len()).collect();
+    let mut ids = Vec::with_capacity(chunk.len() * l);
+    for (&i, &p) in chunk.iter().zip(&pads) {
+        ids.extend(std::iter::repeat_n(0i64, p));
+        ids.extend(enc[i].ctx.iter().map(|&x| x as i64));
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [chunk.len(), l]), device);
+    let mut cache = KvCache::new(model.layers.len(), pads.clone());
+    // [items, 1, vocab]: the last context position predicts each choice's first token.
+    let last = model.step(ids, &mut cache, true);
+    // One row per (item, choice): the item's cache row, its padding, its choice.
+    let row_item: Vec<usize> = (0..chunk.len())
+        .flat_map(|r| std::iter::repeat_n(r, enc[chunk[r]].choices.len()))
+        .collect();
+    let conts: Vec<&Vec<u32>> = chunk.iter().flat_map(|&i| &enc[i].choices).collect();
+    let select = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            row_item.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+            [row_item.len()],
+        ),
+        device,
+    );
+    let firsts = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            conts.iter().map(|c| c[0] as i64).collect::<Vec<_>>(),
+            [conts.len(), 1],
+        ),
+        device,
+    );
+    let first_lp: Vec<f32> = target_log_probs(last.select(0, select.clone()), firsts)
+        .try_into_vec_as::<f32>()
+        .expect("f32");
+    let mut scores: Vec<f64> = first_lp.iter().map(|&x| x as f64).collect();
+    // The rest of each choice: tokens 0..len-1 in, tokens 1..len scored.
+    let c = conts.iter().map(|c| c.len()).max().unwrap_or(1);
+    if c > 1 {
+        for kv in &mut cache.layers {
+            kv.k = kv.k.take().map(|k| k.select(0, select.clone()));
+            kv.v = kv.v.take().map(|v| v.select(0, select.clone()));
+        }
+        cache.pads = row_item.iter().map(|&r| pads[r]).collect();
+        let (mut inp, mut tgt) = (Vec::new(), Vec::new());
+        for cont in &conts {
+            for j in 0..c - 1 {
+                inp.push(cont.get(j).map_or(0, |&x| x as i64));
+                tgt.push(cont.get(j + 1).map_or(0, |&x| x as i64));
+            }
+        }
+        let rows = conts.len();
+        let inp = Tensor::<2, Int>::from_data(TensorData::new(inp, [rows, c - 1]), device);
+        let tgt = Tensor::<2, Int>::from_data(TensorData::new(tgt, [rows, c - 1]), device);
+        let logits = model.step(inp, &mut cache, false);
+        let lp: Vec<f32> = target_log_probs(logits, tgt)
+            .try_into_vec_as::<f32>()
+            .expect("f32");
+        for (row, cont) in conts.iter().enumerate() {
+            scores[row] += (0..cont.len() - 1)
+                .map(|j| lp[row * (c - 1) + j] as f64)
+                .sum::<f64>();
+        }
+    }
+    let mut scores = scores.into_iter();
+    for &i in chunk {
+        for slot in out[i].iter_mut() {
+            *slot = scores.next().expect("one score per choice row");
+        }
+    }
 }
 
 /// Scores a task set.
