@@ -232,8 +232,37 @@ fn llamacpp_runs_narrow_the_library_and_measured_costs_add_up_to_the_parent() {
     // among them, which the GGUF re-expresses) in llama.cpp.
     let pts = puzzle_pipeline::stages::validate_additivity(&run, &costs, 2, 3).unwrap();
     assert_eq!(pts.len(), 3 * 2);
+    // Each prediction is, by hand, the non-block request time plus the request time of every
+    // entry the child lists; the errors are the stated ratios of those numbers.
+    let d = &costs.deployment;
+    for (i, p) in pts.iter().enumerate() {
+        assert!(p.measured_ms > 0.0, "{p:?}");
+        assert_eq!(p.layers.len(), spec.layers.len());
+        let mut want = costs.non_block.runtime_ms(p.batch, d).unwrap();
+        for (layer, ids) in p.layers.iter().enumerate() {
+            let (a, f) = ids.split_once(" + ").unwrap();
+            for id in [a, f] {
+                want += costs
+                    .get(layer, id)
+                    .unwrap()
+                    .runtime_ms(p.batch, d)
+                    .unwrap();
+            }
+        }
+        assert!(
+            (p.predicted_ms - want).abs() <= 1e-9 * want,
+            "{p:?} vs {want}"
+        );
+        assert!((p.error - (want - p.measured_ms) / p.measured_ms).abs() < 1e-12);
+        // The parent opens each batch's points; the speed-up error is relative to it.
+        let parent = &pts[i - i % 3];
+        assert_eq!(parent.child, "parent");
+        let su =
+            (parent.predicted_ms / p.predicted_ms) / (parent.measured_ms / p.measured_ms) - 1.0;
+        assert!((p.speedup_error - su).abs() < 1e-12, "{p:?}");
+    }
     assert!(
         pts.iter()
-            .all(|p| p.measured_ms > 0.0 && p.error.is_finite())
+            .any(|p| p.child != "parent" && p.layers != pts[0].layers)
     );
 }

@@ -23,9 +23,8 @@ pub fn write_atomic_with(
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let tmp = tmp_path(path);
+    let (tmp, file) = create_tmp(path).map_err(|e| Error::io(path, e))?;
     let result = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(file);
         write(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -39,12 +38,36 @@ pub fn write_atomic_with(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// A new temp file beside `path`, created exclusively. Its name carries the process id, the
+/// process's start time in nanoseconds and a per-process counter: shards of one run on a shared
+/// filesystem may have equal process ids (other nodes, containers), and `create_new` makes even
+/// an equal name an error that moves on to the next, never a file two writers share.
+fn create_tmp(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<u128> = OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    loop {
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}-{start:x}-{}.tmp",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::File::create_new(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
@@ -160,6 +183,30 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "temp files left: {names:?}");
+    }
+
+    #[test]
+    fn temp_files_are_never_shared_even_when_a_name_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.json");
+        let (a, _fa) = create_tmp(&p).unwrap();
+        let (b, _fb) = create_tmp(&p).unwrap();
+        assert_ne!(a, b);
+        // Another writer's temp file (say a shard on another node with the same pid) already
+        // holds the next name: it is left alone and a fresh one is taken.
+        let name = b.file_name().unwrap().to_string_lossy().into_owned();
+        let (stem, seq) = name.trim_end_matches(".tmp").rsplit_once('-').unwrap();
+        let next: u64 = seq.parse::<u64>().unwrap() + 1;
+        let foreign = dir.path().join(format!("{stem}-{next}.tmp"));
+        std::fs::write(&foreign, "another writer's").unwrap();
+        let (c, _fc) = create_tmp(&p).unwrap();
+        assert!(c != foreign && c != a && c != b);
+        assert_eq!(
+            std::fs::read_to_string(&foreign).unwrap(),
+            "another writer's"
+        );
+        write_atomic(&p, b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{}");
     }
 
     #[test]
