@@ -223,7 +223,8 @@ fn encode_item(tok: &Tokenizer, it: &TaskItem, i: usize, max: usize) -> Result<E
 /// The context is computed once per item, as lm-evaluation-harness's caching does: a batch of
 /// contexts (left-padded) is run once, its KV cache is copied to one row per choice, and the
 /// choices (right-padded: causal attention never lets a real token see a later pad) continue
-/// from it. `batch` bounds the choices per forward. A context is truncated on the left so that
+/// from it. `batch` bounds the choices per forward (an item's choices always go together, so
+/// an item with more choices than `batch` is a forward of its own). A context is truncated on the left so that
 /// it and the item's longest choice fit the model's positions.
 pub fn choice_logliks(
     model: &Decoder,
