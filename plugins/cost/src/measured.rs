@@ -394,6 +394,17 @@ mod tests {
     use puzzle_core::spec::{RopeScaling, RopeSpec};
     use puzzle_core::weights::WeightSource;
 
+    /// Batch 1, 4 prompt + 3 generated tokens, f32 weights.
+    fn deploy() -> DeploymentProfile {
+        DeploymentProfile {
+            batch_sizes: vec![1],
+            prefill_len: 4,
+            generation_len: 3,
+            weight_dtype: Dtype::Fp32,
+            ..Default::default()
+        }
+    }
+
     fn spec(layers: usize) -> ModelSpec {
         ModelSpec {
             family: "llama".into(),
@@ -479,13 +490,7 @@ mod tests {
     #[test]
     fn block_sums_reproduce_an_additive_engine_exactly() {
         let parent = spec(3);
-        let deploy = DeploymentProfile {
-            batch_sizes: vec![1],
-            prefill_len: 4,
-            generation_len: 3,
-            weight_dtype: Dtype::Fp32,
-            ..Default::default()
-        };
+        let deploy = deploy();
         let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
         let ctx = CostContext {
             parent: &parent,
@@ -619,13 +624,7 @@ mod tests {
                         .count() as f64
         }
         let parent = spec(3);
-        let deploy = DeploymentProfile {
-            batch_sizes: vec![1],
-            prefill_len: 4,
-            generation_len: 3,
-            weight_dtype: Dtype::Fp32,
-            ..Default::default()
-        };
+        let deploy = deploy();
         let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
         let engine = ClockEngine(slow_noop);
         let ctx = CostContext {

@@ -13,6 +13,16 @@ use puzzle_core::variants::{LayerCalibration, VariantCatalog, build_subblock, la
 use puzzle_core::weights::{HostTensor, SafetensorsWeights, WeightSource};
 use puzzle_llama_ops::LlamaVariants;
 
+/// The tiny-llama fixture's spec and weights.
+fn fixture() -> (puzzle_core::spec::ModelSpec, SafetensorsWeights) {
+    puzzle_llama::link();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-llama");
+    (
+        puzzle_core::Plugins::builtin().read_spec(&dir).unwrap(),
+        SafetensorsWeights::open(&dir).unwrap(),
+    )
+}
+
 fn log_softmax(r: &[f64]) -> Vec<f64> {
     let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let z = r.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
@@ -29,11 +39,8 @@ fn rows(t: &HostTensor) -> Vec<Vec<f64>> {
 
 #[test]
 fn the_gkd_loss_is_the_weighted_sum_of_kl_cosine_and_lm_terms() {
-    puzzle_llama::link();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-llama");
+    let (spec, w) = fixture();
     let device = Device::flex();
-    let spec = puzzle_core::Plugins::builtin().read_spec(&dir).unwrap();
-    let w = SafetensorsWeights::open(&dir).unwrap();
     let teacher = Decoder::load(&spec, &w, &device).unwrap();
     // The student: the parent with layer 1's FFN pruned to 64 channels (untrained), on the
     // autodiff device as in training.
@@ -114,11 +121,8 @@ fn the_gkd_loss_is_the_weighted_sum_of_kl_cosine_and_lm_terms() {
 
 #[test]
 fn bld_calibration_is_the_mean_absolute_swiglu_activation_per_channel() {
-    puzzle_llama::link();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf/tiny-llama");
+    let (spec, w) = fixture();
     let device = Device::flex();
-    let spec = puzzle_core::Plugins::builtin().read_spec(&dir).unwrap();
-    let w = SafetensorsWeights::open(&dir).unwrap();
     // With layer 0's attention a no-op, the FFN's input is the token embedding itself, so the
     // reference needs nothing of our forward: RMSNorm, gate/up projections and SiLU by hand.
     let noop = LlamaVariants
