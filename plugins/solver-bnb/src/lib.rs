@@ -8,14 +8,20 @@
 //!   `L(lambda) = sum_g min_c (f_c + lambda . a_c) - lambda . b`, a valid lower bound for any
 //!   `lambda >= 0` and, because choosing one per group is integral, as strong as the LP
 //!   relaxation at the best `lambda`: the LP's own multipliers (a dense simplex on the reduced
-//!   problem), polished by projected subgradient ascent.
-//! - Incumbents: the caller's hints (a sweep's previous point), the LP point rounded, the
-//!   Lagrangian choices at a few multipliers, each row's cheapest choice, then 1-swap search.
+//!   problem, started from a feasible incumbent's basis when there is one), polished by
+//!   projected subgradient ascent.
+//! - Incumbents: the caller's hints (a sweep's previous point), each row's cheapest choice,
+//!   the Lagrangian choices at a few multipliers, the LP point rounded, then 1-swaps and an
+//!   exchange search over pairs of the least-reduced-cost moves. The incumbent before the tree
+//!   decides how much of the tree is pruned, so this is where the time is saved.
 //! - Reduced-cost fixing removes choices whose Lagrangian cost alone exceeds the incumbent.
-//! - Depth-first search over groups (most ambiguous first) with the root's multipliers for the
-//!   whole tree: a node's bound is the root bound plus its choices' reduced costs and its
-//!   feasibility test is the cheapest completion of every row, both O(rows) per node, so the
-//!   search visits millions of nodes a second.
+//! - Depth-first search over groups, widest first (the groups whose choice moves the
+//!   objective and the rows the most). A node is pruned by the best of one bound per row: the
+//!   Lagrangian bound with the other rows at the root's multipliers and this row's multiplier
+//!   re-optimised for the room left, read off a precomputed concave piecewise-linear function
+//!   of the rest of the tree by binary search (for a single row this is the LP of the rest,
+//!   exactly). Its feasibility test is the cheapest completion of every row. Both are O(rows
+//!   log breakpoints) per node.
 //!
 //! The search is exhaustive unless the time limit stops it, so `Optimal` and `Infeasible` are
 //! proofs.
@@ -114,9 +120,21 @@ fn drop_dominated(d: &Dense) -> (Dense, Kept) {
                 d.obj[g][x] == d.obj[g][y] && (0..d.b.len()).all(|r| d.a[g][x][r] == d.a[g][y][r]);
             no_worse(x, y) && (!equal || x < y)
         };
-        let kept: Vec<usize> = (0..n)
-            .filter(|&y| !(0..n).any(|x| x != y && dominates(x, y)))
-            .collect();
+        // Only a choice no worse in the objective can dominate, and dominance is transitive,
+        // so in objective order each choice need only be checked against the kept ones
+        // before it (and its equal-objective peers after it).
+        let mut by_obj: Vec<usize> = (0..n).collect();
+        by_obj.sort_by(|&x, &y| d.obj[g][x].total_cmp(&d.obj[g][y]).then(x.cmp(&y)));
+        let mut kept: Vec<usize> = Vec::new();
+        for (k, &y) in by_obj.iter().enumerate() {
+            let ties = by_obj[k + 1..]
+                .iter()
+                .take_while(|&&x| d.obj[g][x] == d.obj[g][y]);
+            if !kept.iter().chain(ties).any(|&x| dominates(x, y)) {
+                kept.push(y);
+            }
+        }
+        kept.sort_unstable();
         // Dominance is transitive, so some kept choice is no worse than every dropped one.
         stand_in.push(
             (0..n)
@@ -279,29 +297,108 @@ impl Search<'_> {
         }
     }
 
-    /// 1-swap local search from the incumbent.
+    /// 1-swap local search from the incumbent: any move to a better objective that keeps
+    /// every row, with the row totals kept up to date.
     fn improve(&mut self) {
         let Some((_, mut cur)) = self.best.clone() else {
             return;
         };
-        let groups = cur.len();
+        let rows = self.nrows();
+        let mut used = vec![0.0; rows];
+        for (g, &c) in cur.iter().enumerate() {
+            for (u, a) in used.iter_mut().zip(&self.d.a[g][c]) {
+                *u += a;
+            }
+        }
         let mut improved = true;
         let mut passes = 0;
         while improved && passes < 50 {
             improved = false;
             passes += 1;
-            for g in 0..groups {
-                let base = cur[g];
-                for &c in &self.alive[g].clone() {
-                    if self.d.obj[g][c] < self.d.obj[g][cur[g]] - 1e-15 {
-                        cur[g] = c;
-                        if self.feasible(&cur) {
-                            improved = true;
-                        } else {
-                            cur[g] = base;
+            for g in 0..cur.len() {
+                for &c in &self.alive[g] {
+                    let c0 = cur[g];
+                    if self.d.obj[g][c] < self.d.obj[g][c0] - 1e-15
+                        && (0..rows).all(|r| {
+                            used[r] - self.d.a[g][c0][r] + self.d.a[g][c][r]
+                                <= self.d.b[r] + 1e-9 * (1.0 + self.d.b[r].abs())
+                        })
+                    {
+                        for r in 0..rows {
+                            used[r] += self.d.a[g][c][r] - self.d.a[g][c0][r];
                         }
+                        cur[g] = c;
+                        improved = true;
                     }
                 }
+            }
+        }
+        self.offer(cur);
+    }
+
+    /// Exchange search from the incumbent: among the moves (one group to another choice) of
+    /// least reduced cost at `lambda`, the best improving single move or pair of moves in
+    /// different groups that keeps every row, repeated until none improves. An optimum differs
+    /// from a near-optimal point in a few moves of small reduced cost, and a pair can trade
+    /// room between groups where a single move cannot; a better incumbent before the tree
+    /// search prunes far more of it (on NVIDIA's 70B library, tens of times fewer nodes).
+    fn exchange(&mut self, lambda: &[f64]) {
+        const MOVES: usize = 48;
+        let Some((_, mut cur)) = self.best.clone() else {
+            return;
+        };
+        let rows = self.nrows();
+        let tol = |b: f64| 1e-9 * (1.0 + b.abs());
+        for _ in 0..100 {
+            let mut used = vec![0.0; rows];
+            for (g, &c) in cur.iter().enumerate() {
+                for (u, a) in used.iter_mut().zip(&self.d.a[g][c]) {
+                    *u += a;
+                }
+            }
+            let mut moves: Vec<Move> = Vec::new();
+            for (g, &c0) in cur.iter().enumerate() {
+                let base = self.lag_cost(g, c0, lambda);
+                for &c in &self.alive[g] {
+                    if c != c0 {
+                        moves.push((g, c, self.lag_cost(g, c, lambda) - base));
+                    }
+                }
+            }
+            moves.sort_by(|x, y| x.2.total_cmp(&y.2));
+            moves.truncate(MOVES);
+            let delta = |(g, c, _): (usize, usize, f64)| self.d.obj[g][c] - self.d.obj[g][cur[g]];
+            let fits = |ms: &[Move]| {
+                (0..rows).all(|r| {
+                    let mut u = used[r];
+                    for &(g, c, _) in ms {
+                        u += self.d.a[g][c][r] - self.d.a[g][cur[g]][r];
+                    }
+                    u <= self.d.b[r] + tol(self.d.b[r])
+                })
+            };
+            let mut best: Option<(f64, Vec<Move>)> = None;
+            for i in 0..moves.len() {
+                let di = delta(moves[i]);
+                if di < -1e-15 && best.as_ref().is_none_or(|b| di < b.0) && fits(&[moves[i]]) {
+                    best = Some((di, vec![moves[i]]));
+                }
+                for j in i + 1..moves.len() {
+                    if moves[j].0 == moves[i].0 {
+                        continue;
+                    }
+                    let dij = di + delta(moves[j]);
+                    if dij < -1e-15
+                        && best.as_ref().is_none_or(|b| dij < b.0)
+                        && fits(&[moves[i], moves[j]])
+                    {
+                        best = Some((dij, vec![moves[i], moves[j]]));
+                    }
+                }
+            }
+            let Some((_, ms)) = best else { break };
+            for (g, c, _) in ms {
+                cur[g] = c;
             }
         }
         self.offer(cur);
@@ -338,6 +435,11 @@ impl Search<'_> {
             if self.best.as_ref().is_none_or(|(b, _)| obj_sum < *b) {
                 self.best = Some((obj_sum, choice.to_vec()));
             }
+            return;
+        }
+        if let Some((inc, _)) = &self.best
+            && tree.bound(depth, obj_sum, used, &self.d.b) >= inc - self.prune_tol(*inc)
+        {
             return;
         }
         let g = self.order[depth];
@@ -407,13 +509,168 @@ impl Search<'_> {
                 suffix_min[depth][i] = suffix_min[depth + 1][i] + m;
             }
         }
+        // Per row, the rest of the tree's Lagrangian function of that row's multiplier alone.
+        let per_row = (0..r)
+            .map(|row| {
+                let mut fixed = lambda.to_vec();
+                fixed[row] = 0.0;
+                let envelopes: Vec<Envelope> = self
+                    .order
+                    .iter()
+                    .map(|&g| {
+                        let lines: Vec<(f64, f64)> = self.alive[g]
+                            .iter()
+                            .map(|&c| (self.lag_cost(g, c, &fixed), self.d.a[g][c][row]))
+                            .collect();
+                        Envelope::lower(&lines)
+                    })
+                    .collect();
+                RowBound {
+                    lambda_rest: fixed,
+                    suffix: Suffix::build(&envelopes),
+                }
+            })
+            .collect();
         Tree {
             kids,
             suffix_min,
             root,
+            per_row,
         }
     }
 }
+
+/// The lower envelope `min_c (intercept_c + t * slope_c)` of a group's choices for `t >= 0`: a
+/// concave piecewise-linear function, as its value and slope at 0 and the slope changes after.
+struct Envelope {
+    at_zero: f64,
+    slope: f64,
+    /// `(t, slope decrease)` at each breakpoint, `t` ascending.
+    breaks: Vec<(f64, f64)>,
+}
+
+impl Envelope {
+    fn lower(lines: &[(f64, f64)]) -> Envelope {
+        // At t = 0 the least intercept wins (ties: the flatter line, which stays lower).
+        let mut cur = (0..lines.len())
+            .min_by(|&x, &y| {
+                lines[x]
+                    .0
+                    .total_cmp(&lines[y].0)
+                    .then(lines[x].1.total_cmp(&lines[y].1))
+            })
+            .expect("a group has a choice");
+        let mut t = 0.0;
+        let mut breaks = Vec::new();
+        loop {
+            // The next line to cross below the current one: only flatter lines can.
+            let (i0, s0) = lines[cur];
+            let next = (0..lines.len())
+                .filter(|&j| lines[j].1 < s0)
+                .map(|j| (j, ((lines[j].0 - i0) / (s0 - lines[j].1)).max(t)))
+                .min_by(|x, y| {
+                    x.1.total_cmp(&y.1)
+                        .then(lines[x.0].1.total_cmp(&lines[y.0].1))
+                });
+            let Some((j, tj)) = next else { break };
+            if !tj.is_finite() {
+                break;
+            }
+            breaks.push((tj, s0 - lines[j].1));
+            cur = j;
+            t = tj;
+        }
+        let first = (0..lines.len())
+            .min_by(|&x, &y| {
+                lines[x]
+                    .0
+                    .total_cmp(&lines[y].0)
+                    .then(lines[x].1.total_cmp(&lines[y].1))
+            })
+            .expect("a group has a choice");
+        Envelope {
+            at_zero: lines[first].0,
+            slope: lines[first].1,
+            breaks,
+        }
+    }
+}
+
+/// The sum of the envelopes of the groups from `depth` on, for every depth, as breakpoints
+/// `t_k` (ascending, `t_0 = 0`), the function's value there and its slope after.
+struct Suffix {
+    t: Vec<Vec<f64>>,
+    value: Vec<Vec<f64>>,
+    slope: Vec<Vec<f64>>,
+}
+
+impl Suffix {
+    fn build(envelopes: &[Envelope]) -> Suffix {
+        let n = envelopes.len();
+        let (mut t, mut value, mut slope) = (
+            vec![vec![]; n + 1],
+            vec![vec![]; n + 1],
+            vec![vec![]; n + 1],
+        );
+        t[n] = vec![0.0];
+        value[n] = vec![0.0];
+        slope[n] = vec![0.0];
+        // Breakpoints of the suffix so far, merged as each earlier group is added.
+        let mut events: Vec<(f64, f64)> = Vec::new();
+        let (mut v0, mut s0) = (0.0, 0.0);
+        for d in (0..n).rev() {
+            let e = &envelopes[d];
+            v0 += e.at_zero;
+            s0 += e.slope;
+            let mut merged = Vec::with_capacity(events.len() + e.breaks.len());
+            let (mut i, mut j) = (0, 0);
+            while i < events.len() || j < e.breaks.len() {
+                if j == e.breaks.len() || (i < events.len() && events[i].0 <= e.breaks[j].0) {
+                    merged.push(events[i]);
+                    i += 1;
+                } else {
+                    merged.push(e.breaks[j]);
+                    j += 1;
+                }
+            }
+            events = merged;
+            let (mut tk, mut vk, mut sk) = (vec![0.0], vec![v0], vec![s0]);
+            for &(at, drop) in &events {
+                let last = tk.len() - 1;
+                let v = vk[last] + sk[last] * (at - tk[last]);
+                tk.push(at);
+                vk.push(v);
+                sk.push(sk[last] - drop);
+            }
+            t[d] = tk;
+            value[d] = vk;
+            slope[d] = sk;
+        }
+        Suffix { t, value, slope }
+    }
+
+    /// `max_{t >= 0} f_depth(t) - t * room`: the least slope at most `room` marks the maximum
+    /// (infinite when every slope exceeds it: the row cannot be met).
+    fn max_minus(&self, depth: usize, room: f64) -> f64 {
+        let slopes = &self.slope[depth];
+        let k = slopes.partition_point(|&s| s > room);
+        if k == slopes.len() {
+            f64::INFINITY
+        } else {
+            self.value[depth][k] - self.t[depth][k] * room
+        }
+    }
+}
+
+/// One row's multiplier free, the others at the root's values.
+struct RowBound {
+    /// The root's multipliers with this row's set to 0.
+    lambda_rest: Vec<f64>,
+    suffix: Suffix,
+}
+
+/// A move of the exchange search: group, new choice, reduced cost.
+type Move = (usize, usize, f64);
 
 /// What [`Search::dfs`] reads at every node, computed once.
 struct Tree {
@@ -424,6 +681,30 @@ struct Tree {
     suffix_min: Vec<Vec<f64>>,
     /// The root's Lagrangian bound.
     root: f64,
+    /// Per row: the bound with that row's multiplier re-optimised at each node.
+    per_row: Vec<RowBound>,
+}
+
+impl Tree {
+    /// A lower bound on every completion of a node at `depth` with objective `obj` and row
+    /// totals `used` so far: for each row, the Lagrangian bound with the other rows at the
+    /// root's multipliers and this row's multiplier the best for the room left (exact for one
+    /// row, where the Lagrangian dual is the LP of the rest); the best over rows. At the
+    /// root's multiplier it is the root bound plus the reduced costs, so it is never weaker.
+    fn bound(&self, depth: usize, obj: f64, used: &[f64], b: &[f64]) -> f64 {
+        let mut best = f64::NEG_INFINITY;
+        for (row, rb) in self.per_row.iter().enumerate() {
+            let others: f64 = rb
+                .lambda_rest
+                .iter()
+                .zip(used.iter().zip(b))
+                .map(|(l, (u, b))| l * (u - b))
+                .sum();
+            let v = obj + others + rb.suffix.max_minus(depth, b[row] - used[row]);
+            best = best.max(v);
+        }
+        best
+    }
 }
 
 impl Solver for BnbSolver {
@@ -449,9 +730,50 @@ impl Solver for BnbSolver {
             rel_gap: opts.relative_gap.max(0.0),
         };
         let all: Vec<usize> = (0..groups).collect();
+        // The choice minimising each row alone (finds feasibility when it is scarce).
+        for i in 0..r {
+            let ch: Vec<usize> = (0..groups)
+                .map(|g| {
+                    (0..d.obj[g].len())
+                        .min_by(|&x, &y| d.a[g][x][i].total_cmp(&d.a[g][y][i]))
+                        .expect("non-empty")
+                })
+                .collect();
+            s.offer(ch);
+        }
+        // The caller's hints (e.g. the previous point of a sweep), each choice replaced by the
+        // kept choice no worse than it: still feasible, no worse.
+        for h in &opts.hints {
+            if h.len() == groups && h.iter().zip(&p.groups).all(|(&c, g)| c < g.len()) {
+                s.offer(
+                    h.iter()
+                        .enumerate()
+                        .map(|(g, &c)| kept.stand_in[g][c])
+                        .collect(),
+                );
+            }
+        }
+        // A first incumbent before the LP: the Lagrangian choices of a short ascent from 0,
+        // improved by 1-swaps. It is the LP's starting basis.
+        let (_, early) = s.optimise_lambda(&all, &d.b, &vec![0.0; r], 30);
+        for scale in [1.0, 1.5, 2.0, 4.0] {
+            let l: Vec<f64> = early.iter().map(|x| x * scale).collect();
+            let (_, arg) = s.lagrangian(&all, &d.b, &l);
+            let mut ch = vec![0; groups];
+            for (g, c) in arg {
+                ch[g] = c;
+            }
+            s.offer(ch);
+        }
+        s.improve();
         // The LP relaxation gives the exact Lagrangian multipliers and a near-integral point
-        // (at most one fractional group per row).
-        let relax = lp::solve(&d.obj, &d.a, &d.b);
+        // (at most one fractional group per row). Without a feasible start, the two-phase
+        // simplex also proves infeasibility.
+        let relax = s
+            .best
+            .as_ref()
+            .and_then(|(_, start)| lp::solve_from(&d.obj, &d.a, &d.b, start))
+            .unwrap_or_else(|| lp::solve(&d.obj, &d.a, &d.b));
         if relax.value.is_none() {
             return Ok(MipSolution {
                 status: MipStatus::Infeasible,
@@ -496,30 +818,8 @@ impl Solver for BnbSolver {
             }
             s.offer(ch);
         }
-        // The choice minimising each row alone (finds feasibility when it is scarce).
-        for i in 0..r {
-            let ch: Vec<usize> = (0..groups)
-                .map(|g| {
-                    (0..d.obj[g].len())
-                        .min_by(|&x, &y| d.a[g][x][i].total_cmp(&d.a[g][y][i]))
-                        .expect("non-empty")
-                })
-                .collect();
-            s.offer(ch);
-        }
-        // The caller's hints (e.g. the previous point of a sweep), each choice replaced by the
-        // kept choice no worse than it: still feasible, no worse.
-        for h in &opts.hints {
-            if h.len() == groups && h.iter().zip(&p.groups).all(|(&c, g)| c < g.len()) {
-                s.offer(
-                    h.iter()
-                        .enumerate()
-                        .map(|(g, &c)| kept.stand_in[g][c])
-                        .collect(),
-                );
-            }
-        }
         s.improve();
+        s.exchange(&lambda);
         // Reduced-cost fixing at the root.
         if let Some((inc, _)) = s.best.clone() {
             let tol = s.prune_tol(inc);
@@ -537,26 +837,44 @@ impl Solver for BnbSolver {
                 s.alive[g] = keep;
             }
         }
-        // Most ambiguous groups first: small gap between the two best Lagrangian costs.
-        let mut regret: Vec<(usize, f64)> = (0..groups)
+        // Widest groups first: those whose choice moves the objective and the rows the most
+        // (each dimension's spread over the alive choices, relative to its total over all
+        // groups). Deciding them first makes the per-row bounds of what is left tight early;
+        // on NVIDIA's 70B library under one memory row this visits ~540 nodes where "most
+        // ambiguous first" (least regret) visited ~380,000. Groups with one choice go last.
+        let spread = |vals: &mut dyn Iterator<Item = f64>| {
+            let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+            (hi - lo).max(0.0)
+        };
+        let dims = r + 1;
+        let spreads: Vec<Vec<f64>> = (0..groups)
             .map(|g| {
-                let mut v: Vec<f64> = s.alive[g]
-                    .iter()
-                    .map(|&c| s.lag_cost(g, c, &lambda))
-                    .collect();
-                v.sort_by(f64::total_cmp);
-                (
-                    g,
-                    if v.len() > 1 {
-                        v[1] - v[0]
-                    } else {
-                        f64::INFINITY
-                    },
-                )
+                let alive = &s.alive[g];
+                let mut v = vec![spread(&mut alive.iter().map(|&c| d.obj[g][c]))];
+                v.extend((0..r).map(|i| spread(&mut alive.iter().map(|&c| d.a[g][c][i]))));
+                v
             })
             .collect();
-        regret.sort_by(|a, b| a.1.total_cmp(&b.1));
-        s.order = regret.into_iter().map(|(g, _)| g).collect();
+        let totals: Vec<f64> = (0..dims)
+            .map(|k| spreads.iter().map(|v| v[k]).sum::<f64>())
+            .collect();
+        let width: Vec<f64> = spreads
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .zip(&totals)
+                    .map(|(x, t)| if *t > 0.0 { x / t } else { 0.0 })
+                    .sum::<f64>()
+            })
+            .collect();
+        s.order = (0..groups).collect();
+        s.order.sort_by(|&x, &y| {
+            (s.alive[x].len() < 2)
+                .cmp(&(s.alive[y].len() < 2))
+                .then(width[y].total_cmp(&width[x]))
+        });
         let mut choice = vec![0usize; groups];
         let mut used = vec![0.0; r];
         let tree = s.tree(&lambda, root);
@@ -636,6 +954,89 @@ mod tests {
         assert!(
             infeasible > 10 && infeasible < 300,
             "{infeasible} infeasible instances: tune the generator"
+        );
+    }
+
+    fn search_over(d: &Dense) -> Search<'_> {
+        Search {
+            d,
+            alive: d.obj.iter().map(|g| (0..g.len()).collect()).collect(),
+            order: (0..d.obj.len()).collect(),
+            best: None,
+            nodes: 0,
+            deadline: Instant::now(),
+            timed_out: false,
+            abs_tol: 0.0,
+            rel_gap: 0.0,
+        }
+    }
+
+    /// The node bound with one row is the LP of the rest (the Lagrangian dual of a
+    /// multiple-choice program with one row is its LP relaxation): checked against the simplex
+    /// at every depth, with the groups before it fixed to random choices. With several rows it
+    /// must stay a valid bound (at most the LP of the rest) and never fall below the root
+    /// bound plus the reduced costs.
+    #[test]
+    fn node_bound_is_the_lp_of_the_rest() {
+        let mut checked = 0;
+        for seed in 0..300u64 {
+            let rows = 1 + (seed % 3) as usize;
+            let p = random::instance(seed, 2 + (seed % 5) as usize, 6, rows);
+            let d = densify(&p);
+            let relax = lp::solve(&d.obj, &d.a, &d.b);
+            if relax.value.is_none() {
+                continue;
+            }
+            let s = search_over(&d);
+            let all: Vec<usize> = (0..d.obj.len()).collect();
+            let (root, lambda) = s.optimise_lambda(&all, &d.b, &relax.lambda, 100);
+            let tree = s.tree(&lambda, root);
+            let mut rng = puzzle_types::rng::SeededRng::new(seed);
+            let mut used = vec![0.0; d.b.len()];
+            let (mut obj, mut rc_sum) = (0.0, 0.0);
+            for depth in 0..=d.obj.len() {
+                let rest: Vec<usize> = (depth..d.obj.len()).collect();
+                let room: Vec<f64> = d.b.iter().zip(&used).map(|(b, u)| b - u).collect();
+                let sub_obj: Vec<Vec<f64>> = rest.iter().map(|&g| d.obj[g].clone()).collect();
+                let sub_a: Vec<Vec<Vec<f64>>> = rest.iter().map(|&g| d.a[g].clone()).collect();
+                let lp_rest = lp::solve(&sub_obj, &sub_a, &room).value.map(|v| v + obj);
+                let bound = tree.bound(depth, obj, &used, &d.b);
+                match lp_rest {
+                    Some(v) if rows == 1 => {
+                        assert!(
+                            (bound - v).abs() < 1e-7 * (1.0 + v.abs()),
+                            "seed {seed} depth {depth}: {bound} vs LP {v}"
+                        );
+                        checked += 1;
+                    }
+                    Some(v) => assert!(
+                        bound <= v + 1e-7 * (1.0 + v.abs()),
+                        "seed {seed} depth {depth}: {bound} above LP {v}"
+                    ),
+                    None => {}
+                }
+                assert!(
+                    bound >= root + rc_sum - 1e-9 * (1.0 + root.abs()),
+                    "seed {seed} depth {depth}"
+                );
+                if depth == d.obj.len() {
+                    break;
+                }
+                let g = s.order[depth];
+                let c = rng.below(d.obj[g].len());
+                let min = (0..d.obj[g].len())
+                    .map(|k| s.lag_cost(g, k, &lambda))
+                    .fold(f64::INFINITY, f64::min);
+                rc_sum += s.lag_cost(g, c, &lambda) - min;
+                obj += d.obj[g][c];
+                for (u, a) in used.iter_mut().zip(&d.a[g][c]) {
+                    *u += a;
+                }
+            }
+        }
+        assert!(
+            checked > 300,
+            "{checked} one-row nodes checked: tune the generator"
         );
     }
 

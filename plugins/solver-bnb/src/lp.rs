@@ -37,16 +37,35 @@ impl Tableau {
         for j in 0..w {
             self.t[r * w + j] /= p;
         }
-        let row_r: Vec<f64> = self.t[r * w..(r + 1) * w].to_vec();
+        // The pivot row is mostly zeros (a group row touches its own choices only), so the
+        // elimination visits its non-zeros alone.
+        let nz: Vec<(usize, f64)> = self.t[r * w..(r + 1) * w]
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0.0)
+            .map(|(j, &v)| (j, v))
+            .collect();
+        let sparse = nz.len() * 4 < w;
+        let row_r: Vec<f64> = if sparse {
+            Vec::new()
+        } else {
+            self.t[r * w..(r + 1) * w].to_vec()
+        };
         for i in 0..=self.m {
             if i == r {
                 continue;
             }
             let f = self.t[i * w + c];
-            if f.abs() > 0.0 {
+            if f != 0.0 {
                 let row = &mut self.t[i * w..(i + 1) * w];
-                for (x, y) in row.iter_mut().zip(&row_r) {
-                    *x -= f * y;
+                if sparse {
+                    for &(j, y) in &nz {
+                        row[j] -= f * y;
+                    }
+                } else {
+                    for (x, y) in row.iter_mut().zip(&row_r) {
+                        *x -= f * y;
+                    }
                 }
             }
         }
@@ -101,6 +120,84 @@ impl Tableau {
         }
         true
     }
+}
+
+/// Solves the relaxation from the basis of a feasible integer point `start` (one choice per
+/// group): the slacks are non-negative there, so phase 1 is not needed, and from a good
+/// incumbent phase 2 is a few pivots away from the optimum instead of a pivot per group.
+/// `None` when `start` violates a row.
+pub fn solve_from(
+    obj: &[Vec<f64>],
+    a: &[Vec<Vec<f64>>],
+    b: &[f64],
+    start: &[usize],
+) -> Option<LpResult> {
+    let groups = obj.len();
+    let rows = b.len();
+    let nx: usize = obj.iter().map(Vec::len).sum();
+    let m = groups + rows;
+    // Columns: choices | slacks.
+    let n = nx + rows;
+    let w = n + 1;
+    let mut room: Vec<f64> = b.to_vec();
+    for (g, &c) in start.iter().enumerate() {
+        for r in 0..rows {
+            room[r] -= a[g][c][r];
+        }
+    }
+    if room
+        .iter()
+        .zip(b)
+        .any(|(s, b)| *s < -1e-9 * (1.0 + b.abs()))
+    {
+        return None;
+    }
+    // The tableau in the basis {start's choices, slacks}: a group row is its own row; row r
+    // less the start's coefficients times each group row; reduced costs relative to the start.
+    let mut t = vec![0.0; (m + 1) * w];
+    let mut var_of = Vec::with_capacity(nx);
+    let mut basis = vec![0; m];
+    let mut col = 0;
+    let mut value = 0.0;
+    for (g, choices) in obj.iter().enumerate() {
+        let s = start[g];
+        for c in 0..choices.len() {
+            t[g * w + col] = 1.0;
+            for r in 0..rows {
+                t[(groups + r) * w + col] = a[g][c][r] - a[g][s][r];
+            }
+            t[m * w + col] = obj[g][c] - obj[g][s];
+            if c == s {
+                basis[g] = col;
+            }
+            var_of.push((g, c));
+            col += 1;
+        }
+        t[g * w + n] = 1.0;
+        value += obj[g][s];
+    }
+    for r in 0..rows {
+        let i = groups + r;
+        t[i * w + nx + r] = 1.0;
+        t[i * w + n] = room[r].max(0.0);
+        basis[i] = nx + r;
+    }
+    t[m * w + n] = -value;
+    let mut tab = Tableau { m, n, t, basis };
+    tab.optimise(&vec![true; n]);
+    let mut x = vec![0.0; nx];
+    for i in 0..m {
+        if tab.basis[i] < nx {
+            x[tab.basis[i]] = tab.at(i, n);
+        }
+    }
+    // A slack's column is e_r with cost 0: its reduced cost is the row's multiplier.
+    let lambda = (0..rows).map(|r| tab.at(m, nx + r).max(0.0)).collect();
+    Some(LpResult {
+        value: Some(-tab.at(m, n)),
+        x,
+        lambda,
+    })
 }
 
 /// Solves the relaxation. `obj[g][c]`, `a[g][c][r]`, `b[r]`.
@@ -227,5 +324,14 @@ mod tests {
         assert!((r.lambda[0] - 1.25).abs() < 1e-9, "{r:?}");
         let infeasible = solve(&obj, &a, &[-1.0]);
         assert!(infeasible.value.is_none());
+        // From a feasible start (skip both) the same optimum and multiplier; an infeasible
+        // start (take both) is refused.
+        let warm = solve_from(&obj, &a, &[5.0], &[1, 1]).unwrap();
+        assert!(
+            (warm.value.unwrap() - (-6.0 - 2.5)).abs() < 1e-9,
+            "{warm:?}"
+        );
+        assert!((warm.lambda[0] - 1.25).abs() < 1e-9, "{warm:?}");
+        assert!(solve_from(&obj, &a, &[5.0], &[0, 0]).is_none());
     }
 }
