@@ -2,7 +2,8 @@
 //! (`{"layer_<i>": {"<description>": {"stats": {..}, "metrics": {..}}}}`, with
 //! `parent_block_stats.json` beside it) and Model-Optimizer puzzletron's gathered choices
 //! (`{"replacement_<k>": {"parent_layer_indices": [i], "block_config": {..}, "stats": {..},
-//! "metrics": {..}, "is_teacher": bool}}`, its `replacement_metrics_and_stats.json`).
+//! "metrics": {..}, "is_teacher": bool}}`, its `replacement_metrics_and_stats.json`), with the
+//! `non_block` costs of the matching scenario of `subblock_stats.json` in the folders above.
 //!
 //! Metrics keep NVIDIA's own dotted names (`stats.runtime_ms`, `metrics.kl_div`) and, where
 //! only one section has a name, the bare name too (`runtime_ms`).
@@ -102,11 +103,154 @@ impl BlockTable {
             } else {
                 None
             };
-            read(&v, path, parent.as_ref())?
+            let mut t = read(&v, path, parent.as_ref())?;
+            if is_modelopt(&v)
+                && let Some(stats) = find_upwards(path, SUBBLOCK_STATS, 3)
+            {
+                t.constants = modelopt_non_block(&v, &t, &stats)?;
+            }
+            t
         };
         t.validate()?;
         Ok(t)
     }
+}
+
+/// Model-Optimizer puzzletron's measured subblock costs: it sits in the puzzle folder, a few
+/// levels above the gathered choices of each solution folder.
+const SUBBLOCK_STATS: &str = "subblock_stats.json";
+
+/// `name` beside `path` or in one of its first `levels` ancestors.
+fn find_upwards(path: &Path, name: &str, levels: usize) -> Option<std::path::PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .take(levels + 1)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn is_modelopt(v: &serde_json::Value) -> bool {
+    v.as_object()
+        .and_then(|o| o.keys().next())
+        .is_some_and(|k| k.starts_with("replacement_"))
+}
+
+/// The non-block costs (embeddings, LM head: `non_block` of `subblock_stats.json`) that
+/// Model-Optimizer adds to every total and takes off every constraint, as the table's
+/// constants. The file holds one measurement scenario per batch size and sequence length; the
+/// one meant is the one whose subblock costs the gathered choices carry (their
+/// `attention_*`/`ffn_*` stats are copied from it), so no argument has to name it.
+fn modelopt_non_block(
+    gathered: &serde_json::Value,
+    table: &BlockTable,
+    stats_path: &Path,
+) -> Result<BTreeMap<String, f64>> {
+    let v: serde_json::Value = fsutil::read_json(stats_path)?;
+    let scenarios: Vec<&serde_json::Value> = match &v {
+        serde_json::Value::Array(a) => a.iter().collect(),
+        o @ serde_json::Value::Object(_) => vec![o],
+        _ => {
+            return Err(Error::config(
+                stats_path,
+                "expected a list of measurement scenarios",
+            ));
+        }
+    };
+    // The subblock costs each gathered choice carries.
+    let wanted: Vec<u64> = gathered
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter_map(|e| e.get("stats").and_then(|s| s.as_object()))
+        .flat_map(|s| {
+            s.iter()
+                .filter(|(k, _)| k.starts_with("attention_") || k.starts_with("ffn_"))
+                .filter_map(|(_, x)| x.as_f64())
+        })
+        .map(f64::to_bits)
+        .collect();
+    let numbers = |x: &serde_json::Value| -> std::collections::BTreeSet<u64> {
+        x.as_object()
+            .into_iter()
+            .flat_map(|o| o.values())
+            .filter_map(|x| x.as_f64())
+            .map(f64::to_bits)
+            .collect()
+    };
+    let mut matching = Vec::new();
+    for (i, sc) in scenarios.iter().enumerate() {
+        let subblocks = sc.get("subblocks").and_then(|s| s.as_array());
+        let have: std::collections::BTreeSet<u64> =
+            subblocks.into_iter().flatten().flat_map(numbers).collect();
+        if wanted.iter().all(|w| have.contains(w)) {
+            matching.push(i);
+        }
+    }
+    let args = |i: usize| {
+        scenarios[i]
+            .get("args")
+            .map_or("(no args)".to_string(), |a| a.to_string())
+    };
+    let non_block = |i: usize| -> Result<BTreeMap<String, f64>> {
+        let nb = scenarios[i]
+            .get("non_block")
+            .and_then(|n| n.as_object())
+            .ok_or_else(|| {
+                Error::config(
+                    stats_path,
+                    format!("scenario {} has no `non_block` object", args(i)),
+                )
+            })?;
+        // Null entries (runtime not measured) add nothing.
+        Ok(nb
+            .iter()
+            .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+            .collect())
+    };
+    let chosen = match matching.as_slice() {
+        [] => {
+            return Err(Error::config(
+                stats_path,
+                format!(
+                    "none of its {} measurement scenarios has the subblock costs of {}",
+                    scenarios.len(),
+                    table.source
+                ),
+            ));
+        }
+        [one] => non_block(*one)?,
+        several => {
+            let first = non_block(several[0])?;
+            for &i in &several[1..] {
+                if non_block(i)? != first {
+                    let list: Vec<String> = several.iter().map(|&i| args(i)).collect();
+                    return Err(Error::config(
+                        stats_path,
+                        format!(
+                            "{} scenarios fit the costs of {} but differ in `non_block`: {}; keep the one                              measured for this search in a copy of the file",
+                            several.len(),
+                            table.source,
+                            list.join("; ")
+                        ),
+                    ));
+                }
+            }
+            first
+        }
+    };
+    // Under NVIDIA's dotted name, and the bare name where the choices have it.
+    let keys = table.common_keys();
+    let mut constants = BTreeMap::new();
+    for (k, x) in chosen {
+        let dotted = format!("stats.{k}");
+        if keys.contains(&dotted) {
+            constants.insert(dotted, x);
+        }
+        if keys.contains(&k) {
+            constants.insert(k, x);
+        }
+    }
+    Ok(constants)
 }
 
 /// Every numeric entry of an entry's `stats` and `metrics`, under `stats.k` / `metrics.k` and,
@@ -423,6 +567,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no costs"), "{e}");
+    }
+
+    /// Model-Optimizer's `non_block` costs come from the scenario of `subblock_stats.json`
+    /// (in the puzzle folder above the solution folder) whose subblock costs the gathered
+    /// choices carry, and count in every total.
+    #[test]
+    fn model_optimizer_non_block_costs_come_from_the_matching_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        let solution = dir.path().join("mip/puzzle_solutions/target_memory_780");
+        std::fs::create_dir_all(&solution).unwrap();
+        // Per batch size: attention and FFN memory of the parent's and the pruned subblocks.
+        let scenario = |batch: u64,
+                        attn: [f64; 2],
+                        ffn: [f64; 2],
+                        nb_mib: f64,
+                        nb_ms: serde_json::Value| {
+            serde_json::json!({
+                "args": {"batch_size": batch, "generation_seq_len": 128},
+                "non_block": {"memory_mib": nb_mib, "runtime_ms": nb_ms, "num_params": 5000},
+                "subblocks": [
+                    {"subblock_config_class": "AttentionConfig", "subblock_config": {"num_key_value_heads": 8}, "memory_mib": attn[0], "runtime_ms": attn[0] / 10.0},
+                    {"subblock_config_class": "AttentionConfig", "subblock_config": {"num_key_value_heads": 4}, "memory_mib": attn[1], "runtime_ms": attn[1] / 10.0},
+                    {"subblock_config_class": "FFNConfig", "subblock_config": {"intermediate_size": 14336}, "memory_mib": ffn[0], "runtime_ms": ffn[0] / 10.0},
+                    {"subblock_config_class": "FFNConfig", "subblock_config": {"intermediate_size": 7168}, "memory_mib": ffn[1], "runtime_ms": ffn[1] / 10.0}
+                ]
+            })
+        };
+        let stats = serde_json::json!([
+            scenario(1, [30.0, 20.0], [50.0, 25.0], 10.0, serde_json::Value::Null),
+            scenario(8, [90.0, 60.0], [110.0, 55.0], 20.0, serde_json::json!(2.5))
+        ]);
+        std::fs::write(dir.path().join("subblock_stats.json"), stats.to_string()).unwrap();
+        let entry = |layer: u64, kv: u64, ffn: u64, attn_mib: f64, ffn_mib: f64, teacher: bool| {
+            serde_json::json!({
+                "parent_layer_indices": [layer],
+                "block_config": {"attention": {"no_op": false, "num_key_value_heads": kv},
+                                 "ffn": {"no_op": false, "intermediate_size": ffn}},
+                "stats": {"memory_mib": attn_mib + ffn_mib, "attention_memory_mib": attn_mib,
+                          "ffn_memory_mib": ffn_mib, "runtime_ms": (attn_mib + ffn_mib) / 10.0,
+                          "attention_runtime_ms": attn_mib / 10.0, "ffn_runtime_ms": ffn_mib / 10.0},
+                "metrics": {"kl_div": if teacher { 0.0 } else { 0.2 }},
+                "is_teacher": teacher
+            })
+        };
+        // The batch-8 scenario's costs.
+        let mut gathered = serde_json::json!({
+            "replacement_0": entry(0, 8, 14336, 90.0, 110.0, true),
+            "replacement_1": entry(0, 4, 7168, 60.0, 55.0, false),
+            "replacement_2": entry(1, 8, 14336, 90.0, 110.0, true)
+        });
+        let file = solution.join("replacement_metrics_and_stats.json");
+        std::fs::write(&file, gathered.to_string()).unwrap();
+        let t = BlockTable::load(&file).unwrap();
+        for k in ["stats.memory_mib", "memory_mib"] {
+            assert_eq!(t.constants.get(k), Some(&20.0), "{k}: {:?}", t.constants);
+        }
+        assert_eq!(t.constants.get("stats.runtime_ms"), Some(&2.5));
+        // num_params is not a stat of these choices, so it is not a constant of the table.
+        assert!(!t.constants.contains_key("num_params"));
+        let p = t.parent_choice().unwrap();
+        assert!((t.total(&p, "stats.memory_mib").unwrap() - (400.0 + 20.0)).abs() < 1e-9);
+
+        // Costs no scenario has: refused, naming the stats file.
+        gathered["replacement_1"]["stats"]["attention_memory_mib"] = serde_json::json!(61.0);
+        std::fs::write(&file, gathered.to_string()).unwrap();
+        let e = BlockTable::load(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("subblock_stats.json") && e.contains("none of its 2"),
+            "{e}"
+        );
     }
 
     /// The parent is found by its structure, not by the words of the description, and sizes
