@@ -743,27 +743,32 @@ impl Solver for BnbSolver {
         }
         // The caller's hints (e.g. the previous point of a sweep), each choice replaced by the
         // kept choice no worse than it: still feasible, no worse.
+        let mut hinted = false;
         for h in &opts.hints {
             if h.len() == groups && h.iter().zip(&p.groups).all(|(&c, g)| c < g.len()) {
-                s.offer(
-                    h.iter()
-                        .enumerate()
-                        .map(|(g, &c)| kept.stand_in[g][c])
-                        .collect(),
-                );
+                let ch: Vec<usize> = h
+                    .iter()
+                    .enumerate()
+                    .map(|(g, &c)| kept.stand_in[g][c])
+                    .collect();
+                hinted |= s.feasible(&ch);
+                s.offer(ch);
             }
         }
-        // A first incumbent before the LP: the Lagrangian choices of a short ascent from 0,
-        // improved by 1-swaps. It is the LP's starting basis.
-        let (_, early) = s.optimise_lambda(&all, &d.b, &vec![0.0; r], 30);
-        for scale in [1.0, 1.5, 2.0, 4.0] {
-            let l: Vec<f64> = early.iter().map(|x| x * scale).collect();
-            let (_, arg) = s.lagrangian(&all, &d.b, &l);
-            let mut ch = vec![0; groups];
-            for (g, c) in arg {
-                ch[g] = c;
+        // A first incumbent before the LP, unless a hint gave one (a sweep's previous point is
+        // a far better start): the Lagrangian choices of a short ascent from 0, improved by
+        // 1-swaps. It is the LP's starting basis.
+        if !hinted {
+            let (_, early) = s.optimise_lambda(&all, &d.b, &vec![0.0; r], 30);
+            for scale in [1.0, 1.5, 2.0, 4.0] {
+                let l: Vec<f64> = early.iter().map(|x| x * scale).collect();
+                let (_, arg) = s.lagrangian(&all, &d.b, &l);
+                let mut ch = vec![0; groups];
+                for (g, c) in arg {
+                    ch[g] = c;
+                }
+                s.offer(ch);
             }
-            s.offer(ch);
         }
         s.improve();
         // The LP relaxation gives the exact Lagrangian multipliers and a near-integral point
