@@ -511,7 +511,7 @@ impl Search<'_> {
         }
         // Per row, the rest of the tree's Lagrangian function of that row's multiplier alone.
         let per_row = (0..r)
-            .map(|row| {
+            .filter_map(|row| {
                 let mut fixed = lambda.to_vec();
                 fixed[row] = 0.0;
                 let envelopes: Vec<Envelope> = self
@@ -525,10 +525,20 @@ impl Search<'_> {
                         Envelope::lower(&lines)
                     })
                     .collect();
-                RowBound {
+                // Depth d stores every breakpoint of the groups from d on: quadratic in the
+                // groups. Past a budget (hundreds of groups with long envelopes) the row keeps
+                // only the root's bound, which the search applies anyway.
+                let mut rest = 0usize;
+                let mut entries = 0usize;
+                for e in envelopes.iter().rev() {
+                    rest += e.breaks.len();
+                    entries += rest + 1;
+                }
+                (entries <= SUFFIX_BUDGET).then(|| RowBound {
+                    row,
                     lambda_rest: fixed,
                     suffix: Suffix::build(&envelopes),
-                }
+                })
             })
             .collect();
         Tree {
@@ -662,8 +672,12 @@ impl Suffix {
     }
 }
 
+/// The most breakpoints one row's per-node bound may store (24 bytes each, so 48 MB).
+const SUFFIX_BUDGET: usize = 2_000_000;
+
 /// One row's multiplier free, the others at the root's values.
 struct RowBound {
+    row: usize,
     /// The root's multipliers with this row's set to 0.
     lambda_rest: Vec<f64>,
     suffix: Suffix,
@@ -681,7 +695,8 @@ struct Tree {
     suffix_min: Vec<Vec<f64>>,
     /// The root's Lagrangian bound.
     root: f64,
-    /// Per row: the bound with that row's multiplier re-optimised at each node.
+    /// Per row (those within [`SUFFIX_BUDGET`]): the bound with that row's multiplier
+    /// re-optimised at each node.
     per_row: Vec<RowBound>,
 }
 
@@ -693,7 +708,8 @@ impl Tree {
     /// root's multiplier it is the root bound plus the reduced costs, so it is never weaker.
     fn bound(&self, depth: usize, obj: f64, used: &[f64], b: &[f64]) -> f64 {
         let mut best = f64::NEG_INFINITY;
-        for (row, rb) in self.per_row.iter().enumerate() {
+        for rb in &self.per_row {
+            let row = rb.row;
             let others: f64 = rb
                 .lambda_rest
                 .iter()
