@@ -804,7 +804,15 @@ impl Solver for BnbSolver {
                 seconds: t0.elapsed().as_secs_f64(),
             });
         }
-        let (root, lambda) = s.optimise_lambda(&all, &d.b, &relax.lambda, 100);
+        // The LP's multipliers maximise the Lagrangian dual (its value is the LP's), so the
+        // subgradient polish only runs when rounding left them short.
+        let lp_value = relax.value.expect("feasible LP");
+        let (at_lp, _) = s.lagrangian(&all, &d.b, &relax.lambda);
+        let (root, lambda) = if at_lp >= lp_value - 1e-9 * (1.0 + lp_value.abs()) {
+            (at_lp, relax.lambda.clone())
+        } else {
+            s.optimise_lambda(&all, &d.b, &relax.lambda, 100)
+        };
         // Incumbents: round the LP point (every combination of the fractional groups' choices).
         let mut offset = 0;
         let mut support: Vec<Vec<usize>> = Vec::with_capacity(groups);
