@@ -102,18 +102,19 @@ fn task_scores_follow_the_log_likelihoods_and_batching_does_not_matter() {
     for (x, y) in a.iter().flatten().zip(reference.iter().flatten()) {
         assert!((x - y).abs() < 1e-4, "{x} vs the reference {y}");
     }
-    // Accuracy from the reference by hand: the argmax of the sum (acc) and of the sum per byte
-    // of the choice (acc_norm), against the fixed labels.
+    // Accuracy from the reference by hand: the argmax of the sum (acc) and of the sum per
+    // character of the choice (acc_norm, as lm-evaluation-harness's `len(choice)`), against the
+    // fixed labels.
     let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
     let (mut acc, mut acc_norm) = (0.0, 0.0);
     for (it, l) in items.iter().zip(&reference) {
         acc += (argmax(l) == it.label) as u8 as f64 / items.len() as f64;
-        let per_byte: Vec<f64> = l
+        let per_char: Vec<f64> = l
             .iter()
             .zip(&it.choices)
-            .map(|(x, c)| x / c.len() as f64)
+            .map(|(x, c)| x / c.chars().count() as f64)
             .collect();
-        acc_norm += (argmax(&per_byte) == it.label) as u8 as f64 / items.len() as f64;
+        acc_norm += (argmax(&per_char) == it.label) as u8 as f64 / items.len() as f64;
     }
     let s = score_tasks(&m.decoder, tok, &items, 4).unwrap();
     assert!(

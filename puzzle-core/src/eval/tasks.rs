@@ -1,7 +1,8 @@
 //! Multiple-choice tasks: JSONL items `{"context", "choices", "label"}` (HellaSwag/ARC-style
 //! files work as they are), a cloze suite built from held-out text, and scoring by log-likelihood
 //! of each choice given the context, as lm-evaluation-harness does (`acc` on the raw sum,
-//! `acc_norm` on the sum divided by the choice's length in bytes).
+//! `acc_norm` on the sum divided by the choice's length in characters, as the harness's
+//! `len(choice)` of a Python string counts; bytes would agree on ASCII text and not beyond).
 
 use std::io::BufRead;
 use std::path::Path;
@@ -175,7 +176,8 @@ pub struct TaskScore {
     pub items: usize,
     /// Argmax of the summed log-likelihood.
     pub acc: f64,
-    /// Argmax of the log-likelihood per byte of the choice (lm-evaluation-harness `acc_norm`).
+    /// Argmax of the log-likelihood per character of the choice (lm-evaluation-harness
+    /// `acc_norm`: Unicode scalar values, not bytes).
     pub acc_norm: f64,
     /// Chance level (mean of 1/choices).
     pub chance: f64,
@@ -365,7 +367,7 @@ pub fn score_from_logliks(items: &[TaskItem], ll: &[Vec<f64>]) -> TaskScore {
         let norm: Vec<f64> = l
             .iter()
             .zip(&it.choices)
-            .map(|(x, c)| x / c.len().max(1) as f64)
+            .map(|(x, c)| x / c.chars().count().max(1) as f64)
             .collect();
         if argmax(&norm) == it.label {
             acc_norm += 1;
@@ -412,6 +414,22 @@ mod tests {
         );
         std::fs::write(&p, "{\"context\": \"a\"}\n").unwrap();
         assert!(read_tasks(&p).unwrap_err().to_string().contains("line 1"));
+    }
+
+    /// `acc_norm` divides by characters as lm-evaluation-harness does: with a two-byte `é`,
+    /// per byte would pick the other choice.
+    #[test]
+    fn acc_norm_divides_by_characters_not_bytes() {
+        let items = vec![TaskItem {
+            context: "x".into(),
+            // 4 characters in 8 bytes, and 5 characters in 5 bytes.
+            choices: vec!["éééé".into(), "abcde".into()],
+            label: 0,
+        }];
+        // Per character -4/4 = -1.0 against -2.6/5 = -0.52: the second wins. Per byte it would
+        // be -4/8 = -0.5 against -0.52, and the first would.
+        let s = score_from_logliks(&items, &[vec![-4.0, -2.6]]);
+        assert_eq!(s.acc_norm, 0.0);
     }
 
     #[test]
