@@ -297,6 +297,21 @@ impl Search<'_> {
         }
     }
 
+    /// Offers the Lagrangian choice (each group's least `f + lambda . a`) at `lambda` times
+    /// each of `scales`: larger multipliers trade objective for room in the rows.
+    fn offer_lagrangian(&mut self, lambda: &[f64], scales: &[f64]) {
+        let all: Vec<usize> = (0..self.d.obj.len()).collect();
+        for &scale in scales {
+            let l: Vec<f64> = lambda.iter().map(|x| x * scale).collect();
+            let (_, arg) = self.lagrangian(&all, &self.d.b, &l);
+            let mut ch = vec![0; all.len()];
+            for (g, c) in arg {
+                ch[g] = c;
+            }
+            self.offer(ch);
+        }
+    }
+
     /// 1-swap local search from the incumbent: any move to a better objective that keeps
     /// every row, with the row totals kept up to date.
     fn improve(&mut self) {
@@ -776,15 +791,7 @@ impl Solver for BnbSolver {
         // 1-swaps. It is the LP's starting basis.
         if !hinted {
             let (_, early) = s.optimise_lambda(&all, &d.b, &vec![0.0; r], 30);
-            for scale in [1.0, 1.5, 2.0, 4.0] {
-                let l: Vec<f64> = early.iter().map(|x| x * scale).collect();
-                let (_, arg) = s.lagrangian(&all, &d.b, &l);
-                let mut ch = vec![0; groups];
-                for (g, c) in arg {
-                    ch[g] = c;
-                }
-                s.offer(ch);
-            }
+            s.offer_lagrangian(&early, &[1.0, 1.5, 2.0, 4.0]);
         }
         s.improve();
         // The LP relaxation gives the exact Lagrangian multipliers and a near-integral point
@@ -838,15 +845,7 @@ impl Solver for BnbSolver {
             }
         }
         // The Lagrangian choice at a few multipliers.
-        for scale in [1.0, 1.5, 2.0, 4.0, 8.0] {
-            let l: Vec<f64> = lambda.iter().map(|x| x * scale).collect();
-            let (_, arg) = s.lagrangian(&all, &d.b, &l);
-            let mut ch = vec![0; groups];
-            for (g, c) in arg {
-                ch[g] = c;
-            }
-            s.offer(ch);
-        }
+        s.offer_lagrangian(&lambda, &[1.0, 1.5, 2.0, 4.0, 8.0]);
         s.improve();
         s.exchange(&lambda);
         // Reduced-cost fixing at the root.
