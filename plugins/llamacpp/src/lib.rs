@@ -1,44 +1,36 @@
 //! llama.cpp as a runtime: load a GGUF (ours or anyone's) and compute logits or greedy tokens,
-//! through the `llama-cpp-2` bindings, which build the llama.cpp they vendor from source
-//! (`llama-cpp-sys-2` 0.1.161). The KV cache is f32 and flash attention off so that logits can be
+//! through llama.cpp's C API as `llama-cpp-sys-2` 0.1.161 binds it (it builds the llama.cpp it
+//! vendors from source). The KV cache is f32 and flash attention off so that logits can be
 //! compared with an f32 reference (llama.cpp's default f16 cache is ~1e-3 off, and its CPU
 //! flash-attention kernel rounds queries to f16).
+//!
+//! Why the raw binding and not the `llama-cpp-2` wrapper: that crate turns on the sys crate's
+//! `common` feature unconditionally, which compiles llama.cpp's `common` library and
+//! cpp-httplib (57 of the 128 C++ files, none of which we call) inside the first command's build.
+//! The handful of calls we make are wrapped in [`raw`] below, each with its ownership rule.
 
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
-use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::token::LlamaToken;
 use puzzle_types::error::{Error, Result};
 
+mod raw;
+
+use raw::{Batch, Context, ContextParams, Model};
+
 /// llama.cpp's backend may be initialised once per process.
-fn backend() -> Result<&'static LlamaBackend> {
-    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| {
-            // llama.cpp logs every load to stderr; PUZZLE_LLAMACPP_LOG=1 keeps that.
-            if std::env::var_os("PUZZLE_LLAMACPP_LOG").is_none() {
-                llama_cpp_2::send_logs_to_tracing(
-                    llama_cpp_2::LogOptions::default().with_logs_enabled(false),
-                );
-            }
-            LlamaBackend::init().map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| Error::invalid(format!("llama.cpp backend: {e}")))
+fn backend() {
+    static BACKEND: OnceLock<()> = OnceLock::new();
+    // llama.cpp logs every load to stderr; PUZZLE_LLAMACPP_LOG=1 keeps that.
+    BACKEND.get_or_init(|| raw::init_backend(std::env::var_os("PUZZLE_LLAMACPP_LOG").is_some()));
 }
 
 /// A GGUF loaded in llama.cpp.
 pub struct LlamaCpp {
-    model: LlamaModel,
+    model: Model,
     threads: i32,
     /// KV-cache type of the contexts [`LlamaCpp::request`] times in.
-    serve_kv: KvCacheType,
+    serve_kv: KvType,
 }
 
 /// The KV-cache types llama.cpp serves with that puzzle maps deployment dtypes to.
@@ -50,38 +42,26 @@ pub enum KvType {
     Q8_0,
 }
 
-impl KvType {
-    fn cache(self) -> KvCacheType {
-        match self {
-            KvType::F32 => KvCacheType::F32,
-            KvType::F16 => KvCacheType::F16,
-            KvType::Bf16 => KvCacheType::BF16,
-            KvType::Q8_0 => KvCacheType::Q8_0,
-        }
-    }
-}
-
 /// The llama.cpp this crate builds (the `llama-cpp-sys-2` version that vendors it).
 pub const LLAMACPP_SOURCE: &str = "llama.cpp vendored by llama-cpp-sys-2 0.1.161";
 
 impl LlamaCpp {
     /// Loads `path` on the CPU with `threads` threads.
     pub fn load(path: &Path, threads: usize) -> Result<Self> {
-        let b = backend()?;
-        let model =
-            LlamaModel::load_from_file(b, path, &LlamaModelParams::default()).map_err(|e| {
-                Error::invalid(format!("llama.cpp cannot load {}: {e}", path.display()))
-            })?;
+        backend();
+        let model = Model::load(path).map_err(|e| {
+            Error::invalid(format!("llama.cpp cannot load {}: {e}", path.display()))
+        })?;
         Ok(LlamaCpp {
             model,
             threads: threads.max(1) as i32,
-            serve_kv: KvCacheType::F32,
+            serve_kv: KvType::F32,
         })
     }
 
     /// The KV-cache type requests are timed with (the deployment's `kv_dtype`).
     pub fn with_serving_kv(mut self, kv: KvType) -> Self {
-        self.serve_kv = kv.cache();
+        self.serve_kv = kv;
         self
     }
 
@@ -94,47 +74,47 @@ impl LlamaCpp {
         let (b, p) = (batch.max(1), prefill.max(1));
         // Per sequence, rounded up as llama.cpp pads context sizes.
         let per_seq = (p + decode_steps + 1).div_ceil(256) * 256;
-        let n_batch = (b * p) as u32;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new((b * per_seq) as u32))
-            .with_n_seq_max(b as u32)
-            .with_kv_unified(false)
-            .with_n_batch(n_batch)
-            .with_n_ubatch(n_batch.min(512))
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads)
-            .with_type_k(self.serve_kv)
-            .with_type_v(self.serve_kv);
+        let n_batch = b * p;
         let mut ctx = self
             .model
-            .new_context(backend()?, params)
-            .map_err(|e| err(format!("context: {e}")))?;
+            .context(&ContextParams {
+                n_ctx: b * per_seq,
+                n_seq_max: b,
+                kv_unified: Some(false),
+                n_batch,
+                n_ubatch: n_batch.min(512),
+                threads: self.threads,
+                kv: self.serve_kv,
+                flash_attention: None,
+            })
+            .map_err(err)?;
         let vocab = self.n_vocab().max(1);
-        let mut batch_in = LlamaBatch::new(b * p, b as i32);
+        let mut batch_in = Batch::new(b * p, b);
         for s in 0..b {
             for i in 0..p {
                 let t = ((s * p + i) * 7919 % vocab) as i32;
                 batch_in
-                    .add(LlamaToken(t), i as i32, &[s as i32], i + 1 == p)
-                    .map_err(|e| err(e.to_string()))?;
+                    .add(t, i as i32, s as i32, i + 1 == p)
+                    .map_err(err)?;
             }
         }
         let t0 = std::time::Instant::now();
-        ctx.decode(&mut batch_in).map_err(|e| err(e.to_string()))?;
-        let mut next: Vec<u32> = (0..b)
-            .map(|s| argmax(ctx.get_logits_ith((s * p + p - 1) as i32)))
-            .collect();
+        ctx.decode(&batch_in).map_err(err)?;
+        let mut next = Vec::with_capacity(b);
+        for s in 0..b {
+            next.push(argmax(ctx.logits_ith(s * p + p - 1).map_err(err)?));
+        }
         let t_prefill = t0.elapsed().as_secs_f64() * 1e3;
-        let mut step = LlamaBatch::new(b, b as i32);
+        let mut step = Batch::new(b, b);
         for k in 0..decode_steps {
             step.clear();
             for (s, &t) in next.iter().enumerate() {
-                step.add(LlamaToken(t as i32), (p + k) as i32, &[s as i32], true)
-                    .map_err(|e| err(e.to_string()))?;
+                step.add(t as i32, (p + k) as i32, s as i32, true)
+                    .map_err(err)?;
             }
-            ctx.decode(&mut step).map_err(|e| err(e.to_string()))?;
+            ctx.decode(&step).map_err(err)?;
             for (s, n) in next.iter_mut().enumerate() {
-                *n = argmax(ctx.get_logits_ith(s as i32));
+                *n = argmax(ctx.logits_ith(s).map_err(err)?);
             }
         }
         Ok((t_prefill, t0.elapsed().as_secs_f64() * 1e3))
@@ -142,51 +122,49 @@ impl LlamaCpp {
 
     /// `text` tokenized by llama.cpp from the GGUF's own tokenizer metadata (with BOS when the
     /// GGUF says to add it; special tokens in the text are parsed).
-    pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        self.model
-            .vocab()
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let t = self
+            .model
             .tokenize(text.as_bytes(), true, true)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect()
+            .map_err(|e| Error::invalid(format!("llama.cpp tokenize: {e}")))?;
+        Ok(t.into_iter().map(|t| t as u32).collect())
     }
 
     /// The vocabulary size llama.cpp read.
     pub fn n_vocab(&self) -> usize {
-        self.model.n_vocab().max(0) as usize
+        self.model.n_vocab()
     }
 
-    fn context(&self, n_ctx: usize) -> Result<llama_cpp_2::context::LlamaContext<'_>> {
-        let n = n_ctx.max(16) as u32;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n))
-            .with_n_batch(n)
-            .with_n_ubatch(n)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads)
-            .with_type_k(KvCacheType::F32)
-            .with_type_v(KvCacheType::F32)
-            // The CPU flash-attention kernel rounds Q to f16 (~3e-3 off an f32 reference).
-            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    /// A context for one sequence of up to `n_ctx` tokens, decoded in one batch, f32 KV cache.
+    fn context(&self, n_ctx: usize) -> Result<Context<'_>> {
+        let n = n_ctx.max(16);
         self.model
-            .new_context(backend()?, params)
+            .context(&ContextParams {
+                n_ctx: n,
+                n_seq_max: 1,
+                kv_unified: None,
+                n_batch: n,
+                n_ubatch: n,
+                threads: self.threads,
+                kv: KvType::F32,
+                // The CPU flash-attention kernel rounds Q to f16 (~3e-3 off an f32 reference).
+                flash_attention: Some(false),
+            })
             .map_err(|e| Error::invalid(format!("llama.cpp context: {e}")))
     }
 
     /// The logits after every token of `tokens` (one forward pass of the whole sequence).
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let err = |e: String| Error::invalid(format!("llama.cpp: {e}"));
         let mut ctx = self.context(tokens.len())?;
-        let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+        let mut batch = Batch::new(tokens.len().max(1), 1);
         for (i, &t) in tokens.iter().enumerate() {
-            batch
-                .add(LlamaToken(t as i32), i as i32, &[0], true)
-                .map_err(|e| Error::invalid(format!("llama.cpp batch: {e}")))?;
+            batch.add(t as i32, i as i32, 0, true).map_err(err)?;
         }
-        ctx.decode(&mut batch)
-            .map_err(|e| Error::invalid(format!("llama.cpp decode: {e}")))?;
-        Ok((0..tokens.len())
-            .map(|i| ctx.get_logits_ith(i as i32).to_vec())
-            .collect())
+        ctx.decode(&batch).map_err(err)?;
+        (0..tokens.len())
+            .map(|i| ctx.logits_ith(i).map(<[f32]>::to_vec).map_err(err))
+            .collect()
     }
 
     /// `n` greedy tokens after `prompt`, decoding one token per step with the KV cache.
@@ -204,42 +182,43 @@ impl LlamaCpp {
             ));
         }
         let mut ctx = self.context(prompt.len() + n)?;
-        let mut batch = LlamaBatch::new((prompt.len() + n).max(1), 1);
+        let mut batch = Batch::new((prompt.len() + n).max(1), 1);
         let err = |e: String| Error::invalid(format!("llama.cpp: {e}"));
         for (i, &t) in prompt.iter().enumerate() {
             batch
-                .add(LlamaToken(t as i32), i as i32, &[0], i + 1 == prompt.len())
-                .map_err(|e| err(e.to_string()))?;
+                .add(t as i32, i as i32, 0, i + 1 == prompt.len())
+                .map_err(err)?;
         }
         let mut out = Vec::with_capacity(n);
         for pos in prompt.len()..prompt.len() + n {
-            ctx.decode(&mut batch).map_err(|e| err(e.to_string()))?;
-            let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
-            let next = argmax(logits);
+            ctx.decode(&batch).map_err(err)?;
+            let next = argmax(ctx.logits_ith(batch.len() - 1).map_err(err)?);
             out.push(next);
             if stop_at_end && self.is_end(next) {
                 break;
             }
             batch.clear();
-            batch
-                .add(LlamaToken(next as i32), pos as i32, &[0], true)
-                .map_err(|e| err(e.to_string()))?;
+            batch.add(next as i32, pos as i32, 0, true).map_err(err)?;
         }
         Ok(out)
     }
 
     /// Whether `t` ends generation (EOS, EOT, ... as the GGUF's vocabulary says).
     pub fn is_end(&self, t: u32) -> bool {
-        self.model.vocab().is_eog(LlamaToken(t as i32))
+        i32::try_from(t).is_ok_and(|t| self.model.is_eog(t))
     }
 
     /// The text of `tokens` (special tokens left out).
-    pub fn detokenize(&self, tokens: &[u32]) -> String {
+    pub fn detokenize(&self, tokens: &[u32]) -> Result<String> {
         if tokens.is_empty() {
-            return String::new();
+            return Ok(String::new());
         }
-        let t: Vec<LlamaToken> = tokens.iter().map(|&t| LlamaToken(t as i32)).collect();
-        String::from_utf8_lossy(&self.model.vocab().detokenize(&t, true, false)).into_owned()
+        let t: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let bytes = self
+            .model
+            .detokenize(&t, true, false)
+            .map_err(|e| Error::invalid(format!("llama.cpp detokenize: {e}")))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
@@ -252,4 +231,36 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_gguf_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not.gguf");
+        std::fs::write(&path, b"this is not a GGUF file").unwrap();
+        let e = LlamaCpp::load(&path, 1).err().expect("must not load");
+        assert!(e.to_string().contains("not.gguf"), "{e}");
+    }
+
+    #[test]
+    fn a_full_batch_is_an_error_not_an_overrun() {
+        let mut b = Batch::new(2, 1);
+        b.add(1, 0, 0, false).unwrap();
+        b.add(2, 1, 0, true).unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(b.add(3, 2, 0, true).unwrap_err().contains("full"));
+        b.clear();
+        assert_eq!(b.len(), 0);
+        b.add(3, 0, 0, true).unwrap();
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equals() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+    }
 }

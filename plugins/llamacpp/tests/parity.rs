@@ -1,4 +1,4 @@
-//! Our GGUF exports in stock llama.cpp (the llama.cpp that `llama-cpp-sys-2` 0.1.160 vendors):
+//! Our GGUF exports in stock llama.cpp (the llama.cpp that `llama-cpp-sys-2` 0.1.161 vendors):
 //! logits within 1e-4 of our own forward (f32 weights, f32 KV cache), the same greedy tokens and
 //! the same tokenization, for Llama parents (`llama` arch) and heterogeneous children (`deci`),
 //! llama.cpp's no-op FFN limits re-expressed.
@@ -84,7 +84,7 @@ fn tokenizes_alike(dir: &Path) {
         "émigré café naïve 東京 🙂",
     ] {
         assert_eq!(
-            cpp.tokenize(text),
+            cpp.tokenize(text).unwrap(),
             ours.encode(text, true).unwrap(),
             "{text:?}"
         );

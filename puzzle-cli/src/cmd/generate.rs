@@ -112,11 +112,11 @@ fn generate_gguf(a: &GenerateArgs) -> Result<()> {
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let m = puzzle_llamacpp::LlamaCpp::load(&a.model, threads)?;
-    let ids = m.tokenize(&a.prompt);
+    let ids = m.tokenize(&a.prompt)?;
     let t0 = std::time::Instant::now();
     let out = m.generate(&ids, a.max_new_tokens, !a.ignore_eos)?;
     let secs = t0.elapsed().as_secs_f64();
-    println!("{}{}", a.prompt, m.detokenize(&out));
+    println!("{}{}", a.prompt, m.detokenize(&out)?);
     eprintln!(
         "{} prompt + {} new tokens in {secs:.2} s ({:.1} tok/s) in {}",
         ids.len(),

@@ -1,0 +1,332 @@
+//! Owned handles over the few llama.cpp C calls we make (`llama-cpp-sys-2`'s bindgen output).
+//! Each handle frees what it owns in `Drop`; a context borrows its model, so it cannot outlive
+//! it. Errors are strings the caller prefixes with what it was doing.
+
+use std::ffi::{CString, c_char, c_void};
+use std::marker::PhantomData;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::KvType;
+
+/// Starts llama.cpp's backend; unless `log`, its (and ggml's) log lines are dropped.
+pub fn init_backend(log: bool) {
+    unsafe extern "C" fn quiet(_level: sys::ggml_log_level, _text: *const c_char, _: *mut c_void) {}
+    // SAFETY: plain initialisation calls, made once per process (the caller's OnceLock); the
+    // callback ignores its arguments and lives for the program.
+    unsafe {
+        if !log {
+            sys::llama_log_set(Some(quiet), std::ptr::null_mut());
+            sys::ggml_log_set(Some(quiet), std::ptr::null_mut());
+        }
+        sys::llama_backend_init();
+    }
+}
+
+/// A loaded model.
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+    vocab: NonNull<sys::llama_vocab>,
+}
+
+// SAFETY: after loading, llama.cpp only reads the model (contexts keep their own state); the
+// llama-cpp-2 wrapper makes the same claim.
+unsafe impl Send for Model {}
+unsafe impl Sync for Model {}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from llama_model_load_from_file and is freed once; every context
+        // borrowing it has been dropped (lifetimes).
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// What a context is made with.
+pub struct ContextParams {
+    pub n_ctx: usize,
+    pub n_seq_max: usize,
+    /// `None`: llama.cpp's default.
+    pub kv_unified: Option<bool>,
+    pub n_batch: usize,
+    pub n_ubatch: usize,
+    pub threads: i32,
+    pub kv: KvType,
+    /// `None`: llama.cpp decides (its default, "auto").
+    pub flash_attention: Option<bool>,
+}
+
+fn to_i32(what: &str, n: usize) -> Result<i32, String> {
+    i32::try_from(n).map_err(|_| format!("{what} {n} exceeds llama.cpp's 32-bit limit"))
+}
+
+fn to_u32(what: &str, n: usize) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| format!("{what} {n} exceeds llama.cpp's 32-bit limit"))
+}
+
+impl Model {
+    /// Loads a GGUF with llama.cpp's default model parameters (CPU, memory-mapped).
+    pub fn load(path: &Path) -> Result<Model, String> {
+        let s = path
+            .to_str()
+            .ok_or_else(|| "the path is not UTF-8".to_string())?;
+        let c = CString::new(s).map_err(|_| "the path contains a NUL byte".to_string())?;
+        // SAFETY: `c` is a valid C string for the call; the default parameters hold no pointers
+        // we own.
+        let ptr = unsafe {
+            sys::llama_model_load_from_file(c.as_ptr(), sys::llama_model_default_params())
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            "llama.cpp returned no model (run with PUZZLE_LLAMACPP_LOG=1 for its reason)"
+                .to_string()
+        })?;
+        // SAFETY: a loaded model always has a vocabulary, owned by the model.
+        let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };
+        let Some(vocab) = NonNull::new(vocab as *mut sys::llama_vocab) else {
+            // SAFETY: freeing the model just loaded, once.
+            unsafe { sys::llama_model_free(ptr.as_ptr()) };
+            return Err("the model has no vocabulary".into());
+        };
+        Ok(Model { ptr, vocab })
+    }
+
+    /// The number of tokens in the vocabulary (the length of every logits row).
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: `vocab` lives as long as the model.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab.as_ptr()) }.max(0) as usize
+    }
+
+    /// Whether `t` ends generation.
+    pub fn is_eog(&self, t: i32) -> bool {
+        // SAFETY: llama.cpp checks the id against its vocabulary's attributes.
+        t >= 0
+            && (t as usize) < self.n_vocab()
+            && unsafe { sys::llama_vocab_is_eog(self.vocab.as_ptr(), t) }
+    }
+
+    /// llama.cpp's tokenization of `text`.
+    pub fn tokenize(
+        &self,
+        text: &[u8],
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<i32>, String> {
+        let len = to_i32("text length", text.len())?;
+        let mut out: Vec<i32> = vec![0; text.len() + 2];
+        for _ in 0..2 {
+            let cap = to_i32("token buffer", out.len())?;
+            // SAFETY: `text` and `out` are valid for the lengths passed; llama.cpp writes at most
+            // `cap` tokens and returns minus the count it needs when they do not fit.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab.as_ptr(),
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    cap,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            if n == i32::MIN {
+                return Err("the tokenization exceeds llama.cpp's 32-bit limit".into());
+            }
+            out.resize((-n) as usize, 0);
+        }
+        Err("llama.cpp kept asking for a larger token buffer".into())
+    }
+
+    /// The bytes of `tokens`.
+    pub fn detokenize(
+        &self,
+        tokens: &[i32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<Vec<u8>, String> {
+        let n_tokens = to_i32("token count", tokens.len())?;
+        let mut out: Vec<u8> = vec![0; tokens.len() * 8 + 16];
+        for _ in 0..2 {
+            let cap = to_i32("text buffer", out.len())?;
+            // SAFETY: `tokens` and `out` are valid for the lengths passed; llama.cpp writes at
+            // most `cap` bytes and returns minus the count it needs when they do not fit.
+            let n = unsafe {
+                sys::llama_detokenize(
+                    self.vocab.as_ptr(),
+                    tokens.as_ptr(),
+                    n_tokens,
+                    out.as_mut_ptr().cast(),
+                    cap,
+                    remove_special,
+                    unparse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            if n == i32::MIN {
+                return Err("the text exceeds llama.cpp's 32-bit limit".into());
+            }
+            out.resize((-n) as usize, 0);
+        }
+        Err("llama.cpp kept asking for a larger text buffer".into())
+    }
+
+    /// A new inference context over this model.
+    pub fn context(&self, p: &ContextParams) -> Result<Context<'_>, String> {
+        // SAFETY: returns a plain struct of defaults.
+        let mut c = unsafe { sys::llama_context_default_params() };
+        c.n_ctx = to_u32("context size", p.n_ctx)?;
+        c.n_seq_max = to_u32("sequence count", p.n_seq_max)?;
+        if let Some(u) = p.kv_unified {
+            c.kv_unified = u;
+        }
+        c.n_batch = to_u32("batch size", p.n_batch)?;
+        c.n_ubatch = to_u32("micro-batch size", p.n_ubatch)?;
+        c.n_threads = p.threads;
+        c.n_threads_batch = p.threads;
+        let kv = match p.kv {
+            KvType::F32 => sys::GGML_TYPE_F32,
+            KvType::F16 => sys::GGML_TYPE_F16,
+            KvType::Bf16 => sys::GGML_TYPE_BF16,
+            KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
+        };
+        c.type_k = kv;
+        c.type_v = kv;
+        if let Some(fa) = p.flash_attention {
+            c.flash_attn_type = if fa {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
+        }
+        // Making a context may write to the model (llama.cpp adjusts its n_ctx_train in some
+        // cases), so contexts are made one at a time across the process.
+        static MAKING: Mutex<()> = Mutex::new(());
+        let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the model is alive for the context's lifetime ('_), nothing else touches it
+        // while the lock is held, and the parameters are a complete struct.
+        let ptr = unsafe { sys::llama_init_from_model(self.ptr.as_ptr(), c) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            format!(
+                "llama.cpp made no context of {} tokens (run with PUZZLE_LLAMACPP_LOG=1 for its reason)",
+                p.n_ctx
+            )
+        })?;
+        Ok(Context {
+            ptr,
+            n_vocab: self.n_vocab(),
+            _model: PhantomData,
+        })
+    }
+}
+
+/// An inference context: the KV cache and the logits of the last decode.
+pub struct Context<'m> {
+    ptr: NonNull<sys::llama_context>,
+    n_vocab: usize,
+    _model: PhantomData<&'m Model>,
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        // SAFETY: made by llama_init_from_model, freed once.
+        unsafe { sys::llama_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl Context<'_> {
+    /// Runs the batch through the model, appending to the KV cache.
+    pub fn decode(&mut self, batch: &Batch) -> Result<(), String> {
+        // SAFETY: the batch's arrays hold `n_tokens` filled entries (Batch::add).
+        match unsafe { sys::llama_decode(self.ptr.as_ptr(), batch.raw) } {
+            0 => Ok(()),
+            1 => Err("decode: no KV-cache slot for the batch (context too small)".into()),
+            2 => Err("decode: aborted".into()),
+            -1 => Err("decode: invalid batch (empty, or a token or position out of range)".into()),
+            c => Err(format!("decode failed with code {c}")),
+        }
+    }
+
+    /// The logits of the `i`-th token of the last decoded batch (one that asked for logits).
+    pub fn logits_ith(&self, i: usize) -> Result<&[f32], String> {
+        let idx = to_i32("logits index", i)?;
+        // SAFETY: llama.cpp returns null for an index without logits; otherwise a row of
+        // n_vocab floats that lives until the next decode (the &self borrow).
+        let p = unsafe { sys::llama_get_logits_ith(self.ptr.as_ptr(), idx) };
+        if p.is_null() {
+            return Err(format!("no logits for batch position {i}"));
+        }
+        // SAFETY: see above.
+        Ok(unsafe { std::slice::from_raw_parts(p, self.n_vocab) })
+    }
+}
+
+/// A batch of tokens, each in one sequence.
+pub struct Batch {
+    raw: sys::llama_batch,
+    cap: usize,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: made by llama_batch_init, freed once.
+        unsafe { sys::llama_batch_free(self.raw) }
+    }
+}
+
+impl Batch {
+    /// Room for `cap` tokens, each in one of up to `n_seq_max` sequences.
+    pub fn new(cap: usize, n_seq_max: usize) -> Batch {
+        let cap = cap.max(1);
+        // SAFETY: allocates arrays of `cap` entries (token ids, not embeddings: embd = 0), each
+        // with room for `n_seq_max` sequence ids.
+        let raw = unsafe {
+            sys::llama_batch_init(
+                i32::try_from(cap).unwrap_or(i32::MAX),
+                0,
+                i32::try_from(n_seq_max.max(1)).unwrap_or(i32::MAX),
+            )
+        };
+        Batch {
+            raw,
+            cap: cap.min(i32::MAX as usize),
+        }
+    }
+
+    /// The number of tokens added since the last clear.
+    pub fn len(&self) -> usize {
+        self.raw.n_tokens as usize
+    }
+
+    /// Empties the batch (the allocation is kept).
+    pub fn clear(&mut self) {
+        self.raw.n_tokens = 0;
+    }
+
+    /// Appends `token` at position `pos` of sequence `seq`; `logits`: whether the decode keeps
+    /// its logits.
+    pub fn add(&mut self, token: i32, pos: i32, seq: i32, logits: bool) -> Result<(), String> {
+        let i = self.len();
+        if i >= self.cap {
+            return Err(format!("batch full ({} tokens)", self.cap));
+        }
+        // SAFETY: i < cap, the arrays' length; seq_id[i] has room for at least one id.
+        unsafe {
+            *self.raw.token.add(i) = token;
+            *self.raw.pos.add(i) = pos;
+            *self.raw.n_seq_id.add(i) = 1;
+            *(*self.raw.seq_id.add(i)) = seq;
+            *self.raw.logits.add(i) = i8::from(logits);
+        }
+        self.raw.n_tokens += 1;
+        Ok(())
+    }
+}
