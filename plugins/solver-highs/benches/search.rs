@@ -36,11 +36,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median wall seconds of `REPEATS` solves, and the last solution.
-fn timed(solver: &dyn Solver, p: &MipProblem, opts: &SolveOptions) -> (f64, MipSolution) {
+/// Median wall seconds of `REPEATS` cold solves (a new solver each: bnb remembers its last
+/// problem), and the last solution.
+fn timed(
+    solver: &dyn Fn() -> Box<dyn Solver>,
+    p: &MipProblem,
+    opts: &SolveOptions,
+) -> (f64, MipSolution) {
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..REPEATS {
+        let solver = solver();
         let t = Instant::now();
         let s = solver.solve(p, opts).unwrap();
         times.push(t.elapsed().as_secs_f64());
@@ -111,8 +117,8 @@ fn main() {
             serde_json::to_vec(&built.mip).unwrap(),
         )
         .unwrap();
-        let h = timed(&HighsSolver, &built.mip, &opts);
-        let b = timed(&BnbSolver, &built.mip, &opts);
+        let h = timed(&|| Box::new(HighsSolver), &built.mip, &opts);
+        let b = timed(&|| Box::new(BnbSolver::new()), &built.mip, &opts);
         rows.push((name.clone(), built.mip.num_vars, h, b));
     }
     // PuLP + CBC on the same files, the same number of times.
@@ -189,13 +195,28 @@ fn main() {
         .map(|i| BoundValue::Relative(0.3 + 0.03 * i as f64))
         .collect();
     println!("\n| series | solver | together s | independent s | ratio |\n|---|---|---|---|---|");
-    for solver in [&BnbSolver as &dyn Solver, &HighsSolver] {
+    // "Independent": a new solver for each point (bnb reuses its last problem's pruning).
+    let fresh: [&dyn Fn() -> Box<dyn Solver>; 2] =
+        [&|| Box::new(BnbSolver::new()), &|| Box::new(HighsSolver)];
+    for make in fresh {
+        let solver = make();
+        let solver = solver.as_ref();
         let together = seconds(|| {
             sweep(&table, &base, solver, &opts, "runtime_ms", Op::Le, &values).unwrap();
         });
         let alone = seconds(|| {
             for v in &values {
-                sweep(&table, &base, solver, &opts, "runtime_ms", Op::Le, &[*v]).unwrap();
+                let cold = make();
+                sweep(
+                    &table,
+                    &base,
+                    cold.as_ref(),
+                    &opts,
+                    "runtime_ms",
+                    Op::Le,
+                    &[*v],
+                )
+                .unwrap();
             }
         });
         println!(
@@ -208,7 +229,9 @@ fn main() {
         "kl_div",
         &["runtime_ms<=0.5x", "memory_mib<=0.6x", "num_params<=0.7x"],
     );
-    for solver in [&BnbSolver as &dyn Solver, &HighsSolver] {
+    for make in fresh {
+        let solver = make();
+        let solver = solver.as_ref();
         let mut first = 0.0;
         let together = seconds(|| {
             let s = diverse(&table, &tight, solver, &opts, 10, 5)

@@ -29,7 +29,7 @@ fn both_optimal_and_equal(table: &puzzle_types::search::BlockTable, s: &SearchSp
     let h = solve(table, s, &HighsSolver, &opts())
         .unwrap()
         .expect("feasible");
-    let b = solve(table, s, &BnbSolver, &opts())
+    let b = solve(table, s, &BnbSolver::new(), &opts())
         .unwrap()
         .expect("feasible");
     eprintln!(
@@ -68,7 +68,7 @@ fn paper_scale_whole_block_80_layers_100_choices_three_constraints() {
 fn diverse_solutions_differ_enough_and_never_improve() {
     let t = synthetic::decoupled(3, 40, 6, 9);
     let s = spec(&["runtime_ms<=0.5x", "memory_mib<=0.6x"]);
-    for solver in [&HighsSolver as &dyn Solver, &BnbSolver] {
+    for solver in [&HighsSolver as &dyn Solver, &BnbSolver::new()] {
         let sols = diverse(&t, &s, solver, &opts(), 5, 6).unwrap().unwrap();
         assert_eq!(sols.len(), 5);
         for (i, a) in sols.iter().enumerate() {
@@ -100,7 +100,7 @@ fn diverse_solutions_differ_enough_and_never_improve() {
 fn infeasible_constraints_are_explained() {
     let t = synthetic::decoupled(4, 10, 6, 9);
     let s = spec(&["runtime_ms<=0.0001x", "memory_mib<=0.9x"]);
-    for solver in [&HighsSolver as &dyn Solver, &BnbSolver] {
+    for solver in [&HighsSolver as &dyn Solver, &BnbSolver::new()] {
         let why = solve(&t, &s, solver, &opts()).unwrap().unwrap_err();
         let text = why.to_string();
         assert!(

@@ -2,6 +2,7 @@
 //! relative to the parent ("runtime_ms<=0.46x", "memory_mib<=60%", "throughput@b8>=2.17x"),
 //! turned into a [`MipProblem`].
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -136,6 +137,9 @@ pub struct BuiltProblem {
     pub offsets: Vec<usize>,
     /// The absolute bound each constraint resolved to, in the constraint's own metric.
     pub resolved: Vec<f64>,
+    /// The table's metrics defined for every choice ([`BlockTable::common_keys`]), which a
+    /// solution reports totals of.
+    pub keys: BTreeSet<String>,
 }
 
 /// The parent's total of `key`, for relative bounds.
@@ -199,58 +203,14 @@ impl SearchSpec {
         let mut resolved = Vec::new();
         for c in &self.constraints {
             check_key(&c.key)?;
-            let bound = match c.value {
-                BoundValue::Absolute(v) => v,
-                BoundValue::Relative(r) => r * parent_total(table, &c.key)?,
-            };
+            let (bound, key, lo, hi) = row_bounds(table, c)?;
             resolved.push(bound);
-            // A ratio metric `num / (sum + k)`: `>= T` is `sum <= num / T - k`.
-            let (key, op, rhs) = match table.inverse.get(&c.key) {
-                Some(inv) => {
-                    if bound <= 0.0 {
-                        return Err(Error::invalid(format!(
-                            "constraint `{c}`: the bound must be positive"
-                        )));
-                    }
-                    // The rewrite holds only for a positive denominator: every runtime must
-                    // be >= 0 and the constant too (a negative one is a measurement gone wrong).
-                    for (gi, g) in table.groups.iter().enumerate() {
-                        for (ci, ch) in g.choices.iter().enumerate() {
-                            let v = table.value(gi, ci, &inv.of)?;
-                            if v < 0.0 {
-                                return Err(Error::invalid(format!(
-                                    "`{}` of {} choice `{}` is {v} in {}: a time cannot be negative (a measurement lost in noise?); `{c}` cannot be solved on it",
-                                    inv.of, g.name, ch.id, table.source
-                                )));
-                            }
-                        }
-                    }
-                    let k = table.constants.get(&inv.of).copied().unwrap_or(0.0);
-                    if k < 0.0 {
-                        return Err(Error::invalid(format!(
-                            "the non-block part of `{}` is {k} in {}: a time cannot be negative; `{c}` cannot be solved on it",
-                            inv.of, table.source
-                        )));
-                    }
-                    let flipped = match c.op {
-                        Op::Ge => Op::Le,
-                        Op::Le => Op::Ge,
-                    };
-                    (inv.of.clone(), flipped, inv.numerator / bound)
-                }
-                None => (c.key.clone(), c.op, bound),
-            };
-            let k = table.constants.get(&key).copied().unwrap_or(0.0);
             let mut coefs = Vec::with_capacity(n);
             for (gi, g) in table.groups.iter().enumerate() {
                 for ci in 0..g.choices.len() {
                     coefs.push((offsets[gi] + ci, table.value(gi, ci, &key)?));
                 }
             }
-            let (lo, hi) = match op {
-                Op::Le => (f64::NEG_INFINITY, rhs - k),
-                Op::Ge => (rhs - k, f64::INFINITY),
-            };
             rows.push(Row {
                 name: c.to_string(),
                 coefs,
@@ -270,7 +230,87 @@ impl SearchSpec {
             mip,
             offsets,
             resolved,
+            keys,
         })
+    }
+}
+
+/// Constraint `c` as a row: the bound in `c`'s own metric, the metric the row sums, and the
+/// row's lower and upper bounds on that sum.
+fn row_bounds(table: &BlockTable, c: &Constraint) -> Result<(f64, String, f64, f64)> {
+    let bound = match c.value {
+        BoundValue::Absolute(v) => v,
+        BoundValue::Relative(r) => r * parent_total(table, &c.key)?,
+    };
+    // A ratio metric `num / (sum + k)`: `>= T` is `sum <= num / T - k`.
+    let (key, op, rhs) = match table.inverse.get(&c.key) {
+        Some(inv) => {
+            if bound <= 0.0 {
+                return Err(Error::invalid(format!(
+                    "constraint `{c}`: the bound must be positive"
+                )));
+            }
+            // The rewrite holds only for a positive denominator: every runtime must
+            // be >= 0 and the constant too (a negative one is a measurement gone wrong).
+            for (gi, g) in table.groups.iter().enumerate() {
+                for (ci, ch) in g.choices.iter().enumerate() {
+                    let v = table.value(gi, ci, &inv.of)?;
+                    if v < 0.0 {
+                        return Err(Error::invalid(format!(
+                            "`{}` of {} choice `{}` is {v} in {}: a time cannot be negative (a measurement lost in noise?); `{c}` cannot be solved on it",
+                            inv.of, g.name, ch.id, table.source
+                        )));
+                    }
+                }
+            }
+            let k = table.constants.get(&inv.of).copied().unwrap_or(0.0);
+            if k < 0.0 {
+                return Err(Error::invalid(format!(
+                    "the non-block part of `{}` is {k} in {}: a time cannot be negative; `{c}` cannot be solved on it",
+                    inv.of, table.source
+                )));
+            }
+            let flipped = match c.op {
+                Op::Ge => Op::Le,
+                Op::Le => Op::Ge,
+            };
+            (inv.of.clone(), flipped, inv.numerator / bound)
+        }
+        None => (c.key.clone(), c.op, bound),
+    };
+    let k = table.constants.get(&key).copied().unwrap_or(0.0);
+    let (lo, hi) = match op {
+        Op::Le => (f64::NEG_INFINITY, rhs - k),
+        Op::Ge => (rhs - k, f64::INFINITY),
+    };
+    Ok((bound, key, lo, hi))
+}
+
+impl BuiltProblem {
+    /// Row `i` (built from a constraint on the same key with the same operator) re-bounded to
+    /// `c`: what a sweep changes between points, without building the problem again.
+    pub fn rebound(&mut self, table: &BlockTable, i: usize, c: &Constraint) -> Result<()> {
+        let (bound, _, lo, hi) = row_bounds(table, c)?;
+        let row = self
+            .mip
+            .rows
+            .get_mut(i)
+            .ok_or_else(|| Error::invalid(format!("no row {i} to re-bound to `{c}`")))?;
+        let same = row
+            .name
+            .parse::<Constraint>()
+            .is_ok_and(|was| was.key == c.key && was.op == c.op);
+        if !same {
+            return Err(Error::invalid(format!(
+                "row {i} is `{}`, which `{c}` cannot re-bound (another key or direction)",
+                row.name
+            )));
+        }
+        row.name = c.to_string();
+        row.lo = lo;
+        row.hi = hi;
+        self.resolved[i] = bound;
+        Ok(())
     }
 }
 
@@ -345,5 +385,37 @@ mod tests {
         t.constants.insert("runtime_ms".into(), -1.0);
         let e = spec.build(&t).unwrap_err().to_string();
         assert!(e.contains("non-block"), "{e}");
+    }
+
+    #[test]
+    fn a_row_is_re_bounded_only_by_a_constraint_on_its_key_and_direction() {
+        let table = crate::search::synthetic::whole_block(3, 4, 5);
+        let spec = SearchSpec {
+            objective: Objective {
+                key: "kl_div".into(),
+                sense: Sense::Minimize,
+            },
+            constraints: vec!["memory_mib<=0.6x".parse().unwrap()],
+        };
+        let mut built = spec.build(&table).unwrap();
+        let c: Constraint = "memory_mib<=0.8x".parse().unwrap();
+        built.rebound(&table, 0, &c).unwrap();
+        let fresh = SearchSpec {
+            constraints: vec![c],
+            ..spec.clone()
+        }
+        .build(&table)
+        .unwrap();
+        assert_eq!(built.mip, fresh.mip);
+        assert_eq!(built.resolved, fresh.resolved);
+        for bad in ["runtime_ms<=0.8x", "memory_mib>=0.8x"] {
+            let e = built.rebound(&table, 0, &bad.parse().unwrap()).unwrap_err();
+            assert!(e.to_string().contains("cannot re-bound"), "{e}");
+        }
+        assert!(
+            built
+                .rebound(&table, 3, &"memory_mib<=1x".parse().unwrap())
+                .is_err()
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::mip::{MipStatus, Row, SolveOptions, Solver};
-use super::problem::{BoundValue, Constraint, Objective, Op, SearchSpec, Sense, parent_total};
+use super::problem::{
+    BoundValue, BuiltProblem, Constraint, Objective, Op, SearchSpec, Sense, parent_total,
+};
 use super::table::BlockTable;
 use crate::error::{Error, Result};
 
@@ -85,7 +87,7 @@ fn within(value: f64, op: Op, bound: f64) -> bool {
 fn finish(
     table: &BlockTable,
     spec: &SearchSpec,
-    resolved: &[f64],
+    built: &BuiltProblem,
     mip: &super::mip::MipSolution,
     solver: &str,
 ) -> Result<SearchSolution> {
@@ -102,7 +104,7 @@ fn finish(
             table.groups.len()
         )));
     }
-    for (c, &bound) in spec.constraints.iter().zip(resolved) {
+    for (c, &bound) in spec.constraints.iter().zip(&built.resolved) {
         let v = table.total(choice, &c.key)?;
         if !within(v, c.op, bound) {
             return Err(Error::invalid(format!(
@@ -112,8 +114,8 @@ fn finish(
         }
     }
     let mut costs = BTreeMap::new();
-    for k in table.common_keys() {
-        costs.insert(k.clone(), table.total(choice, &k)?);
+    for k in &built.keys {
+        costs.insert(k.clone(), table.total(choice, k)?);
     }
     Ok(SearchSolution {
         objective: table.total(choice, &spec.objective.key)?,
@@ -141,7 +143,20 @@ fn solve_with(
     extra_rows: &[Vec<usize>],
     min_diversity: usize,
 ) -> Result<Option<SearchSolution>> {
-    let mut built = spec.build(table)?;
+    let built = spec.build(table)?;
+    solve_built(table, spec, built, solver, opts, extra_rows, min_diversity)
+}
+
+/// [`solve_with`] on `spec` already built.
+fn solve_built(
+    table: &BlockTable,
+    spec: &SearchSpec,
+    mut built: BuiltProblem,
+    solver: &dyn Solver,
+    opts: &SolveOptions,
+    extra_rows: &[Vec<usize>],
+    min_diversity: usize,
+) -> Result<Option<SearchSolution>> {
     let groups = table.groups.len();
     for (i, prev) in extra_rows.iter().enumerate() {
         // Puzzle's diversity cut: at most L - d of a previous solution's choices again.
@@ -175,7 +190,7 @@ fn solve_with(
                     solver.name()
                 )));
             }
-            finish(table, spec, &built.resolved, &s, solver.name()).map(Some)
+            finish(table, spec, &built, &s, solver.name()).map(Some)
         }
     }
 }
@@ -291,6 +306,9 @@ pub fn sweep(
     });
     let mut solved: Vec<Option<SweepPoint>> = vec![None; values.len()];
     let mut hint: Option<Vec<usize>> = None;
+    // Built once; each point only moves the swept row's bound (the last row).
+    let mut built: Option<BuiltProblem> = None;
+    let swept_row = spec.constraints.len();
     for i in order {
         let c = Constraint {
             key: key.to_string(),
@@ -299,9 +317,16 @@ pub fn sweep(
         };
         let mut s = spec.clone();
         s.constraints.push(c.clone());
+        let b = match built.as_mut() {
+            Some(b) => {
+                b.rebound(table, swept_row, &c)?;
+                b
+            }
+            None => built.insert(s.build(table)?),
+        };
         let mut o = opts.clone();
         o.hints.extend(hint.iter().cloned());
-        let solution = solve_with(table, &s, solver, &o, &[], 0)?;
+        let solution = solve_built(table, &s, b.clone(), solver, &o, &[], 0)?;
         if let Some(sol) = &solution {
             hint = Some(sol.choice_index.clone());
         }
