@@ -220,8 +220,18 @@ pub fn diverse(
 ) -> Result<std::result::Result<Vec<SearchSolution>, Infeasibility>> {
     let mut out: Vec<SearchSolution> = Vec::new();
     let mut cuts: Vec<Vec<usize>> = Vec::new();
+    // Built once; each solve adds its cuts to a copy.
+    let built = spec.build(table)?;
     while out.len() < n {
-        match solve_with(table, spec, solver, opts, &cuts, min_diversity)? {
+        match solve_built(
+            table,
+            spec,
+            built.clone(),
+            solver,
+            opts,
+            &cuts,
+            min_diversity,
+        )? {
             Some(s) => {
                 cuts.push(s.choice_index.clone());
                 out.push(s);
