@@ -234,3 +234,24 @@ fn a_changed_last_byte_of_the_parent_retrains_the_library() {
     );
     assert_eq!(snapshot(&run).len(), first.len());
 }
+
+#[test]
+fn a_diverging_bld_stops_with_an_error_naming_the_entry_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // An absurd learning rate: the first step's update overflows the weights.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("lr = 3e-3", "lr = 1e30");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bld(&cfg, &dir.path().join("run"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("diverged at step")
+            && err.contains("BLD of layer")
+            && err.contains("lower [bld] lr"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -792,14 +792,24 @@ impl<'a> BldJob<'a> {
         write_entry(self.library, t, spec, prov, nmse_final, steps, tokens)
     }
 
-    /// One optimiser step of `t` on the parent's activations; returns the loss.
-    fn step(&self, t: &mut Trainee, acts: &[LayerActs], ctx: &ForwardCtx, lr: f64) -> f64 {
+    /// One optimiser step of `t` on the parent's activations; returns the loss. A loss that is
+    /// not finite stops before the optimiser touches the weights, so no checkpoint written
+    /// after it can hold them: the entry's last checkpoint stays the last good state.
+    fn step(&self, t: &mut Trainee, acts: &[LayerActs], ctx: &ForwardCtx, lr: f64) -> Result<f64> {
         let t0 = Instant::now();
         let a = &acts[t.key.layer];
         let target = lift(&(a.output.clone() - a.input.clone()));
         let pred = block_delta(&t.modules, &self.frozen_ad[t.key.layer], a, ctx, true);
         let loss = normalized_mse(target, pred, EPS);
         let lv = loss.clone().into_scalar::<f32>() as f64;
+        if !lv.is_finite() {
+            return Err(diverged(
+                &t.key,
+                t.state.step,
+                lv,
+                self.cfg.checkpoint_every,
+            ));
+        }
         let grads = loss.backward();
         let modules = std::mem::take(&mut t.modules);
         let (m, _) = t.opt.step(modules, &grads, lr);
@@ -813,7 +823,7 @@ impl<'a> BldJob<'a> {
             t.state.running = (0.0, 0);
         }
         t.state.seconds += t0.elapsed().as_secs_f64();
-        lv
+        Ok(lv)
     }
 
     /// The training loop: one parent forward per batch feeds every entry due at that step;
@@ -845,7 +855,7 @@ impl<'a> BldJob<'a> {
             let mut loss_sum = 0.0;
             let mut active = 0;
             for t in trainees.iter_mut().filter(|t| t.state.step == step) {
-                loss_sum += self.step(t, &acts, &ctx_ad, lr);
+                loss_sum += self.step(t, &acts, &ctx_ad, lr)?;
                 active += 1;
                 trained_tokens += cfg.batch_size * cfg.seq_len;
             }
@@ -868,6 +878,22 @@ impl<'a> BldJob<'a> {
         progress.finish();
         Ok(trained_tokens)
     }
+}
+
+/// The error of a BLD entry whose loss stopped being finite at `step` (0-based).
+fn diverged(key: &EntryKey, step: usize, loss: f64, checkpoint_every: usize) -> Error {
+    let kept = step / checkpoint_every.max(1) * checkpoint_every.max(1);
+    let resume = if kept == 0 {
+        "it had no checkpoint yet, so a rerun starts it from its initialisation".to_string()
+    } else {
+        format!("its last checkpoint (step {kept}) is kept and a rerun resumes from it")
+    };
+    Error::invalid(format!(
+        "BLD of layer {} {} diverged at step {}: loss {loss}; {resume}; lower [bld] lr",
+        key.layer,
+        key.id(),
+        step + 1
+    ))
 }
 
 fn split_build(
