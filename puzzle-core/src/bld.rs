@@ -724,7 +724,7 @@ impl<'a> BldJob<'a> {
         let spec = self.inputs.parent_spec;
         let (specs, inits, weights, source) = self.init(key)?;
         let resumed: Option<(PathBuf, EntryState)> = checkpoint_of(&key.dir(self.library))
-            .find("state.json")
+            .find("state.json")?
             .and_then(|d| {
                 let st = fsutil::read_json::<EntryState>(&d.join("state.json")).ok()?;
                 (st.fingerprint == self.fingerprint).then_some((d, st))

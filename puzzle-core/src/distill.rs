@@ -234,7 +234,7 @@ fn resume_or_start(
 ) -> Result<(Decoder, AdamW, DistillState)> {
     let spec = student.current_spec();
     let ad = device.clone().autodiff();
-    Ok(match ckpt.state::<DistillState>() {
+    Ok(match ckpt.state::<DistillState>()? {
         Some((d, Ok(s))) if s.fingerprint == fingerprint => {
             let w = SafetensorsWeights::open(&d.join("model.safetensors"))?;
             let m = Decoder::load(&spec, &w, &ad)?;

@@ -120,8 +120,20 @@ impl SwappedDir {
     }
 
     /// Swaps the staged folder in; the previous contents are removed only once it is in place.
+    /// The sha256 of every file staged is recorded in [`SUMS`] first, so that [`SwappedDir::find`]
+    /// can tell a folder damaged after the fact (a bad disk, a crash before the data reached it,
+    /// a stray edit) from a good one.
     pub fn commit(&self) -> Result<()> {
         let (tmp, old) = (self.sibling("tmp"), self.sibling("old"));
+        let mut sums = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
+            let e = e.map_err(|e| Error::io(&tmp, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != SUMS && e.path().is_file() {
+                sums.insert(name, sha256_of(&e.path())?);
+            }
+        }
+        write_json(&tmp.join(SUMS), &sums)?;
         // Without `live` (a kill between the renames), `old` is the only complete copy: it
         // stays until the new one is in place.
         if self.live.exists() {
@@ -134,11 +146,30 @@ impl SwappedDir {
     }
 
     /// The complete folder to read: `<live>`, else `<live>.old`, whichever holds `marker`
-    /// (the file written last).
-    pub fn find(&self, marker: &str) -> Option<PathBuf> {
-        [self.live.clone(), self.sibling("old")]
-            .into_iter()
-            .find(|d| d.join(marker).is_file())
+    /// (the file written last) and whose files match their recorded checksums (a folder from
+    /// before checksums were recorded is taken as it is). `Ok(None)` when there is none; an
+    /// error when the only complete folders are damaged, naming the file: resuming from it
+    /// would train on corrupt weights, and starting over silently would throw work away.
+    pub fn find(&self, marker: &str) -> Result<Option<PathBuf>> {
+        let mut damaged = None;
+        for d in [self.live.clone(), self.sibling("old")] {
+            if !d.join(marker).is_file() {
+                continue;
+            }
+            match verify_sums(&d) {
+                Ok(()) => return Ok(Some(d)),
+                Err(e) => {
+                    damaged.get_or_insert(e);
+                }
+            }
+        }
+        match damaged {
+            Some(e) => Err(Error::invalid(format!(
+                "{e}; delete {} to start it over",
+                self.live.display()
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// Removes every trace (live, staging and old); missing is fine.
@@ -147,6 +178,30 @@ impl SwappedDir {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// The checksum file [`SwappedDir::commit`] writes into every folder it swaps in.
+pub const SUMS: &str = "SHA256SUMS.json";
+
+/// Checks `dir`'s files against its [`SUMS`] (absent: nothing to check).
+fn verify_sums(dir: &Path) -> Result<()> {
+    let path = dir.join(SUMS);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let sums: std::collections::BTreeMap<String, String> = read_json(&path)?;
+    for (name, want) in &sums {
+        let f = dir.join(name);
+        let got = sha256_of(&f)?;
+        if &got != want {
+            return Err(Error::invalid(format!(
+                "{} is damaged: its sha256 is {got}, {} recorded {want}",
+                f.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The sha256 of a regular file, lowercase hex, read in pieces (a config may name anything:
@@ -222,14 +277,15 @@ mod tests {
     fn a_swapped_folder_is_found_after_a_kill_between_its_renames() {
         let dir = tempfile::tempdir().unwrap();
         let s = SwappedDir::new(dir.path().join("ckpt"));
-        assert!(s.find("state.json").is_none());
+        assert!(s.find("state.json").unwrap().is_none());
         for step in ["1", "2"] {
             let tmp = s.stage().unwrap();
             std::fs::write(tmp.join("state.json"), step).unwrap();
             s.commit().unwrap();
         }
         let read = |s: &SwappedDir| {
-            std::fs::read_to_string(s.find("state.json").unwrap().join("state.json")).unwrap()
+            std::fs::read_to_string(s.find("state.json").unwrap().unwrap().join("state.json"))
+                .unwrap()
         };
         assert_eq!(read(&s), "2");
         // A kill after the first rename of a commit: live gone, old complete, tmp complete.
@@ -244,5 +300,27 @@ mod tests {
         assert_eq!(read(&s), "4");
         s.remove();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_swapped_folder_damaged_after_commit_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sw = SwappedDir::new(dir.path().join("ckpt"));
+        assert_eq!(sw.find("state.json").unwrap(), None);
+        let tmp = sw.stage().unwrap();
+        std::fs::write(tmp.join("weights.bin"), b"good weights").unwrap();
+        std::fs::write(tmp.join("state.json"), b"{}").unwrap();
+        sw.commit().unwrap();
+        let live = sw.find("state.json").unwrap().unwrap();
+        assert!(live.join(SUMS).is_file());
+        // One byte changed: refused, naming the file.
+        std::fs::write(live.join("weights.bin"), b"good weightz").unwrap();
+        let e = sw.find("state.json").unwrap_err().to_string();
+        assert!(e.contains("weights.bin") && e.contains("damaged"), "{e}");
+        // A good `.old` (a kill between the renames) is taken instead.
+        let old = dir.path().join("ckpt.old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("state.json"), b"{}").unwrap();
+        assert_eq!(sw.find("state.json").unwrap(), Some(old));
     }
 }

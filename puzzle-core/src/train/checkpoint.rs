@@ -30,17 +30,17 @@ impl Checkpoint {
         fsutil::SwappedDir::new(self.dir.join("checkpoint"))
     }
 
-    /// The checkpoint to resume from, if any.
-    pub fn find(&self) -> Option<PathBuf> {
+    /// The checkpoint to resume from, if any (an error when it is damaged).
+    pub fn find(&self) -> Result<Option<PathBuf>> {
         self.swapped().find("state.json")
     }
 
     /// Reads the state of the checkpoint to resume from.
-    pub fn state<S: DeserializeOwned>(&self) -> Option<(PathBuf, Result<S>)> {
-        self.find().map(|d| {
+    pub fn state<S: DeserializeOwned>(&self) -> Result<Option<(PathBuf, Result<S>)>> {
+        Ok(self.find()?.map(|d| {
             let s = fsutil::read_json(&d.join("state.json"));
             (d, s)
-        })
+        }))
     }
 
     /// Saves a consistent checkpoint.

@@ -202,7 +202,7 @@ pub fn pretrain(
     let fingerprint = run_fingerprint(cfg, spec, data_fingerprint);
     let ckpt = Checkpoint::new(out);
     let ad = device.clone().autodiff();
-    let (mut model, mut opt, mut state) = match ckpt.find() {
+    let (mut model, mut opt, mut state) = match ckpt.find()? {
         Some(dir) => {
             let state: TrainState = fsutil::read_json(&dir.join("state.json"))?;
             if state.fingerprint != fingerprint {
