@@ -67,6 +67,32 @@ fn to_u32(what: &str, n: usize) -> Result<u32, String> {
     u32::try_from(n).map_err(|_| format!("{what} {n} exceeds llama.cpp's 32-bit limit"))
 }
 
+/// The output of a llama.cpp call that fills a caller's buffer of `cap` items and returns the
+/// count written, or minus the count it needs when they do not fit: called with `first` items of
+/// room, then once more with what it asked for.
+fn grown<T: Clone + Default>(
+    what: &str,
+    first: usize,
+    mut call: impl FnMut(&mut [T], i32) -> i32,
+) -> Result<Vec<T>, String> {
+    let mut out = vec![T::default(); first];
+    for _ in 0..2 {
+        let cap = to_i32(&format!("{what} buffer"), out.len())?;
+        let n = call(&mut out, cap);
+        if n >= 0 {
+            out.truncate(n as usize);
+            return Ok(out);
+        }
+        if n == i32::MIN {
+            return Err(format!(
+                "the {what} output exceeds llama.cpp's 32-bit limit"
+            ));
+        }
+        out.resize((-n) as usize, T::default());
+    }
+    Err(format!("llama.cpp kept asking for a larger {what} buffer"))
+}
+
 impl Model {
     /// Loads a GGUF with llama.cpp's default model parameters (CPU, memory-mapped).
     pub fn load(path: &Path) -> Result<Model, String> {
@@ -115,12 +141,9 @@ impl Model {
         parse_special: bool,
     ) -> Result<Vec<i32>, String> {
         let len = to_i32("text length", text.len())?;
-        let mut out: Vec<i32> = vec![0; text.len() + 2];
-        for _ in 0..2 {
-            let cap = to_i32("token buffer", out.len())?;
-            // SAFETY: `text` and `out` are valid for the lengths passed; llama.cpp writes at most
-            // `cap` tokens and returns minus the count it needs when they do not fit.
-            let n = unsafe {
+        grown("token", text.len() + 2, |out: &mut [i32], cap| {
+            // SAFETY: `text` and `out` are valid for the lengths passed (`cap` is out's length).
+            unsafe {
                 sys::llama_tokenize(
                     self.vocab.as_ptr(),
                     text.as_ptr().cast(),
@@ -130,17 +153,8 @@ impl Model {
                     add_special,
                     parse_special,
                 )
-            };
-            if n >= 0 {
-                out.truncate(n as usize);
-                return Ok(out);
             }
-            if n == i32::MIN {
-                return Err("the tokenization exceeds llama.cpp's 32-bit limit".into());
-            }
-            out.resize((-n) as usize, 0);
-        }
-        Err("llama.cpp kept asking for a larger token buffer".into())
+        })
     }
 
     /// The bytes of `tokens`.
@@ -151,12 +165,9 @@ impl Model {
         unparse_special: bool,
     ) -> Result<Vec<u8>, String> {
         let n_tokens = to_i32("token count", tokens.len())?;
-        let mut out: Vec<u8> = vec![0; tokens.len() * 8 + 16];
-        for _ in 0..2 {
-            let cap = to_i32("text buffer", out.len())?;
-            // SAFETY: `tokens` and `out` are valid for the lengths passed; llama.cpp writes at
-            // most `cap` bytes and returns minus the count it needs when they do not fit.
-            let n = unsafe {
+        grown("text", tokens.len() * 8 + 16, |out: &mut [u8], cap| {
+            // SAFETY: `tokens` and `out` are valid for the lengths passed (`cap` is out's length).
+            unsafe {
                 sys::llama_detokenize(
                     self.vocab.as_ptr(),
                     tokens.as_ptr(),
@@ -166,17 +177,8 @@ impl Model {
                     remove_special,
                     unparse_special,
                 )
-            };
-            if n >= 0 {
-                out.truncate(n as usize);
-                return Ok(out);
             }
-            if n == i32::MIN {
-                return Err("the text exceeds llama.cpp's 32-bit limit".into());
-            }
-            out.resize((-n) as usize, 0);
-        }
-        Err("llama.cpp kept asking for a larger text buffer".into())
+        })
     }
 
     /// A new inference context over this model.
