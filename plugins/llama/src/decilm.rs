@@ -14,7 +14,7 @@ use puzzle_types::family::Family;
 use puzzle_types::spec::{AttentionSpec, FfnSpec, LayerSpec, ModelSpec};
 use serde_json::Value;
 
-use crate::config::{HfLlamaConfig, check_groups};
+use crate::config::{HfLlamaConfig, MAX_POSITIONS, MAX_WIDTH, check_groups, check_size};
 
 /// `round_up_to_256(int(2 * ffn_mult * hidden / 3))`, DeciLM's `_ffn_mult_to_intermediate_size`.
 pub fn ffn_mult_to_intermediate(ffn_mult: f64, hidden: usize) -> usize {
@@ -86,6 +86,12 @@ fn parse_attention(
                 as usize,
         ),
     };
+    check_size(
+        &format!("block_configs[{layer}].attention.window_length"),
+        window,
+        MAX_POSITIONS,
+        path,
+    )?;
     Ok(AttentionSpec::Gqa {
         num_kv_heads: kv,
         qkv_bias: bias,
@@ -127,6 +133,12 @@ fn parse_ffn(f: &Value, layer: usize, hidden: usize, bias: bool, path: &Path) ->
             ),
         ));
     };
+    check_size(
+        &format!("block_configs[{layer}].ffn width"),
+        Some(size),
+        MAX_WIDTH,
+        path,
+    )?;
     Ok(FfnSpec::SwiGlu {
         intermediate_size: size,
         bias,

@@ -94,6 +94,27 @@ mod tests {
         assert_eq!(s.layers.len(), 2);
     }
 
+    /// Found by `cargo xtask fuzz` (target `config_json`): 64096 layers in a 328-byte file
+    /// made us hold 106 MB; sizes beyond any model are refused, naming the key.
+    #[test]
+    fn sizes_beyond_any_model_are_refused_by_name() {
+        for (key, v) in [
+            ("num_hidden_layers", 64096u64),
+            ("hidden_size", 1 << 40),
+            ("intermediate_size", 1 << 21),
+            ("vocab_size", 1 << 30),
+            ("max_position_embeddings", 1 << 40),
+        ] {
+            let mut c = base();
+            c[key] = json!(v);
+            let e = parse(c).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}` = {v} is larger than any model")),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn both_rope_dialects_agree() {
         let mut hub = base();

@@ -92,18 +92,6 @@ fn finish(
     solver: &str,
 ) -> Result<SearchSolution> {
     let choice = &mip.choice;
-    if choice.len() != table.groups.len()
-        || choice
-            .iter()
-            .zip(&table.groups)
-            .any(|(&c, g)| c >= g.choices.len())
-    {
-        return Err(Error::invalid(format!(
-            "solver `{solver}` returned a malformed choice ({} entries for {} groups)",
-            choice.len(),
-            table.groups.len()
-        )));
-    }
     for (c, &bound) in spec.constraints.iter().zip(&built.resolved) {
         let v = table.total(choice, &c.key)?;
         if !within(v, c.op, bound) {
@@ -183,6 +171,26 @@ fn solve_built(
             opts.time_limit_secs
         ))),
         MipStatus::Optimal | MipStatus::Feasible => {
+            // The shape first: a plugin's answer may name a group or a choice that does not
+            // exist, and every check below indexes by it.
+            let c = &s.choice;
+            if c.len() != table.groups.len()
+                || c.iter()
+                    .zip(&table.groups)
+                    .any(|(&c, g)| c >= g.choices.len())
+            {
+                return Err(Error::invalid(format!(
+                    "solver `{}` returned a malformed choice ({} entries for {} groups{})",
+                    solver.name(),
+                    c.len(),
+                    table.groups.len(),
+                    if c.len() == table.groups.len() {
+                        ", one out of its group's range"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             let v = built.mip.violations(&s.choice);
             if !v.is_empty() {
                 return Err(Error::invalid(format!(
@@ -461,4 +469,57 @@ pub fn explain_infeasible(
         constraints: reports,
         advice,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::mip::{MipProblem, MipSolution};
+    use crate::search::synthetic;
+
+    /// A dynamic plugin's answer, whatever the problem.
+    struct Answer(MipSolution);
+
+    impl Solver for Answer {
+        fn name(&self) -> &str {
+            "plugin"
+        }
+        fn solve(&self, _: &MipProblem, _: &SolveOptions) -> Result<MipSolution> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Found by `cargo xtask fuzz` (target `plugin_json`): a solver's choice naming a choice
+    /// past its group's end panicked while its rows were evaluated.
+    #[test]
+    fn a_solver_answer_out_of_range_is_an_error_not_a_panic() {
+        let table = synthetic::decoupled(7, 3, 2, 3);
+        let spec = SearchSpec {
+            objective: Objective {
+                key: "kl_div".into(),
+                sense: Sense::Minimize,
+            },
+            constraints: vec![Constraint {
+                key: "runtime_ms".into(),
+                op: Op::Le,
+                value: BoundValue::Relative(0.8),
+            }],
+        };
+        for choice in [vec![0, 5, 0, 2, 1, 0], vec![0, 1], vec![]] {
+            let answer = Answer(MipSolution {
+                status: MipStatus::Optimal,
+                choice,
+                objective: 1.0,
+                bound: 1.0,
+                seconds: 0.0,
+            });
+            let e = solve(&table, &spec, &answer, &SolveOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("solver `plugin` returned a malformed choice"),
+                "{e}"
+            );
+        }
+    }
 }
