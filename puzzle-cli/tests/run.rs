@@ -262,6 +262,35 @@ fn has_file(dir: &Path, name: &str) -> bool {
     })
 }
 
+/// A GKD step whose loss is not finite stops the run with the step named, before the
+/// optimiser writes anything; the stages before it keep their artifacts, so the rerun with a
+/// sane learning rate picks up at distillation.
+#[test]
+fn a_diverging_distillation_stops_with_an_error_and_a_rerun_reuses_the_earlier_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let sane = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, sane.replace("[distill]\n", "[distill]\nlr = 1e30\n")).unwrap();
+    let run_dir = dir.path().join("run");
+    let o = run(&cfg, &run_dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("distillation diverged at step") && err.contains("lower [distill] lr"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !run_dir.join("child/config.json").exists(),
+        "no child from a diverged run"
+    );
+    std::fs::write(&cfg, sane).unwrap();
+    let o = run(&cfg, &run_dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("already trained"), "BLD was redone: {err}");
+}
+
 #[test]
 fn bad_configs_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();

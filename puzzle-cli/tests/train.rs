@@ -153,6 +153,26 @@ fn a_changed_recipe_does_not_resume_a_foreign_checkpoint() {
     );
 }
 
+/// A training step whose loss is not finite stops with the step named, before the optimiser
+/// step, and writes no model.
+#[test]
+fn a_diverging_pretraining_stops_with_an_error_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = micro_recipe(dir.path(), 8, 32);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, text.replace("lr = 1e-2", "lr = 1e30")).unwrap();
+    let out = dir.path().join("out");
+    let o = train(&recipe, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("training diverged at step") && err.contains("lower the learning rate"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.join("model").exists(), "no model from a diverged run");
+}
+
 #[test]
 fn bad_recipes_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();

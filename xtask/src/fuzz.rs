@@ -139,9 +139,9 @@ struct Stats {
 fn stats(log: &str) -> Stats {
     let get = |key: &str| {
         log.lines()
+            .rev()
             .filter_map(|l| l.strip_prefix(key))
-            .filter_map(|v| v.trim_start_matches(':').trim().parse().ok())
-            .last()
+            .find_map(|v| v.trim_start_matches(':').trim().parse().ok())
             .unwrap_or(0)
     };
     Stats {

@@ -21,7 +21,10 @@ use crate::ui;
 ///   puzzle bld run.toml --shard 3/8      # one task of a job array (e.g. SLURM_ARRAY_TASK_ID)
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    about = "Build the block library by Blockwise Local Distillation (Puzzle stages 1-3): for every layer and every variant of the search space, initialise the variant from the parent (KV-head pooling, channel-contribution pruning, linear products) and train it to reproduce the parent layer's output from the parent's input activation (normalised MSE). One parent forward per batch feeds every entry. Killing it and running the same command again resumes each entry from its last checkpoint; finished entries are skipped"
+)]
 pub struct BldArgs {
     /// Run config (TOML).
     pub config: PathBuf,

@@ -25,7 +25,10 @@ use crate::ui;
 ///       --corpus model-zoo/corpora/shakespeare.txt.gz --tasks model-zoo/tasks/cloze.jsonl
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    about = "Measure a model's quality: validation loss and perplexity on the held-out split of a corpus, accuracy on multiple-choice tasks (JSONL {\"context\", \"choices\", \"label\"}; scored by log-likelihood as lm-evaluation-harness does), and with --reference: KL divergence of next-token distributions, top-1 agreement and accuracy retention against the reference"
+)]
 pub struct EvalArgs {
     /// Checkpoint folder to evaluate.
     pub model: PathBuf,

@@ -18,7 +18,10 @@ use puzzle_core::model::load_model;
 ///   puzzle generate runs/tiny/child/model.gguf --prompt "And God said"   (greedy, in llama.cpp)
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    about = "Continue a prompt. Prints the continuation on stdout, then prefill and decode speed on stderr. Greedy unless a temperature is given"
+)]
 pub struct GenerateArgs {
     /// Checkpoint folder with config.json, safetensors and tokenizer.json; or a `.gguf` file,
     /// which runs in llama.cpp (greedy, batch 1, with the GGUF's own tokenizer).

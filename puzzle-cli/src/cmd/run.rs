@@ -24,8 +24,15 @@ use crate::{report, ui};
 ///   puzzle run examples/tiny/tiny.toml
 ///   puzzle run my-run.toml --run runs/experiment-3
 #[derive(Args, Debug)]
-// Verbatim: clap would otherwise join the example lines into one paragraph.
-#[command(verbatim_doc_comment)]
+// Verbatim: clap would otherwise join the example lines into one paragraph; the one-line
+// summary is given apart, as verbatim text would keep its line breaks in `puzzle --help`.
+#[command(
+    verbatim_doc_comment,
+    about = "Run every stage of Puzzle: bld -> cost -> score -> search -> realize -> distill -> \
+             baselines -> eval, then write the report. Each stage keeps its artifacts in the run \
+             folder and is skipped when they are already there for the same inputs: kill it at \
+             any point and run the same command again to continue"
+)]
 pub struct RunArgs {
     /// Run config (TOML); default: the embedded tiny example.
     pub config: Option<PathBuf>,

@@ -29,7 +29,10 @@ use crate::ui;
 ///   puzzle search library.json --objective kl_div --sweep 'runtime_ms<=0.3x..1x:8'
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    about = "Search the block library for the best architecture under deployment constraints (Puzzle stage 6): one choice per group (layer, or layer subblock), maximising quality (or minimising a loss) subject to linear budgets, solved as a mixed-integer program"
+)]
 pub struct SearchArgs {
     /// Run folder or block-table JSON.
     pub source: PathBuf,

@@ -23,7 +23,10 @@ use crate::ui;
 ///   puzzle train model-zoo/tiny-parent/recipe.toml --out runs/tiny-parent
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    about = "Pretrain a Llama-family model from a recipe (architecture, tokenizer, corpus, hyper-parameters): AdamW with warm-up and cosine decay, gradient clipping, periodic validation. Checkpoints go to OUT/checkpoint; killing the process and running the same command again resumes exactly where the last checkpoint left off (same final weights). The trained model is written to OUT/model as a Hugging Face folder"
+)]
 pub struct TrainArgs {
     /// The recipe (TOML).
     pub recipe: PathBuf,
