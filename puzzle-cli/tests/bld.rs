@@ -12,38 +12,7 @@ use assert_cmd::cargo::CommandCargoExt;
 
 /// A run config on the tiny-llama fixture and a slice of the Bible.
 fn config(dir: &Path) -> PathBuf {
-    config_on(dir, &root().join("fixtures/hf/tiny-llama"))
-}
-
-/// The same config on the parent at `parent`.
-fn config_on(dir: &Path, parent: &Path) -> PathBuf {
-    common::write_small_corpus(dir);
-    let cfg = format!(
-        r#"
-[parent]
-path = "{}"
-[data]
-paths = ["corpus.txt"]
-validation_fraction = 0.1
-test_fraction = 0.1
-[space]
-granularity = 32
-ffn_fractions = [0.5, 0.25]
-[bld]
-tokens = 16384
-seq_len = 32
-batch_size = 4
-lr = 3e-3
-checkpoint_every = 8
-eval_sequences = 8
-calibration_sequences = 8
-seed = 3
-"#,
-        parent.display()
-    );
-    let p = dir.join("run.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
+    common::write_bld_config(dir, &root().join("fixtures/hf/tiny-llama"))
 }
 
 fn bld(cfg: &Path, run: &Path, extra: &[&str]) -> std::process::Output {
@@ -207,7 +176,7 @@ fn a_changed_last_byte_of_the_parent_retrains_the_library() {
             std::fs::copy(f.path(), parent.join(f.file_name())).unwrap();
         }
     }
-    let cfg = config_on(dir.path(), &parent);
+    let cfg = common::write_bld_config(dir.path(), &parent);
     let run = dir.path().join("run");
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     let o = bld(&cfg, &run, &["--shard", "0/6"]);
