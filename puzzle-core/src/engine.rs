@@ -38,6 +38,35 @@ pub trait Engine: Send + Sync + 'static {
     }
 }
 
+/// `spec` loaded in `engine` for timing, through the simulated clock when it is on
+/// ([`crate::eval::speed::SIMULATED_CLOCK_ENV`]): every caller that times goes through here.
+pub fn load_timed(
+    engine: &dyn Engine,
+    spec: &ModelSpec,
+    weights: &dyn WeightSource,
+    deploy: &DeploymentProfile,
+    device: &Device,
+) -> Result<Box<dyn Served>> {
+    Ok(crate::eval::speed::clocked(
+        engine.load(spec, weights, deploy, device)?,
+        spec,
+    ))
+}
+
+/// The line reports and provenance give `engine`; it says when the times are simulated, so a
+/// simulated run cannot pass for a measured one.
+pub fn described(engine: &dyn Engine, device: &Device) -> String {
+    let d = engine.describe(device);
+    if crate::eval::speed::simulated_clock() {
+        format!(
+            "{d}; times SIMULATED ({}=1), not measured",
+            crate::eval::speed::SIMULATED_CLOCK_ENV
+        )
+    } else {
+        d
+    }
+}
+
 /// An engine registered by a static plugin.
 pub struct EngineRegistration {
     pub engine: &'static dyn Engine,

@@ -6,6 +6,9 @@
 //! choices and everything else the matching read, so a new child (after a change to
 //! `[search]`, say) rebuilds the baselines instead of comparing it with ones matched to the old.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::calibrate::ChosenSolution;
@@ -18,6 +21,7 @@ use puzzle_core::bld::{block_influence, calibrate};
 use puzzle_core::data::Split;
 use puzzle_core::distill::DistillReport;
 use puzzle_core::error::{Error, Result};
+use puzzle_core::fsutil;
 use puzzle_core::kinds::{BaselineKind, SpeedMetric};
 use puzzle_core::nn::Decoder;
 use puzzle_core::progress::Progress;
@@ -59,16 +63,48 @@ struct Target<'a> {
     /// The table key of the metric (`decode_throughput@b8`).
     key: String,
     measured: Option<f64>,
+    /// Ratios measured so far (this process or an earlier one), by [`Target::measurement`].
+    done: BTreeMap<String, f64>,
 }
 
+/// `baselines/matching.json`: every speed ratio the matching measured, by what it measured, so
+/// that a run killed half-way through matching does not measure its candidates again.
+pub const MATCHING: &str = "matching.json";
+
 impl Target<'_> {
-    fn ratio(&self, m: &Decoder) -> Result<f64> {
-        speed_vs_parent(self.run, m, self.batch, self.metric)
+    fn path(&self) -> PathBuf {
+        self.run.dir.join("baselines").join(MATCHING)
+    }
+
+    /// What a measurement of `m` depends on: its shape (engines do not branch on weight
+    /// values), the metric and batch, the deployment and its engine's build, the parent.
+    fn measurement(&self, m: &Decoder) -> Result<String> {
+        let engine = puzzle_core::engine::described(self.run.engine()?, &m.device());
+        Ok(RunConfig::hash_of(&(
+            m.current_spec(),
+            &self.key,
+            &self.run.config.deployment,
+            self.run.config.eval.speed_repeats,
+            engine,
+            &self.run.parent_fingerprint,
+        )))
+    }
+
+    fn ratio(&mut self, m: &Decoder) -> Result<f64> {
+        let id = self.measurement(m)?;
+        if let Some(&r) = self.done.get(&id) {
+            return Ok(r);
+        }
+        let r = speed_vs_parent(self.run, m, self.batch, self.metric)?;
+        self.done.insert(id, r);
+        fsutil::write_json(&self.path(), &self.done)?;
+        Ok(r)
     }
 
     fn child(&mut self) -> Result<f64> {
         if self.measured.is_none() {
-            self.measured = Some(self.ratio(self.child)?);
+            let child = self.child;
+            self.measured = Some(self.ratio(child)?);
         }
         Ok(self.measured.expect("just set"))
     }
@@ -99,7 +135,13 @@ pub fn baselines_stage(
         batch,
         key,
         measured: None,
+        done: BTreeMap::new(),
     };
+    // A cache keyed by everything its measurements depend on: one that cannot be read is
+    // measured again rather than trusted or fatal.
+    if let Ok(done) = fsutil::read_json(&target.path()) {
+        target.done = done;
+    }
     let mut out = Vec::new();
     for &kind in &c.baselines.kinds {
         let dir = run.dir.join("baselines").join(kind.as_str());

@@ -76,10 +76,14 @@ pub fn eval_stage(
     progress: &mut dyn Progress,
 ) -> Result<EvalReport> {
     let c = &run.config;
-    // A model folder's puzzle.json changes whenever the model does.
+    // A model folder's puzzle.json changes whenever the model does (its timings aside).
     let stamps: Vec<String> = models
         .iter()
-        .map(|m| fsutil::read_to_string(&m.dir.join("puzzle.json")).unwrap_or_default())
+        .map(|m| {
+            crate::run::stamp_of(
+                &fsutil::read_to_string(&m.dir.join("puzzle.json")).unwrap_or_default(),
+            )
+        })
         .collect();
     let inputs = RunConfig::hash_of(&(&stamps, &c.eval, &c.deployment, &run.parent_fingerprint));
     Artifact::new("eval", run.dir.join("eval/report.json")).reuse_or_build(
@@ -99,7 +103,7 @@ pub fn eval_stage(
                 engine: format!(
                     "{} ({})",
                     c.deployment.engine,
-                    run.engine()?.describe(&run.parent.decoder.device())
+                    puzzle_core::engine::described(run.engine()?, &run.parent.decoder.device())
                 ),
                 provenance: inputs.clone(),
             })

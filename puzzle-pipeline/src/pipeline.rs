@@ -161,7 +161,7 @@ pub fn run_all(
     progress.note(&format!(
         "engine {} ({}): speeds are measured there",
         engine.kind(),
-        engine.describe(device)
+        puzzle_core::engine::described(engine, device)
     ));
     for line in run.excluded()? {
         progress.note(&format!("not in the search space: {line}"));

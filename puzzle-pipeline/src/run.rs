@@ -25,6 +25,45 @@ use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer};
 use puzzle_core::variants::SubblockSpec;
 use puzzle_core::weights::SafetensorsWeights;
 
+/// The keys of a run folder's JSON files that record how long something took: the wall seconds
+/// of a BLD entry, a training or distillation session, a scoring pass, a solve. With measured
+/// times made deterministic (`PUZZLE_SIMULATED_CLOCK=1`, `puzzle_core::eval::speed`), they are
+/// the only content of a run folder that differs between two runs of one config on the same
+/// inputs, interrupted or not; the kill-anywhere test (`puzzle-cli/tests/kill_anywhere.rs`)
+/// compares everything else byte for byte. A checkpoint's `SHA256SUMS.json` hashes files that
+/// hold them, so it is checked against its folder instead.
+pub const TIMING_FIELDS: &[&str] = &["seconds"];
+
+/// `v` with every [`TIMING_FIELDS`] key, at any depth, set to null.
+pub fn strip_timings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if TIMING_FIELDS.contains(&k.as_str()) {
+                    *x = serde_json::Value::Null;
+                } else {
+                    strip_timings(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_timings),
+        _ => {}
+    }
+}
+
+/// A JSON artifact's text as an input of a later stage: without its timings, which would make
+/// the later stage's provenance (and so whether it is redone) depend on how long the earlier one
+/// took. Text that is not JSON is taken as it is.
+pub fn stamp_of(json_text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json_text) {
+        Ok(mut v) => {
+            strip_timings(&mut v);
+            v.to_string()
+        }
+        Err(_) => json_text.to_string(),
+    }
+}
+
 /// The run folder's cache of the parent's weight-file hashes (`checkpoint_fingerprint`).
 pub const PARENT_HASHES: &str = "parent-hashes.json";
 

@@ -2,8 +2,9 @@
 //! deployment's engine.
 
 use crate::run::Run;
+use puzzle_core::engine::load_timed;
 use puzzle_core::error::{Context as _, Result};
-use puzzle_core::eval::speed::{Served, Speed, measure_together};
+use puzzle_core::eval::speed::{Served, Speed, clocked, measure_together};
 use puzzle_core::kinds::{EngineKind, SpeedMetric};
 use puzzle_core::nn::Decoder;
 use puzzle_core::weights::MemoryWeights;
@@ -20,14 +21,13 @@ pub fn speed_of(s: &Speed, metric: SpeedMetric) -> f64 {
 pub fn serve(run: &Run, model: &Decoder, what: &str) -> Result<Box<dyn Served>> {
     let d = &run.config.deployment;
     if d.engine == EngineKind::Burn {
-        return Ok(Box::new(model.clone()));
+        return Ok(clocked(Box::new(model.clone()), &model.current_spec()));
     }
     let mut w = MemoryWeights::new(what);
     for (name, t) in model.tensors() {
         w.insert(name, t);
     }
-    run.engine()?
-        .load(&model.current_spec(), &w, d, &model.device())
+    load_timed(run.engine()?, &model.current_spec(), &w, d, &model.device())
         .context(format!("loading {what} in {}", d.engine))
 }
 

@@ -55,7 +55,7 @@ fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
             "engine".to_string(),
             run.engine().map_or_else(
                 |_| c.deployment.engine.to_string(),
-                |e| e.describe(&run.parent.decoder.device()),
+                |e| puzzle_core::engine::described(e, &run.parent.decoder.device()),
             ),
         ),
     ])
@@ -263,8 +263,7 @@ pub fn validate_additivity(
         } else {
             format!("random child {c}")
         };
-        let served = engine
-            .load(&spec, &weights, d, &device)
+        let served = puzzle_core::engine::load_timed(engine, &spec, &weights, d, &device)
             .context(format!("loading the {label} in {}", d.engine))?;
         let layers = picks
             .iter()

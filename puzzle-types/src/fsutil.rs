@@ -35,7 +35,41 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    durability_boundary();
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    durability_boundary();
+    Ok(())
+}
+
+/// The environment variable of the kill-anywhere tests: `PUZZLE_KILL_AT_WRITE=N` makes the
+/// process SIGKILL itself at the `N`-th durability boundary it crosses (1-based): after a temp
+/// file is synced and before it is renamed over its target, after that rename, and between
+/// the renames of [`SwappedDir::commit`]. Those are the instants where a writer that got
+/// the order wrong would leave a torn or stale artifact, and a timer rarely hits them.
+pub const KILL_AT_WRITE_ENV: &str = "PUZZLE_KILL_AT_WRITE";
+
+/// Counts a durability boundary and dies there when [`KILL_AT_WRITE_ENV`] says so.
+fn durability_boundary() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let Some(at) = *AT.get_or_init(|| {
+        std::env::var(KILL_AT_WRITE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        #[cfg(unix)]
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        // Where SIGKILL is not available, the nearest thing: no unwinding, no destructors.
+        std::process::abort();
+    }
 }
 
 /// A new temp file beside `path`, created exclusively. Its name carries the process id, the
@@ -68,6 +102,45 @@ fn create_tmp(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `name` is a temp file of [`write_atomic`]'s: `.{target}.{pid}-{start hex}-{seq}.tmp`.
+fn is_atomic_temp(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some((_, tag)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    let parts: Vec<&str> = tag.split('-').collect();
+    parts.len() == 3
+        && parts[0].parse::<u32>().is_ok()
+        && u128::from_str_radix(parts[1], 16).is_ok()
+        && parts[2].parse::<u64>().is_ok()
+}
+
+/// Removes, under `dir` at any depth, the temp files [`write_atomic`] leaves when its process
+/// is killed between creating one and renaming it over its target, and returns them. Only for
+/// a folder no other process is writing into (a finished run): a writer's temp file cannot be
+/// told from a dead writer's by its name alone when the writer runs on another host.
+pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let mut walk = vec![dir.to_path_buf()];
+    while let Some(d) = walk.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+            let e = e.map_err(|e| Error::io(&d, e))?;
+            let p = e.path();
+            let kind = e.file_type().map_err(|e| Error::io(&p, e))?;
+            if kind.is_dir() {
+                walk.push(p);
+            } else if kind.is_file() && is_atomic_temp(&e.file_name().to_string_lossy()) {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                removed.push(p);
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
@@ -139,8 +212,10 @@ impl SwappedDir {
         if self.live.exists() {
             let _ = std::fs::remove_dir_all(&old);
             std::fs::rename(&self.live, &old).map_err(|e| Error::io(&self.live, e))?;
+            durability_boundary();
         }
         std::fs::rename(&tmp, &self.live).map_err(|e| Error::io(&self.live, e))?;
+        durability_boundary();
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
@@ -224,6 +299,29 @@ pub fn sha256_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temp_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        // What a writer killed before its rename leaves: a real temp file of write_atomic's.
+        let target = sub.join("meta.json");
+        let (tmp, _f) = create_tmp(&target).unwrap();
+        let keep = [
+            sub.join("meta.json"),
+            sub.join(".meta.json.tmp"),
+            sub.join(".meta.json.12-zz-3.tmp"),
+            dir.path().join("notes.tmp"),
+        ];
+        for k in &keep {
+            std::fs::write(k, b"x").unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("ckpt.tmp")).unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), vec![tmp.clone()]);
+        assert!(!tmp.exists());
+        assert!(keep.iter().all(|k| k.exists()) && dir.path().join("ckpt.tmp").is_dir());
+    }
 
     #[test]
     fn atomic_write_replaces_whole_file_and_leaves_no_temp() {

@@ -167,7 +167,7 @@ impl<'c, 'a> Plan<'c, 'a> {
             .as_ref()
             .map_err(|e| Error::invalid(e.clone()))?;
         let w = random_weights(spec, 0.02, seed);
-        engine.load(spec, &w, self.ctx.deploy, &self.ctx.device)
+        puzzle_core::engine::load_timed(*engine, spec, &w, self.ctx.deploy, &self.ctx.device)
     }
 
     /// Times every wanted replacement against the parent, `CHUNK` models at a time.

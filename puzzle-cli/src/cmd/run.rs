@@ -97,6 +97,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     child_gguf(&dir.join("child"));
     let out = report::write(&dir, &config.display().to_string())?;
+    // The run is complete, so nothing else writes in its folder: what killed writers left goes.
+    let stale = puzzle_core::fsutil::remove_stale_temps(&dir)?;
+    if !stale.is_empty() {
+        eprintln!(
+            "removed {} temp file{} left by killed writers (e.g. {})",
+            stale.len(),
+            if stale.len() == 1 { "" } else { "s" },
+            stale[0].display()
+        );
+    }
     print_summary(&summary.eval, &summary.chosen);
     let cfg = puzzle_pipeline::config::RunConfig::load(&config)?;
     for v in verdicts(&cfg.search.constraints, &summary.eval, "child")? {

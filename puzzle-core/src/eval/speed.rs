@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::nn::{Decoder, KvCache};
+use crate::spec::{AttentionSpec, ModelSpec};
 
 /// A model loaded in a serving engine, ready to time requests.
 pub trait Served {
@@ -20,6 +21,79 @@ impl Served for Decoder {
     fn request(&self, batch: usize, prefill: usize, decode_steps: usize) -> Result<(f64, f64)> {
         Ok(once(self, batch, prefill, decode_steps))
     }
+}
+
+/// The environment variable that replaces every measured time by [`simulated_ms`]
+/// (`PUZZLE_SIMULATED_CLOCK=1`). For tests of what a run does around its measurements
+/// (kill-and-resume, above all): real timings differ between two runs, and everything the
+/// search decides from them with it. The engines still load and run every request; only the
+/// times they report are replaced. A run under it says so wherever it names its engine.
+pub const SIMULATED_CLOCK_ENV: &str = "PUZZLE_SIMULATED_CLOCK";
+
+/// Whether [`SIMULATED_CLOCK_ENV`] is set to `1` (read once per process).
+pub fn simulated_clock() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(SIMULATED_CLOCK_ENV).is_ok_and(|v| v == "1"))
+}
+
+/// `inner` timed by the simulated clock when [`simulated_clock`] is on, else `inner` itself.
+pub fn clocked(inner: Box<dyn Served>, spec: &ModelSpec) -> Box<dyn Served> {
+    if simulated_clock() {
+        Box::new(SimulatedClock {
+            inner,
+            spec: spec.clone(),
+        })
+    } else {
+        inner
+    }
+}
+
+/// Runs each request in the real engine, reports [`simulated_ms`].
+struct SimulatedClock {
+    inner: Box<dyn Served>,
+    spec: ModelSpec,
+}
+
+impl Served for SimulatedClock {
+    fn request(&self, batch: usize, prefill: usize, decode_steps: usize) -> Result<(f64, f64)> {
+        self.inner.request(batch, prefill, decode_steps)?;
+        Ok(simulated_ms(&self.spec, batch, prefill, decode_steps))
+    }
+}
+
+/// A deterministic request time (prefill ms, total ms) for `spec`: each forward reads every
+/// weight once at 10 GB/s, computes at 20 GFLOP/s, pays 0.02 ms per attention or FFN that is
+/// not a no-op (an engine's per-op overhead) and 0.05 ms per layer that has either (a layer
+/// with neither is skipped whole). So, as in real engines, small batches are bound by weights
+/// and overheads, and block sums do not add up exactly (the per-layer part is saved only when
+/// both subblocks go), which the search's calibration has to correct. It is a plausible CPU,
+/// not this one: the point is that two runs agree exactly.
+pub fn simulated_ms(
+    spec: &ModelSpec,
+    batch: usize,
+    prefill: usize,
+    decode_steps: usize,
+) -> (f64, f64) {
+    let (mut ops, mut layers) = (0.0, 0.0);
+    for l in &spec.layers {
+        let n = usize::from(!matches!(l.attention, AttentionSpec::NoOp))
+            + usize::from(!matches!(l.ffn, crate::spec::FfnSpec::NoOp));
+        ops += n as f64;
+        layers += if n > 0 { 1.0 } else { 0.0 };
+    }
+    let weights_ms = spec.num_params() as f64 * 4.0 / 10e9 * 1e3;
+    let forward = |past: usize, tokens: usize| {
+        spec.forward_flops(batch, past, tokens) / 20e9 * 1e3
+            + weights_ms
+            + 0.02 * ops
+            + 0.05 * layers
+    };
+    let p = forward(0, prefill);
+    let total = p
+        + (0..decode_steps)
+            .map(|i| forward(prefill + i, 1))
+            .sum::<f64>();
+    (p, total)
 }
 
 /// One measurement: medians over rounds, and the range over rounds.
@@ -164,4 +238,78 @@ fn once(model: &Decoder, batch: usize, prefill: usize, decode_steps: usize) -> (
             .expect("ids");
     }
     (t_prefill, t0.elapsed().as_secs_f64() * 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FfnSpec, LayerSpec, RopeScaling, RopeSpec};
+
+    fn spec(layers: Vec<(bool, bool)>) -> ModelSpec {
+        ModelSpec {
+            family: "llama".into(),
+            hidden_size: 64,
+            vocab_size: 128,
+            num_attention_heads: 4,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope: RopeSpec {
+                theta: 10000.0,
+                scaling: RopeScaling::Default,
+            },
+            max_position_embeddings: 256,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            storage_dtype: None,
+            layers: layers
+                .into_iter()
+                .map(|(attn, ffn)| LayerSpec {
+                    attention: if attn {
+                        AttentionSpec::Gqa {
+                            num_kv_heads: 2,
+                            qkv_bias: false,
+                            o_bias: false,
+                            window: None,
+                        }
+                    } else {
+                        AttentionSpec::NoOp
+                    },
+                    ffn: if ffn {
+                        FfnSpec::SwiGlu {
+                            intermediate_size: 128,
+                            bias: false,
+                        }
+                    } else {
+                        FfnSpec::NoOp
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The simulated clock's request times, against the formula worked by hand, and the
+    /// non-additivity the kill-anywhere test relies on to exercise the speed calibration.
+    #[test]
+    fn simulated_times_follow_the_documented_formula() {
+        let s = spec(vec![(true, true), (true, true)]);
+        // One forward of 1 token at batch 1 with 3 cached positions: weight FLOPs are
+        // 2 x MACs per token; attention 2 x 2 x 64 x 4 attended positions per layer.
+        let flops = 2.0 * s.matmul_macs_per_token() as f64 + 2.0 * (2.0 * 2.0 * 64.0 * 4.0);
+        let step =
+            flops / 20e9 * 1e3 + s.num_params() as f64 * 4.0 / 10e9 * 1e3 + 0.02 * 4.0 + 0.05 * 2.0;
+        let (p, t) = simulated_ms(&s, 1, 3, 1);
+        let (p0, _) = simulated_ms(&s, 1, 3, 0);
+        assert_eq!(p, p0);
+        assert!((t - p - step).abs() < 1e-12, "{} vs {step}", t - p);
+        // Removing both subblocks of a layer saves more than removing each alone.
+        let full = simulated_ms(&s, 1, 8, 4).1;
+        let no_attn = simulated_ms(&spec(vec![(false, true), (true, true)]), 1, 8, 4).1;
+        let no_ffn = simulated_ms(&spec(vec![(true, false), (true, true)]), 1, 8, 4).1;
+        let neither = simulated_ms(&spec(vec![(false, false), (true, true)]), 1, 8, 4).1;
+        let saved_apart = (full - no_attn) + (full - no_ffn);
+        assert!((full - neither) - saved_apart > 0.05 * 5.0 - 1e-9);
+        // Deterministic: the point of it.
+        assert_eq!(simulated_ms(&s, 2, 16, 7), simulated_ms(&s, 2, 16, 7));
+    }
 }
