@@ -17,9 +17,10 @@ use serde_json::Value;
 use crate::config::{HfLlamaConfig, MAX_POSITIONS, MAX_WIDTH, check_groups, check_size};
 
 /// `round_up_to_256(int(2 * ffn_mult * hidden / 3))`, DeciLM's `_ffn_mult_to_intermediate_size`.
+/// Saturates instead of overflowing (callers bound the width; see `parse_ffn`).
 pub fn ffn_mult_to_intermediate(ffn_mult: f64, hidden: usize) -> usize {
     let i = (2.0 * ffn_mult * hidden as f64 / 3.0) as usize;
-    i.div_ceil(256) * 256
+    i.div_ceil(256).saturating_mul(256)
 }
 
 /// The `ffn_mult` that maps back to `intermediate` (`1.5 * I / hidden`); exact when `I` is a
@@ -124,6 +125,16 @@ fn parse_ffn(f: &Value, layer: usize, hidden: usize, bias: bool, path: &Path) ->
                 format!("block_configs[{layer}].ffn.ffn_mult {m} is not a positive number"),
             )
         })?;
+        // Bounded before rounding: a huge multiple would overflow the rounding up.
+        let raw = 2.0 * m * hidden as f64 / 3.0;
+        if raw > MAX_WIDTH as f64 {
+            return Err(Error::config(
+                path,
+                format!(
+                    "block_configs[{layer}].ffn.ffn_mult {m} makes an FFN {raw:.3e} wide, larger than any model (at most {MAX_WIDTH})"
+                ),
+            ));
+        }
         ffn_mult_to_intermediate(m, hidden)
     } else {
         return Err(Error::config(
@@ -344,6 +355,32 @@ pub fn child_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo xtask fuzz` (target `config_json`, in CI's 30 s run): `ffn_mult`
+    /// 5.6e33 overflowed the rounding up to a multiple of 256 (a panic); now an error naming it.
+    #[test]
+    fn a_huge_ffn_mult_is_an_error_naming_it() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/hf/tiny-decilm/config.json"
+        ));
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(DeciLmFamily.parse_config(&c, path).is_ok());
+        let layer = c["block_configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|b| b["ffn"]["ffn_mult"].is_f64())
+            .unwrap();
+        c["block_configs"][layer]["ffn"]["ffn_mult"] = serde_json::json!(5.555555555555556e33);
+        let e = DeciLmFamily.parse_config(&c, path).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("block_configs[{layer}].ffn.ffn_mult"))
+                && e.contains("larger than any model"),
+            "{e}"
+        );
+        assert_eq!(ffn_mult_to_intermediate(1e300, 128), usize::MAX);
+    }
 
     #[test]
     fn ffn_mult_rounding_matches_decilm() {
