@@ -16,7 +16,7 @@ use std::time::Instant;
 use puzzle_solver_bnb::BnbSolver;
 use puzzle_solver_highs::HighsSolver;
 use puzzle_types::search::mip::{MipProblem, MipSolution, SolveOptions, Solver};
-use puzzle_types::search::run::{diverse, sweep};
+use puzzle_types::search::run::{diverse, solve_excluding, sweep};
 use puzzle_types::search::{BlockTable, BoundValue, Objective, Op, SearchSpec, Sense, synthetic};
 
 const REPEATS: usize = 5;
@@ -62,6 +62,28 @@ fn seconds(f: impl FnOnce()) -> f64 {
 }
 
 fn main() {
+    // `cargo bench --bench search -- sharing` runs one section (`instances`, `sharing`); cargo
+    // passes its own `--bench` too.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    let opts = SolveOptions {
+        time_limit_secs: 300.0,
+        relative_gap: 1e-9,
+        ..Default::default()
+    };
+    if run("instances") {
+        instances(&opts);
+    }
+    if run("sharing") {
+        sharing(&opts);
+    }
+}
+
+/// Every solver on every instance, with PuLP + CBC.
+fn instances(opts: &SolveOptions) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/search-bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -104,11 +126,6 @@ fn main() {
             cases.push((name.into(), table.clone(), spec("metrics.kl_div", &cs)));
         }
     }
-    let opts = SolveOptions {
-        time_limit_secs: 300.0,
-        relative_gap: 1e-9,
-        ..Default::default()
-    };
     let mut rows = Vec::new();
     for (name, table, spec) in &cases {
         let built = spec.build(table).unwrap();
@@ -117,8 +134,8 @@ fn main() {
             serde_json::to_vec(&built.mip).unwrap(),
         )
         .unwrap();
-        let h = timed(&|| Box::new(HighsSolver), &built.mip, &opts);
-        let b = timed(&|| Box::new(BnbSolver::new()), &built.mip, &opts);
+        let h = timed(&|| Box::new(HighsSolver), &built.mip, opts);
+        let b = timed(&|| Box::new(BnbSolver::new()), &built.mip, opts);
         rows.push((name.clone(), built.mip.num_vars, h, b));
     }
     // PuLP + CBC on the same files, the same number of times.
@@ -186,9 +203,11 @@ fn main() {
             worst.0
         );
     }
+}
 
-    // Work shared across related solves: a 20-point sweep and 10 diverse solutions on the
-    // 80 x 100 instance, against the same solves made independently.
+/// Work shared across related solves: a 20-point sweep and 10 diverse solutions on the
+/// 80 x 100 instance, against the same solves made independently.
+fn sharing(opts: &SolveOptions) {
     let table = synthetic::whole_block(180, 80, 100);
     let base = spec("kl_div", &["memory_mib<=0.6x", "num_params<=0.7x"]);
     let values: Vec<BoundValue> = (0..20)
@@ -202,7 +221,7 @@ fn main() {
         let solver = make();
         let solver = solver.as_ref();
         let together = seconds(|| {
-            sweep(&table, &base, solver, &opts, "runtime_ms", Op::Le, &values).unwrap();
+            sweep(&table, &base, solver, opts, "runtime_ms", Op::Le, &values).unwrap();
         });
         let alone = seconds(|| {
             for v in &values {
@@ -211,7 +230,7 @@ fn main() {
                     &table,
                     &base,
                     cold.as_ref(),
-                    &opts,
+                    opts,
                     "runtime_ms",
                     Op::Le,
                     &[*v],
@@ -232,19 +251,33 @@ fn main() {
     for make in fresh {
         let solver = make();
         let solver = solver.as_ref();
-        let mut first = 0.0;
+        let mut found = Vec::new();
         let together = seconds(|| {
-            let s = diverse(&table, &tight, solver, &opts, 10, 5)
+            found = diverse(&table, &tight, solver, opts, 10, 5)
                 .unwrap()
                 .unwrap();
-            assert_eq!(s.len(), 10);
-            first = s[0].seconds;
+            assert_eq!(found.len(), 10);
         });
+        // The same ten problems (the k-th excludes the first k-1 solutions), each solved by a
+        // new solver; and the first problem solved ten times, for scale.
+        let cuts: Vec<Vec<usize>> = found.iter().map(|s| s.choice_index.clone()).collect();
+        let alone = seconds(|| {
+            for k in 0..found.len() {
+                let cold = make();
+                let s = solve_excluding(&table, &tight, cold.as_ref(), opts, &cuts[..k], 5)
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    (s.objective - found[k].objective).abs() <= 1e-9 * (1.0 + s.objective.abs())
+                );
+            }
+        });
+        let first = found[0].seconds;
         println!(
-            "| 10 solutions, >= 5 layers apart | {} | {together:.3} | {:.3} (10 x the first) | {:.2}x |",
+            "| 10 solutions, >= 5 layers apart | {} | {together:.3} | {alone:.3} (10 x the first: {:.3}) | {:.2}x |",
             solver.name(),
             10.0 * first,
-            10.0 * first / together
+            alone / together
         );
     }
 }

@@ -162,6 +162,20 @@ fn solve_built(
             hi: groups as f64 - min_diversity as f64,
         });
     }
+    // Each earlier solution is excluded by its cut, and usually a few moves from the next one:
+    // repaired to satisfy every cut, the latest first, it is the next solve's first incumbent.
+    let mut hinted;
+    let opts = if extra_rows.is_empty() {
+        opts
+    } else {
+        hinted = opts.clone();
+        for prev in extra_rows.iter().rev() {
+            if let Some(h) = built.mip.repair(prev) {
+                hinted.hints.push(h);
+            }
+        }
+        &hinted
+    };
     let s = solver.solve(&built.mip, opts)?;
     match s.status {
         MipStatus::Infeasible => Ok(None),
@@ -214,6 +228,19 @@ pub fn solve(
         Some(s) => Ok(Ok(s)),
         None => Ok(Err(explain_infeasible(table, spec, solver, opts)?)),
     }
+}
+
+/// The best solution differing from each of `previous` (choice indices per group) in at least
+/// `min_diversity` groups; `Ok(None)` when there is none. [`diverse`] is a series of these.
+pub fn solve_excluding(
+    table: &BlockTable,
+    spec: &SearchSpec,
+    solver: &dyn Solver,
+    opts: &SolveOptions,
+    previous: &[Vec<usize>],
+    min_diversity: usize,
+) -> Result<Option<SearchSolution>> {
+    solve_with(table, spec, solver, opts, previous, min_diversity)
 }
 
 /// Up to `n` solutions, each differing from every earlier one in at least `min_diversity`
