@@ -115,6 +115,40 @@ fn inspect_shows_a_heterogeneous_child() {
     assert_eq!(v["layers"].as_array().unwrap().len(), 4);
 }
 
+/// `--type q4_k_m` goes through llama.cpp's quantiser: the file it writes is llama.cpp's K-quant
+/// mix (mostly Q4_K matrices) and the f32 export it started from is gone.
+#[cfg(feature = "llamacpp")]
+#[test]
+fn export_gguf_makes_llama_cpps_k_quants() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.Q4_K_M.gguf");
+    let (ok, _, err) = output(puzzle().args([
+        "export".as_ref(),
+        "gguf".as_ref(),
+        "model-zoo/tiny-parent".as_ref(),
+        out.as_os_str(),
+        "--type".as_ref(),
+        "q4_k_m".as_ref(),
+    ]));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("q4_k_m by llama.cpp's quantiser") && err.contains("Q4_K"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["tiny.Q4_K_M.gguf".to_string()]);
+    let g = puzzle_core::gguf::GgufFile::open(&out).unwrap();
+    let q4k = g
+        .tensors
+        .iter()
+        .filter(|t| t.ggml_type == puzzle_core::gguf::GgmlType::Q4K)
+        .count();
+    assert!(q4k >= 6 * 4, "{q4k} Q4_K tensors");
+}
+
 #[test]
 fn generate_prints_text_and_speed() {
     let (ok, out, err) = output(puzzle().args([

@@ -41,6 +41,30 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// Like [`write_atomic`] for a writer that opens the file itself by name (a C library):
+/// `write` fills the exclusive temp file beside `path` (it exists, empty), which is then synced
+/// and renamed over `path`. On an error the temp file is removed and `path` is untouched.
+pub fn write_atomic_via_path(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let (tmp, file) = create_tmp(path).map_err(|e| Error::io(path, e))?;
+    drop(file);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(path, e))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    durability_boundary();
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    durability_boundary();
+    Ok(())
+}
+
 /// The environment variable of the kill-anywhere tests: `PUZZLE_KILL_AT_WRITE=N` makes the
 /// process SIGKILL itself at the `N`-th durability boundary it crosses (1-based): after a temp
 /// file is synced and before it is renamed over its target, after that rename, and between
@@ -335,6 +359,32 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
+        assert_eq!(names.len(), 1, "temp files left: {names:?}");
+    }
+
+    #[test]
+    fn a_writer_by_path_replaces_the_file_or_leaves_it_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        std::fs::write(&p, b"old").unwrap();
+        let failed = write_atomic_via_path(&p, |tmp| {
+            std::fs::write(tmp, b"half").unwrap();
+            Err(Error::invalid("the writer failed"))
+        });
+        assert!(
+            failed
+                .unwrap_err()
+                .to_string()
+                .contains("the writer failed")
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        write_atomic_via_path(&p, |tmp| {
+            assert!(tmp.exists() && tmp.parent() == p.parent());
+            std::fs::write(tmp, b"new").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temp files left: {names:?}");
     }
 

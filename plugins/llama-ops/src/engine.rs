@@ -1,7 +1,9 @@
 //! llama.cpp as the deployment's engine (`deployment.engine = "llamacpp"`): a model is written
 //! as a GGUF by our exporter (with llama.cpp's limits re-expressed exactly, so it is timed as it
 //! will be served), loaded by the llama.cpp that `puzzle-llamacpp` builds, and timed there at
-//! the deployment's weight and KV-cache types, on every core of this machine.
+//! the deployment's weight and KV-cache types, on every core of this machine. `int4` weights
+//! are llama.cpp's Q4_K_M, made by llama.cpp's own quantiser from our f32 GGUF, as a user
+//! serving a 4-bit model would make them.
 
 use puzzle_core::burn::tensor::Device;
 use puzzle_core::deploy::DeploymentProfile;
@@ -12,7 +14,7 @@ use puzzle_core::gguf::GgmlType;
 use puzzle_core::kinds::{Dtype, EngineKind};
 use puzzle_core::spec::{AttentionSpec, ModelSpec};
 use puzzle_core::weights::WeightSource;
-use puzzle_llamacpp::{KvType, LLAMACPP_SOURCE, LlamaCpp};
+use puzzle_llamacpp::{KvType, LLAMACPP_SOURCE, LlamaCpp, Quant, quantize};
 
 use crate::gguf_export::{Vocab, write_model_gguf};
 
@@ -23,16 +25,27 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The GGUF storage type of a deployment's weight dtype.
-pub fn weight_type(d: Dtype) -> Result<GgmlType> {
+/// How a deployment's weights are stored in the GGUF that is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Written by our exporter in this type.
+    Ours(GgmlType),
+    /// Our f32 export, quantised by llama.cpp's quantiser.
+    LlamaCpp(Quant),
+}
+
+/// The GGUF storage of a deployment's weight dtype.
+pub fn weight_type(d: Dtype) -> Result<WeightStorage> {
     Ok(match d {
-        Dtype::Fp32 | Dtype::Tf32 => GgmlType::F32,
-        Dtype::Bf16 => GgmlType::Bf16,
-        Dtype::Fp16 => GgmlType::F16,
-        Dtype::Int8 | Dtype::Fp8 => GgmlType::Q8_0,
+        Dtype::Fp32 | Dtype::Tf32 => WeightStorage::Ours(GgmlType::F32),
+        Dtype::Bf16 => WeightStorage::Ours(GgmlType::Bf16),
+        Dtype::Fp16 => WeightStorage::Ours(GgmlType::F16),
+        Dtype::Int8 | Dtype::Fp8 => WeightStorage::Ours(GgmlType::Q8_0),
+        // The 4-bit type llama.cpp users serve (its README's and quantiser's recommendation).
+        Dtype::Int4 => WeightStorage::LlamaCpp(Quant::Q4KM),
         other => {
             return Err(Error::invalid(format!(
-                "deployment.weight_dtype = \"{other}\": puzzle writes llama.cpp weights as f32, bf16, fp16 or int8 (Q8_0)"
+                "deployment.weight_dtype = \"{other}\": llama.cpp weights are f32, bf16, fp16, int8 (Q8_0) or int4 (llama.cpp's Q4_K_M) here"
             )));
         }
     })
@@ -98,7 +111,17 @@ impl Engine for LlamaCppEngine {
         }
         let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let path = dir.path().join("model.gguf");
-        write_model_gguf(spec, weights, Vocab::None, "timed", &path, ty)?;
+        match ty {
+            WeightStorage::Ours(ty) => {
+                write_model_gguf(spec, weights, Vocab::None, "timed", &path, ty)?;
+            }
+            WeightStorage::LlamaCpp(q) => {
+                let f32 = dir.path().join("f32.gguf");
+                write_model_gguf(spec, weights, Vocab::None, "timed", &f32, GgmlType::F32)?;
+                quantize(&f32, &path, q, threads())?;
+                std::fs::remove_file(&f32).map_err(|e| Error::io(&f32, e))?;
+            }
+        }
         let model = LlamaCpp::load(&path, threads())?.with_serving_kv(kv);
         Ok(Box::new(Loaded { model, _dir: dir }))
     }

@@ -89,6 +89,9 @@ fn every_shape_the_search_makes_for_llama_cpp_serves_batched_requests() {
             (Dtype::Fp32, Dtype::Fp32),
             (Dtype::Bf16, Dtype::Fp16),
             (Dtype::Int8, Dtype::Int8),
+            // llama.cpp's Q4_K_M by its quantiser; widths of 32 and 128 are not whole
+            // 256-value super-blocks, so it falls back per tensor, as it must serve them.
+            (Dtype::Int4, Dtype::Fp16),
         ] {
             let d = deploy(wt, kv);
             let m = LlamaCppEngine
@@ -119,13 +122,13 @@ fn what_llama_cpp_cannot_run_is_refused_with_the_layer_named() {
         .load(
             &spec(vec![layer(gqa(2), swiglu(128))]),
             &w,
-            &deploy(Dtype::Int4, Dtype::Fp32),
+            &deploy(Dtype::Fp4, Dtype::Fp32),
             &Device::flex(),
         )
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("deployment.weight_dtype = \"int4\""), "{e}");
+    assert!(e.contains("deployment.weight_dtype = \"fp4\""), "{e}");
     // llama.cpp's Q8_0 KV cache needs heads of whole 32-value blocks.
     let mut s = spec(vec![layer(gqa(2), swiglu(128))]);
     s.head_dim = 16;

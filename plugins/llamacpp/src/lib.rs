@@ -222,6 +222,128 @@ impl LlamaCpp {
     }
 }
 
+/// llama.cpp's own quantisation schemes, as `llama-quantize` names them. The K types store
+/// super-blocks of 256 values; the `_S`/`_M`/`_L` mixes keep some tensors (attention V, FFN
+/// down, the output) in a wider type, as llama.cpp decides per tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quant {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3KS,
+    Q3KM,
+    Q3KL,
+    Q4KS,
+    Q4KM,
+    Q5KS,
+    Q5KM,
+    Q6K,
+}
+
+impl Quant {
+    pub const ALL: [Quant; 13] = [
+        Quant::Q4_0,
+        Quant::Q4_1,
+        Quant::Q5_0,
+        Quant::Q5_1,
+        Quant::Q2K,
+        Quant::Q3KS,
+        Quant::Q3KM,
+        Quant::Q3KL,
+        Quant::Q4KS,
+        Quant::Q4KM,
+        Quant::Q5KS,
+        Quant::Q5KM,
+        Quant::Q6K,
+    ];
+
+    /// `llama-quantize`'s name, lower case (`q4_k_m`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Q4_0 => "q4_0",
+            Quant::Q4_1 => "q4_1",
+            Quant::Q5_0 => "q5_0",
+            Quant::Q5_1 => "q5_1",
+            Quant::Q2K => "q2_k",
+            Quant::Q3KS => "q3_k_s",
+            Quant::Q3KM => "q3_k_m",
+            Quant::Q3KL => "q3_k_l",
+            Quant::Q4KS => "q4_k_s",
+            Quant::Q4KM => "q4_k_m",
+            Quant::Q5KS => "q5_k_s",
+            Quant::Q5KM => "q5_k_m",
+            Quant::Q6K => "q6_k",
+        }
+    }
+
+    fn ftype(self) -> llama_cpp_sys_2::llama_ftype {
+        use llama_cpp_sys_2 as sys;
+        match self {
+            Quant::Q4_0 => sys::LLAMA_FTYPE_MOSTLY_Q4_0,
+            Quant::Q4_1 => sys::LLAMA_FTYPE_MOSTLY_Q4_1,
+            Quant::Q5_0 => sys::LLAMA_FTYPE_MOSTLY_Q5_0,
+            Quant::Q5_1 => sys::LLAMA_FTYPE_MOSTLY_Q5_1,
+            Quant::Q2K => sys::LLAMA_FTYPE_MOSTLY_Q2_K,
+            Quant::Q3KS => sys::LLAMA_FTYPE_MOSTLY_Q3_K_S,
+            Quant::Q3KM => sys::LLAMA_FTYPE_MOSTLY_Q3_K_M,
+            Quant::Q3KL => sys::LLAMA_FTYPE_MOSTLY_Q3_K_L,
+            Quant::Q4KS => sys::LLAMA_FTYPE_MOSTLY_Q4_K_S,
+            Quant::Q4KM => sys::LLAMA_FTYPE_MOSTLY_Q4_K_M,
+            Quant::Q5KS => sys::LLAMA_FTYPE_MOSTLY_Q5_K_S,
+            Quant::Q5KM => sys::LLAMA_FTYPE_MOSTLY_Q5_K_M,
+            Quant::Q6K => sys::LLAMA_FTYPE_MOSTLY_Q6_K,
+        }
+    }
+}
+
+impl std::fmt::Display for Quant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Quant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let want = s.to_ascii_lowercase();
+        Quant::ALL
+            .into_iter()
+            .find(|q| q.name() == want)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Quant::ALL.iter().map(|q| q.name()).collect();
+                Error::invalid(format!(
+                    "`{s}` is not one of llama.cpp's quantisation types ({})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Quantises the GGUF `input` (f32, f16 or bf16 matrices, as our export writes them) into
+/// `output` with llama.cpp's own quantiser, `threads` threads. `output` is replaced atomically:
+/// a failed or killed quantisation leaves it as it was.
+pub fn quantize(input: &Path, output: &Path, q: Quant, threads: usize) -> Result<()> {
+    backend();
+    if !input.is_file() {
+        return Err(Error::invalid(format!(
+            "cannot quantise {}: no such file",
+            input.display()
+        )));
+    }
+    let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
+    puzzle_types::fsutil::write_atomic_via_path(output, |tmp| {
+        raw::quantize(input, tmp, q.ftype(), threads).map_err(|e| {
+            Error::invalid(format!(
+                "quantising {} to {q} for {}: {e}",
+                input.display(),
+                output.display()
+            ))
+        })
+    })
+}
+
 /// The index of the largest value (the first among equals).
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;

@@ -12,11 +12,40 @@ use llama_cpp_sys_2 as sys;
 
 use crate::KvType;
 
-/// Starts llama.cpp's backend; unless `log`, its (and ggml's) log lines are dropped.
+/// The last error lines llama.cpp logged while its log was quiet: its library calls report why
+/// they failed only there (a failed quantisation returns 1), so errors quote them.
+static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Takes the error lines llama.cpp logged since the last call, joined (empty if none).
+pub fn take_errors() -> String {
+    let mut e = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    let s = e.join(" ");
+    e.clear();
+    s
+}
+
+/// Starts llama.cpp's backend; unless `log`, its (and ggml's) log lines are dropped, except
+/// error lines, which [`take_errors`] hands to the error that follows them.
 pub fn init_backend(log: bool) {
-    unsafe extern "C" fn quiet(_level: sys::ggml_log_level, _text: *const c_char, _: *mut c_void) {}
+    unsafe extern "C" fn quiet(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
+        if level != sys::GGML_LOG_LEVEL_ERROR || text.is_null() {
+            return;
+        }
+        // SAFETY: llama.cpp passes a NUL-terminated string that lives for the call.
+        let line = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+        let line = line.trim().trim_matches('=').trim();
+        if line.is_empty() {
+            return;
+        }
+        let mut e = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+        // A bound, should nobody take them.
+        if e.len() >= 16 {
+            e.remove(0);
+        }
+        e.push(line.to_string());
+    }
     // SAFETY: plain initialisation calls, made once per process (the caller's OnceLock); the
-    // callback ignores its arguments and lives for the program.
+    // callback copies its text out and lives for the program.
     unsafe {
         if !log {
             sys::llama_log_set(Some(quiet), std::ptr::null_mut());
@@ -42,6 +71,43 @@ impl Drop for Model {
         // SAFETY: `ptr` came from llama_model_load_from_file and is freed once; every context
         // borrowing it has been dropped (lifetimes).
         unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// llama.cpp's quantiser (the library call behind `llama-quantize`): reads the GGUF `input`
+/// and writes `output` with its matrices in `ftype`, choosing per tensor as llama.cpp does (the
+/// `_M` mixes keep some tensors wider; a row length a block type cannot hold falls back to a
+/// type that can). `output` is written by llama.cpp itself, not atomically.
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    ftype: sys::llama_ftype,
+    threads: i32,
+) -> Result<(), String> {
+    let c = |p: &Path| -> Result<CString, String> {
+        let s = p
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+        CString::new(s).map_err(|_| format!("{} contains a NUL byte", p.display()))
+    };
+    let (i, o) = (c(input)?, c(output)?);
+    // SAFETY: returns a plain struct of defaults (null pointers for imatrix and overrides).
+    let mut params = unsafe { sys::llama_model_quantize_default_params() };
+    params.nthread = threads;
+    params.ftype = ftype;
+    take_errors();
+    // SAFETY: both paths are valid C strings for the call and `params` is a complete struct
+    // whose pointers are the defaults' nulls.
+    let rc = unsafe { sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &params) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let why = take_errors();
+        Err(if why.is_empty() {
+            format!("llama.cpp's quantiser failed (code {rc}; PUZZLE_LLAMACPP_LOG=1 shows its log)")
+        } else {
+            format!("llama.cpp's quantiser failed: {why}")
+        })
     }
 }
 
@@ -100,14 +166,18 @@ impl Model {
             .to_str()
             .ok_or_else(|| "the path is not UTF-8".to_string())?;
         let c = CString::new(s).map_err(|_| "the path contains a NUL byte".to_string())?;
+        take_errors();
         // SAFETY: `c` is a valid C string for the call; the default parameters hold no pointers
         // we own.
         let ptr = unsafe {
             sys::llama_model_load_from_file(c.as_ptr(), sys::llama_model_default_params())
         };
-        let ptr = NonNull::new(ptr).ok_or_else(|| {
-            "llama.cpp returned no model (run with PUZZLE_LLAMACPP_LOG=1 for its reason)"
-                .to_string()
+        let ptr = NonNull::new(ptr).ok_or_else(|| match take_errors() {
+            why if why.is_empty() => {
+                "llama.cpp returned no model (run with PUZZLE_LLAMACPP_LOG=1 for its reason)"
+                    .to_string()
+            }
+            why => format!("llama.cpp returned no model: {why}"),
         })?;
         // SAFETY: a loaded model always has a vocabulary, owned by the model.
         let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };

@@ -223,3 +223,130 @@ fn smollm2_imported_then_exported_runs_in_llama_cpp_as_in_ours() {
     eprintln!("smollm2: max |llama.cpp - transformers| {d:e}");
     assert!(d < 3e-4, "llama.cpp is {d} from transformers");
 }
+
+/// Our f32 export quantised by llama.cpp's own quantiser loads and serves in llama.cpp, and our
+/// importer reads the quantised file back: our dequantisers of its block types against
+/// llama.cpp's quantiser, through the whole model. llama.cpp's quantised matmuls also round the
+/// activations (to 8-bit blocks), so the logits of the two differ by that, not by the weights.
+#[test]
+fn llama_cpps_k_quants_of_our_export_load_and_read_back_in_our_importer() {
+    use puzzle_llamacpp::{Quant, quantize};
+    puzzle_llama::link();
+    let dir = root().join("model-zoo/tiny-parent");
+    let tok = puzzle_core::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let ids = tok
+        .encode("And God said, Let there be light: and there was", true)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let f32 = tmp.path().join("f32.gguf");
+    export_gguf(&dir, &f32, GgmlType::F32).unwrap();
+    let (_, exact) = llama_cpp_logits(&dir, &ids);
+    let device = Device::flex();
+    // (type, ggml type most matrices get, bound on |ours on the dequantised import - llama.cpp|,
+    // bound on the mean |quantised - f32| logit in llama.cpp, bound on the relative RMS error
+    // of a dequantised weight matrix).
+    for (q, main, close, drift, weights) in [
+        (Quant::Q6K, GgmlType::Q6K, 0.3f32, 0.1f32, 0.05f64),
+        (Quant::Q4KM, GgmlType::Q4K, 0.6, 0.5, 0.15),
+    ] {
+        let file = tmp.path().join(format!("{q}.gguf"));
+        quantize(&f32, &file, q, 2).unwrap();
+        let g = puzzle_core::gguf::GgufFile::open(&file).unwrap();
+        let matrices: Vec<GgmlType> = g
+            .tensors
+            .iter()
+            .filter(|t| t.dims.len() > 1)
+            .map(|t| t.ggml_type)
+            .collect();
+        let n_main = matrices.iter().filter(|&&t| t == main).count();
+        assert!(
+            n_main * 2 > matrices.len(),
+            "{q}: {n_main} of {} matrices are {main:?}: {matrices:?}",
+            matrices.len()
+        );
+        let cpp = LlamaCpp::load(&file, 2).unwrap();
+        let theirs = cpp.logits(&ids).unwrap();
+        let hf = tmp.path().join(format!("{q}-hf"));
+        puzzle_llama_ops::gguf_import::import_gguf(
+            &file,
+            &hf,
+            &puzzle_llama_ops::gguf_import::ImportOptions {
+                dtype: StoreDtype::F32,
+                tokenizer: None,
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        let ours = load_model(&hf, &device).unwrap();
+        let mine = HostTensor::from_tensor(
+            &ours
+                .decoder
+                .forward(ids_tensor(std::slice::from_ref(&ids), &device)),
+        );
+        let (mut d, mut mean_d, mut mean_drift, mut n) = (0f32, 0f64, 0f64, 0usize);
+        for (t, row) in theirs.iter().enumerate() {
+            let v = row.len();
+            for ((a, b), e) in row
+                .iter()
+                .zip(&mine.data[t * v..(t + 1) * v])
+                .zip(&exact[t])
+            {
+                d = d.max((a - b).abs());
+                mean_d += f64::from((a - b).abs());
+                mean_drift += f64::from((a - e).abs());
+                n += 1;
+            }
+        }
+        let (mean_d, mean_drift) = ((mean_d / n as f64) as f32, (mean_drift / n as f64) as f32);
+        eprintln!(
+            "{q}: |ours on the import - llama.cpp| max {d:e} mean {mean_d:e}; mean |{q} - f32| logit in llama.cpp {mean_drift:e}"
+        );
+        assert!(d < close, "{q}: our import is {d} from llama.cpp's logits");
+        assert!(
+            mean_drift > 0.0 && mean_drift < drift,
+            "{q}: mean logit drift from f32 {mean_drift}"
+        );
+        // The weights our importer dequantised are the parent's within the type's rounding
+        // (a misread block layout would be off by the weights' own size).
+        let (orig, back) = (
+            SafetensorsWeights::open(&dir).unwrap(),
+            SafetensorsWeights::open(&hf).unwrap(),
+        );
+        let mut worst = (0f64, String::new());
+        for name in orig.names() {
+            let a = orig.read(&name).unwrap();
+            if a.shape.len() < 2 {
+                continue;
+            }
+            let b = back.read(&name).unwrap();
+            let (mut num, mut den) = (0f64, 0f64);
+            for (x, y) in a.data.iter().zip(&b.data) {
+                num += f64::from(x - y).powi(2);
+                den += f64::from(*x).powi(2);
+            }
+            let rel = (num / den).sqrt();
+            if rel > worst.0 {
+                worst = (rel, name);
+            }
+        }
+        eprintln!(
+            "{q}: worst relative RMS weight error {:.4} ({})",
+            worst.0, worst.1
+        );
+        assert!(worst.0 < weights, "{q}: {} is {:.4} off", worst.1, worst.0);
+        assert!(!cpp.greedy(&ids, 8).unwrap().is_empty());
+    }
+    // A failed quantisation leaves the target as it was and says why.
+    let out = tmp.path().join("kept.gguf");
+    std::fs::write(&out, b"kept").unwrap();
+    let bad = tmp.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF but not really").unwrap();
+    let e = quantize(&bad, &out, Quant::Q4KM, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.gguf") && e.contains("quantiser failed"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"kept");
+}
