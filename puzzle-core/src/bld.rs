@@ -73,6 +73,21 @@ pub struct BldConfig {
     /// together in every layer, in addition to the decoupled library.
     #[serde(default)]
     pub coupled: Vec<[VariantId; 2]>,
+    /// Coupled BLD after a decoupled search, as the paper ran it (`puzzle run` only): the
+    /// search runs once on the decoupled library (into the run's `decoupled/`), the attention
+    /// and FFN variants its solutions chose most often are paired, every pair is trained as a
+    /// whole block in every layer, and the search runs again on the library with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couple_prominent: Option<Prominent>,
+}
+
+/// `[bld.couple_prominent]`: how many of the decoupled search's most chosen variants of each
+/// kind are paired for coupled BLD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prominent {
+    pub attention: usize,
+    pub ffn: usize,
 }
 
 fn d_seq() -> usize {

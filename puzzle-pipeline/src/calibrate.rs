@@ -104,7 +104,7 @@ pub fn search_stage(
     progress: &mut dyn Progress,
 ) -> Result<ChosenSolution> {
     let inputs = crate::config::RunConfig::hash_of(&(table, &run.config.search));
-    Artifact::new("search", run.dir.join("search/solution.json")).reuse_or_build(
+    Artifact::new("search", run.stages.join("search/solution.json")).reuse_or_build(
         &inputs,
         progress,
         |progress| {

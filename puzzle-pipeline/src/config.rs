@@ -332,6 +332,17 @@ impl RunConfig {
                 "[bld] tokens, seq_len, batch_size, lr and checkpoint_every must be positive",
             ));
         }
+        if let Some(p) = b.couple_prominent
+            && (p.attention == 0 || p.ffn == 0)
+        {
+            return Err(Error::config(
+                path,
+                format!(
+                    "[bld.couple_prominent] attention = {}, ffn = {}: both must be at least 1 (leave the table out for no coupled BLD)",
+                    p.attention, p.ffn
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -5,13 +5,15 @@
 //! - [`stages`]: cost, score and the block table; [`calibrate`]: the search with speed
 //!   calibration; [`finish`]: distil and export; [`baselines`]: uniform pruning and layer
 //!   removal matched to the child's measured speed; [`evaluate`]: every model side by side;
-//!   [`pipeline`]: the precheck, BLD and `run_all`, in order.
+//!   [`pipeline`]: the precheck, BLD and `run_all`, in order; [`coupled`]: the pairs coupled BLD
+//!   trains after a decoupled search.
 //! - Every stage artifact is reused or rebuilt through [`puzzle_core::artifact`].
 //! - [`host`]: the dynamic plugin host; it pushes what it loads into a [`puzzle_core::Plugins`].
 
 pub mod baselines;
 pub mod calibrate;
 pub mod config;
+pub mod coupled;
 pub mod evaluate;
 pub mod finish;
 pub mod host;

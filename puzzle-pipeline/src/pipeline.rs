@@ -5,6 +5,9 @@
 //! ```text
 //! bld -> cost -> score -> search (+ speed calibration) -> realize -> distill -> baselines -> eval
 //! ```
+//!
+//! With `[bld.couple_prominent]`, BLD to search runs twice, decoupled then coupled
+//! ([`crate::coupled`]).
 
 use std::path::Path;
 
@@ -21,7 +24,7 @@ use puzzle_core::data::Split;
 use puzzle_core::error::{Error, Result};
 use puzzle_core::progress::Progress;
 use puzzle_core::realize::realize;
-use puzzle_core::search::{BoundValue, Constraint, Op};
+use puzzle_core::search::{BlockTable, BoundValue, Constraint, Op};
 
 pub use crate::calibrate::{Calibration, ChosenSolution};
 pub use crate::evaluate::{EvalReport, ModelEval, eval_stage};
@@ -135,6 +138,15 @@ pub fn bld_shard(
     run_bld(&inputs, cfg, &run.library(), shard, progress)
 }
 
+/// Cost, score, block table and search over the run's library, into `run.stages`.
+fn search_pass(run: &Run, progress: &mut dyn Progress) -> Result<(BlockTable, ChosenSolution)> {
+    let costs = cost_stage(run, progress)?;
+    let scores = score_stage(run, progress)?;
+    let table = search_table(run, &costs, &scores)?;
+    let chosen = search_stage(run, &table, &scores, progress)?;
+    Ok((table, chosen))
+}
+
 /// What a whole run produced.
 pub struct RunSummary {
     pub chosen: ChosenSolution,
@@ -151,7 +163,7 @@ pub fn run_all(
     consent: &crate::host::Consent,
     progress: &mut dyn Progress,
 ) -> Result<RunSummary> {
-    let run = Run::open_with(config, run_dir, device, plugins, consent)?;
+    let mut run = Run::open_with(config, run_dir, device, plugins, consent)?;
     precheck(&run)?;
     progress.note(&format!("run folder {}", run.dir.display()));
     for (path, hash) in &run.config_plugins {
@@ -166,11 +178,43 @@ pub fn run_all(
     for line in run.excluded()? {
         progress.note(&format!("not in the search space: {line}"));
     }
+    if let Some(p) = run.config.bld.couple_prominent {
+        // The decoupled pass keeps its artifacts apart, so that a restart finds both passes'.
+        run.stages = run.dir.join("decoupled");
+        bld_stage(&run, progress)?;
+        let (_, first) = search_pass(&run, progress)?;
+        let mut solutions = Vec::new();
+        for s in &first.alternatives {
+            solutions.push(
+                s.choices
+                    .iter()
+                    .map(|(_, id)| id.parse())
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        let pairs = crate::coupled::prominent_pairs(&solutions, &run.parent.spec, p);
+        progress.note(&format!(
+            "coupled BLD after the decoupled search ({}): {} pair{} of its {} most chosen attention and {} most chosen FFN variants, in every layer: {}",
+            run.stages.join("search/solution.json").display(),
+            pairs.len(),
+            if pairs.len() == 1 { "" } else { "s" },
+            p.attention,
+            p.ffn,
+            pairs
+                .iter()
+                .map(|[a, f]| format!("{a} + {f}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for pair in pairs {
+            if !run.config.bld.coupled.contains(&pair) {
+                run.config.bld.coupled.push(pair);
+            }
+        }
+        run.stages = run.dir.clone();
+    }
     bld_stage(&run, progress)?;
-    let costs = cost_stage(&run, progress)?;
-    let scores = score_stage(&run, progress)?;
-    let table = search_table(&run, &costs, &scores)?;
-    let chosen = search_stage(&run, &table, &scores, progress)?;
+    let (table, chosen) = search_pass(&run, progress)?;
     let child = realize(
         &run.parent.decoder,
         &run.parent_weights,

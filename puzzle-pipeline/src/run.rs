@@ -74,6 +74,10 @@ type Refused = (EntryKey, String);
 pub struct Run {
     pub config: RunConfig,
     pub dir: PathBuf,
+    /// Where the cost, score and search stages keep their artifacts (`costs.json`,
+    /// `scores.json`, `search/`): the run folder, except for the decoupled search that comes
+    /// before coupled BLD (`decoupled/`).
+    pub stages: PathBuf,
     pub parent: LoadedModel,
     pub parent_weights: SafetensorsWeights,
     pub parent_fingerprint: String,
@@ -151,6 +155,7 @@ impl Run {
         let data_fingerprint = data::fingerprint(&docs, &config.data);
         Ok(Run {
             config,
+            stages: dir.clone(),
             dir,
             parent,
             parent_weights,
@@ -256,8 +261,18 @@ impl Run {
         Provenance {
             parent: self.parent_fingerprint.clone(),
             data: self.data_fingerprint.clone(),
-            config: RunConfig::hash_of(&(&self.config.bld, &self.config.space)),
+            config: RunConfig::hash_of(&(&self.bld_identity(), &self.config.space)),
         }
+    }
+
+    /// `[bld]` without what only decides which entries exist (the coupled pairs, listed or
+    /// found by a decoupled search): an entry is trained the same whatever else the library
+    /// holds, so adding pairs keeps every entry already trained.
+    fn bld_identity(&self) -> puzzle_core::bld::BldConfig {
+        let mut b = self.config.bld.clone();
+        b.coupled.clear();
+        b.couple_prominent = None;
+        b
     }
 }
 

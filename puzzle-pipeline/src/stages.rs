@@ -65,7 +65,7 @@ fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
 /// non-block part.
 pub fn cost_stage(run: &Run, progress: &mut dyn Progress) -> Result<CostTable> {
     let c = &run.config;
-    let path = run.dir.join("costs.json");
+    let path = run.stages.join("costs.json");
     let prov = cost_provenance(run, &c.cost.model);
     Artifact::new("costs", path).reuse_or_build(&prov, progress, |progress| {
         measure_costs(run, prov.clone(), progress)
@@ -118,7 +118,7 @@ fn measure_costs(
 /// `scores.json`: replace-1-block scores of every library entry. The library must be complete.
 pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable> {
     let c = &run.config;
-    let path = run.dir.join("scores.json");
+    let path = run.stages.join("scores.json");
     let keys = run.plan()?;
     let prov_bld = run.bld_provenance();
     let mut metas = Vec::with_capacity(keys.len());
@@ -215,9 +215,9 @@ pub fn search_table(run: &Run, costs: &CostTable, scores: &ScoreTable) -> Result
         &run.parent.spec,
         costs,
         scores,
-        &run.dir.join("search/table.json").display().to_string(),
+        &run.stages.join("search/table.json").display().to_string(),
     )?;
-    fsutil::write_json(&run.dir.join("search/table.json"), &t)?;
+    fsutil::write_json(&run.stages.join("search/table.json"), &t)?;
     Ok(t)
 }
 
