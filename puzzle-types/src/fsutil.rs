@@ -144,7 +144,8 @@ fn is_atomic_temp(name: &str) -> bool {
 }
 
 /// Removes, under `dir` at any depth, the temp files [`write_atomic`] leaves when its process
-/// is killed between creating one and renaming it over its target, and returns them. Only for
+/// is killed between creating one and renaming it over its target, and the previous or staged
+/// copy of a [`SwappedDir`] a kill left beside its complete live folder, and returns them. Only for
 /// a folder no other process is writing into (a finished run): a writer's temp file cannot be
 /// told from a dead writer's by its name alone when the writer runs on another host.
 pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -156,7 +157,15 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
             let p = e.path();
             let kind = e.file_type().map_err(|e| Error::io(&p, e))?;
             if kind.is_dir() {
-                walk.push(p);
+                if swapped_leftover(&p) {
+                    // A kill after a swap's last rename, while (or before) its previous or
+                    // staged copy was deleted: the live folder is complete and checked, so
+                    // the leftover, perhaps half-deleted, goes (its checksums would fail).
+                    std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+                    removed.push(p);
+                } else {
+                    walk.push(p);
+                }
             } else if kind.is_file() && is_atomic_temp(&e.file_name().to_string_lossy()) {
                 std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
                 removed.push(p);
@@ -165,6 +174,24 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     removed.sort();
     Ok(removed)
+}
+
+/// Whether `dir` is the `<live>.old` or `<live>.tmp` of a [`SwappedDir`] whose `<live>` is in
+/// place with checksums that match: then `dir` holds nothing a reader needs.
+fn swapped_leftover(dir: &Path) -> bool {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(live) = name
+        .strip_suffix(".old")
+        .or_else(|| name.strip_suffix(".tmp"))
+        .filter(|l| !l.is_empty())
+    else {
+        return false;
+    };
+    let live = dir.with_file_name(live);
+    live.join(SUMS).is_file() && verify_sums(&live).is_ok()
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
@@ -323,6 +350,28 @@ pub fn sha256_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_half_deleted_previous_copy_goes_only_when_the_live_folder_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let sw = SwappedDir::new(dir.path().join("checkpoint"));
+        let tmp = sw.stage().unwrap();
+        std::fs::write(tmp.join("w.bin"), b"weights").unwrap();
+        sw.commit().unwrap();
+        // What a kill during commit's final remove_dir_all leaves: checksums, a file gone.
+        let old = dir.path().join("checkpoint.old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join(SUMS), br#"{"w.bin": "00"}"#).unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), vec![old.clone()]);
+        assert!(dir.path().join("checkpoint/w.bin").is_file());
+        // Without a complete live folder the previous copy is the only one: it stays.
+        let other = dir.path().join("ckpt.old");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("w.bin"), b"weights").unwrap();
+        std::fs::create_dir_all(dir.path().join("ckpt")).unwrap();
+        assert!(remove_stale_temps(dir.path()).unwrap().is_empty());
+        assert!(other.join("w.bin").is_file());
+    }
 
     #[test]
     fn stale_temp_files_are_removed_and_nothing_else() {

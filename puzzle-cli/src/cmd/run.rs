@@ -101,7 +101,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let stale = puzzle_core::fsutil::remove_stale_temps(&dir)?;
     if !stale.is_empty() {
         eprintln!(
-            "removed {} temp file{} left by killed writers (e.g. {})",
+            "removed {} temp file{} or folder copies left by killed writers (e.g. {})",
             stale.len(),
             if stale.len() == 1 { "" } else { "s" },
             stale[0].display()
