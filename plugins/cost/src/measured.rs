@@ -13,7 +13,8 @@
 //! 16% on average, half-layer deltas by 6% (`puzzle cost --validate 5`).
 //!
 //! ```text
-//! delta(v)   = (T(parent with v in the group's layers) - T(parent)) / |group|   per round, median
+//! delta(v)   = (median over rounds of T(parent with v in the group's layers) / T(parent) - 1)
+//!              x median T(parent) / |group|
 //! share(k)   = -delta(no-op of kind k)                the parent's own subblock of kind k
 //! cost(v)    = max(0, share(kinds of v) + delta(v))   (a no-op costs exactly 0)
 //! non_block  = max(0, T(parent) - sum over layers of max(0, share(attention)) + max(0, share(FFN)))
@@ -24,7 +25,11 @@
 //! noise exceeds a block's own time (a time is never negative, and a negative one would let
 //! the search "buy" speed that does not exist). What this leaves out is interaction between
 //! layers (a no-op FFN the engine re-expresses only next to an attention, for example).
-//! Timings use random weights of the right shapes: engines do not branch on values.
+//! Timings use random weights of the right shapes: engines do not branch on values. Deltas are
+//! ratios to the parent timed in the same round, not differences: on a shared machine the
+//! speed of everything drifts by tens of percent over the minutes a table takes (measured: the
+//! tiny parent's batch-1 request 291 ms in the cost stage, 221 ms in the check right after),
+//! and a ratio is unmoved by a drift that slows parent and replacement alike.
 
 use std::collections::BTreeMap;
 
@@ -124,7 +129,8 @@ fn noop_of(s: &SubblockSpec) -> SubblockSpec {
 struct Plan<'c, 'a> {
     ctx: &'c CostContext<'a>,
     todo: Vec<Replacement>,
-    /// Per replacement (same order as `todo`): the per-layer paired deltas.
+    /// Per replacement (same order as `todo`): the per-layer paired deltas (while measuring:
+    /// the median ratio of its time to the parent's).
     deltas: Vec<PerBatch>,
     parent: PerBatch,
 }
@@ -204,20 +210,21 @@ impl<'c, 'a> Plan<'c, 'a> {
                     }
                 }
                 parent_rounds.entry(b).or_default().extend(&rows[0]);
-                for (i, r) in chunk.iter().enumerate() {
-                    // Paired per round: a drift of the machine hits parent and model alike.
-                    let n = r.layers.len() as f64;
-                    let dp: Vec<f64> = rows[0]
-                        .iter()
-                        .zip(&rows[i + 1])
-                        .map(|(p, m)| (m.0 - p.0) / n)
-                        .collect();
-                    let dd: Vec<f64> = rows[0]
-                        .iter()
-                        .zip(&rows[i + 1])
-                        .map(|(p, m)| (m.1 - p.1) / n)
-                        .collect();
-                    per[i].insert(b, (median(dp), median(dd)));
+                for (i, row) in per.iter_mut().enumerate() {
+                    // Paired per round, as a ratio to the parent timed beside it: the machine
+                    // running everything slower for a while (another tenant, a throttled
+                    // clock) scales both alike, so chunks timed minutes apart stay comparable.
+                    // Converted to ms against the parent's median over every chunk below.
+                    let ratio = |f: fn(&(f64, f64)) -> f64| {
+                        median(
+                            rows[0]
+                                .iter()
+                                .zip(&rows[i + 1])
+                                .map(|(p, m)| if f(p) > 0.0 { f(m) / f(p) } else { 1.0 })
+                                .collect(),
+                        )
+                    };
+                    row.insert(b, (ratio(|x| x.0), ratio(|x| x.1)));
                 }
             }
             self.deltas.extend(per);
@@ -246,6 +253,15 @@ impl<'c, 'a> Plan<'c, 'a> {
                 )
             })
             .collect();
+        // Ratios to per-layer deltas in ms of the parent's median.
+        for (r, per) in self.todo.iter().zip(&mut self.deltas) {
+            let n = r.layers.len() as f64;
+            for (b, (p, d)) in per.iter_mut() {
+                let (tp, td) = self.parent[b];
+                *p = (*p - 1.0) * tp / n;
+                *d = (*d - 1.0) * td / n;
+            }
+        }
         progress.finish();
         Ok(())
     }
@@ -668,4 +684,110 @@ mod tests {
         let total = nb.decode_ms[&1] + own;
         assert!((total - slow_noop(&parent)).abs() < 1e-9, "{total}");
     }
+
+    /// An engine that runs everything slower after every few models loaded, as a shared
+    /// machine does when a neighbour starts: the same model takes longer in a later chunk.
+    struct Drifting {
+        loads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+    struct DriftTimed(f64, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Served for DriftTimed {
+        fn request(&self, _b: usize, _p: usize, steps: usize) -> Result<(f64, f64)> {
+            let k = self.1.load(std::sync::atomic::Ordering::SeqCst);
+            let t = self.0 * (1.0 + 0.4 * (k % 3) as f64);
+            Ok((t, t * (1 + steps) as f64))
+        }
+    }
+    impl Engine for Drifting {
+        fn kind(&self) -> puzzle_core::kinds::EngineKind {
+            puzzle_core::kinds::EngineKind::Burn
+        }
+        fn describe(&self, _: &Device) -> String {
+            "drifting clockwork".into()
+        }
+        fn load(
+            &self,
+            spec: &ModelSpec,
+            _: &dyn WeightSource,
+            _: &DeploymentProfile,
+            _: &Device,
+        ) -> Result<Box<dyn Served>> {
+            self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(DriftTimed(clock(spec), self.loads.clone())))
+        }
+    }
+
+    /// Chunks timed at different machine speeds still give block sums whose speed-ups are the
+    /// engine's (differences in ms would mix the speeds: 1.3% off here).
+    #[test]
+    fn a_machine_that_slows_down_between_chunks_leaves_speed_ups_exact() {
+        let parent = spec(4);
+        let deploy = deploy();
+        let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
+        let engine = Drifting {
+            loads: Default::default(),
+        };
+        let ctx = CostContext {
+            parent: &parent,
+            deploy: &deploy,
+            hardware: &hw,
+            device: Device::flex(),
+            engine: Ok(&engine),
+        };
+        let kv1 = AttentionSpec::Gqa {
+            num_kv_heads: 1,
+            qkv_bias: false,
+            o_bias: false,
+            window: None,
+        };
+        let w32 = FfnSpec::SwiGlu {
+            intermediate_size: 32,
+            bias: false,
+        };
+        let subs = [
+            SubblockSpec::Attention(kv1.clone()),
+            SubblockSpec::Attention(AttentionSpec::Linear),
+            SubblockSpec::Ffn(w32.clone()),
+            SubblockSpec::Ffn(FfnSpec::Linear),
+        ];
+        let entries: Vec<(usize, Vec<SubblockSpec>)> = (0..4)
+            .flat_map(|l| subs.clone().map(|s| (l, vec![s])))
+            .chain((0..4).flat_map(|l| {
+                let own = &parent.layers[l];
+                [
+                    (l, vec![SubblockSpec::Attention(own.attention.clone())]),
+                    (l, vec![SubblockSpec::Ffn(own.ffn.clone())]),
+                ]
+            }))
+            .collect();
+        let (nb, costs) = MeasuredCost.table(&ctx, &entries, &mut Silent).unwrap();
+        let cost = |l: usize, s: SubblockSpec| {
+            let i = entries
+                .iter()
+                .position(|(el, es)| *el == l && es[0] == s)
+                .unwrap();
+            costs[i].decode_ms[&1]
+        };
+        let predict = |m: &ModelSpec| {
+            nb.decode_ms[&1]
+                + (0..4)
+                    .map(|l| {
+                        cost(l, SubblockSpec::Attention(m.layers[l].attention.clone()))
+                            + cost(l, SubblockSpec::Ffn(m.layers[l].ffn.clone()))
+                    })
+                    .sum::<f64>()
+        };
+        let mut child = parent.clone();
+        child.layers[0].attention = kv1;
+        child.layers[1].attention = AttentionSpec::Linear;
+        child.layers[1].ffn = w32;
+        child.layers[3].ffn = FfnSpec::Linear;
+        let predicted = predict(&parent) / predict(&child);
+        let exact = clock(&parent) / clock(&child);
+        assert!(
+            (predicted / exact - 1.0).abs() < 1e-9,
+            "predicted speed-up {predicted}, engine's {exact}"
+        );
+    }
+
 }
