@@ -46,7 +46,7 @@ inventory::submit! {
     puzzle_core::cost::CostModelRegistration {
         model: &measured::MeasuredCost,
         provider: "puzzle-cost",
-        description: "latencies measured in context in the deployment's engine (the parent with the variant in place, minus the parent)",
+        description: "latencies measured in context in the deployment's engine (the parent with the variant in place, as a ratio to the parent timed beside it)",
     }
 }
 inventory::submit! {
