@@ -32,7 +32,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod ablation;
 mod lp;
+
+pub use ablation::{GreedySolver, RANDOM_DRAWS, RandomSolver};
 
 use puzzle_types::error::Result;
 use puzzle_types::search::mip::{MipProblem, MipSolution, MipStatus, SolveOptions, Solver};

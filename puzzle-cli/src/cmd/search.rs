@@ -59,7 +59,9 @@ pub struct SearchArgs {
     #[arg(long, value_name = "KEY<=FROM..TO:N")]
     pub sweep: Option<String>,
     /// MIP backend: `bnb` (our exact solver for Puzzle's multiple-choice programs; the fastest on
-    /// them, see the README's search benchmark) or `highs` (HiGHS, the general-purpose check).
+    /// them, see the README's search benchmark) or `highs` (HiGHS, the general-purpose check);
+    /// `greedy` and `random` are the paper's ablations of the MIP (a per-layer greedy choice, a
+    /// random architecture meeting the constraints): feasible answers, never proofs.
     #[arg(long, default_value = "bnb")]
     pub solver: String,
     /// Seconds per solve before returning the best found (with its gap).

@@ -141,6 +141,31 @@ impl MipProblem {
     /// which the new cut excludes, is usually a few moves from the next one), it hands a solver a
     /// first incumbent where `start` itself is infeasible. A heuristic: `None` proves nothing.
     pub fn repair(&self, start: &[usize]) -> Option<Vec<usize>> {
+        self.descend(start, Descent::LeastViolation, 4 * self.groups.len().max(1))
+    }
+
+    /// The per-layer greedy choice (the paper's ablation of the MIP, and the textbook heuristic
+    /// for multiple-choice knapsacks), or `None` when it gets stuck: start from every group's
+    /// best (lowest-objective) choice, then, while a row is violated, take the single-group
+    /// move with the smallest objective increase per unit of violation removed (violation
+    /// measured as in [`MipProblem::repair`]). It stops at the first feasible choice and never
+    /// looks back, which is what the exact search is compared against.
+    pub fn greedy(&self) -> Option<Vec<usize>> {
+        let start: Vec<usize> = self
+            .groups
+            .iter()
+            .map(|g| {
+                (0..g.len())
+                    .min_by(|&a, &b| self.objective[g[a]].total_cmp(&self.objective[g[b]]))
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.descend(&start, Descent::CheapestPerViolation, 4 * self.num_vars.max(1))
+    }
+
+    /// Single-group moves from `start` that lower the total violation, chosen by `rule`, until
+    /// the choice is feasible (or no move helps, or `steps` moves were made).
+    fn descend(&self, start: &[usize], rule: Descent, steps: usize) -> Option<Vec<usize>> {
         if start.len() != self.groups.len()
             || start.iter().zip(&self.groups).any(|(&c, g)| c >= g.len())
         {
@@ -179,7 +204,7 @@ impl MipProblem {
         let total = |act: &[f64]| (0..act.len()).map(|r| violation(r, act[r])).sum::<f64>();
         let mut now = total(&act);
         // Each step lowers the violation; a bound on the steps keeps a bad case cheap.
-        for _ in 0..4 * self.groups.len().max(1) {
+        for _ in 0..steps {
             if now <= 0.0 {
                 return Some(choice);
             }
@@ -211,11 +236,17 @@ impl MipProblem {
                         delta += violation(r, act[r] + d) - violation(r, act[r]);
                     }
                     let dobj = self.objective[v] - self.objective[old];
-                    if delta < -1e-12
-                        && best.is_none_or(|(bd, bo, _, _)| {
+                    let better = |(bd, bo, _, _): (f64, f64, usize, usize)| match rule {
+                        Descent::LeastViolation => {
                             delta < bd - 1e-12 || (delta <= bd + 1e-12 && dobj < bo)
-                        })
-                    {
+                        }
+                        // Objective per unit removed; the larger removal among equal rates.
+                        Descent::CheapestPerViolation => {
+                            let (rate, brate) = (dobj / -delta, bo / -bd);
+                            rate < brate - 1e-12 || (rate <= brate + 1e-12 && delta < bd)
+                        }
+                    };
+                    if delta < -1e-12 && best.is_none_or(better) {
                         best = Some((delta, dobj, g, c));
                     }
                 }
@@ -245,6 +276,15 @@ impl MipProblem {
             })
             .collect()
     }
+}
+
+/// How [`MipProblem::descend`] picks its next move.
+#[derive(Clone, Copy)]
+enum Descent {
+    /// The largest violation removed (the smaller objective among equal removals).
+    LeastViolation,
+    /// The smallest objective increase per unit of violation removed.
+    CheapestPerViolation,
 }
 
 /// How a solve ended.

@@ -180,7 +180,7 @@ fn solve_built(
     match s.status {
         MipStatus::Infeasible => Ok(None),
         MipStatus::Unknown => Err(Error::invalid(format!(
-            "solver `{}` found no solution within {} s and could not prove infeasibility; raise the time limit",
+            "solver `{}` found no solution and did not prove the constraints infeasible (the time limit is {} s: raise it; a heuristic such as `greedy` or `random` proves nothing, so try `bnb`)",
             solver.name(),
             opts.time_limit_secs
         ))),
