@@ -789,5 +789,4 @@ mod tests {
             "predicted speed-up {predicted}, engine's {exact}"
         );
     }
-
 }

@@ -80,13 +80,7 @@ impl Solver for RandomSolver {
         let t0 = Instant::now();
         let mut rng = SeededRng::new(self.seed);
         let draws: Vec<Vec<usize>> = (0..RANDOM_DRAWS)
-            .map(|_| {
-                problem
-                    .groups
-                    .iter()
-                    .map(|g| rng.below(g.len()))
-                    .collect()
-            })
+            .map(|_| problem.groups.iter().map(|g| rng.below(g.len())).collect())
             .collect();
         let found = draws
             .iter()

@@ -160,7 +160,11 @@ impl MipProblem {
                     .unwrap_or(0)
             })
             .collect();
-        self.descend(&start, Descent::CheapestPerViolation, 4 * self.num_vars.max(1))
+        self.descend(
+            &start,
+            Descent::CheapestPerViolation,
+            4 * self.num_vars.max(1),
+        )
     }
 
     /// Single-group moves from `start` that lower the total violation, chosen by `rule`, until
