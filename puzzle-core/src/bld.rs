@@ -256,22 +256,9 @@ pub fn plan(
     Ok(keys)
 }
 
-/// Parses `i/n`.
+/// Parses `i/n`, or `auto` from the launcher's environment ([`puzzle_types::shard`]).
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let bad = || {
-        Error::invalid(format!(
-            "--shard `{s}`: expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4"
-        ))
-    };
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (
-        i.trim().parse().map_err(|_| bad())?,
-        n.trim().parse().map_err(|_| bad())?,
-    );
-    if n == 0 || i >= n {
-        return Err(bad());
-    }
-    Ok((i, n))
+    puzzle_types::shard::parse(s)
 }
 
 /// Reads a finished entry's meta, if it exists and matches `prov`.

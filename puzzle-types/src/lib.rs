@@ -11,6 +11,7 @@
 //! - [`deploy`]: deployment and hardware profiles as data; [`engine`]: what each serving engine
 //!   can run; [`kinds`]: enums parsed at the edge.
 //! - [`registry`]: the one registry type for every kind of plugin.
+//! - [`shard`]: `--shard INDEX/COUNT` or `auto` from Slurm's, torchrun's or Kubernetes' environment.
 //! - [`fsutil`]: atomic writes and swapped checkpoint folders; [`artifact`]: reuse an artifact
 //!   whose recorded inputs match, else rebuild it; [`progress`]: the UI contract.
 
@@ -25,6 +26,7 @@ pub mod progress;
 pub mod registry;
 pub mod rng;
 pub mod search;
+pub mod shard;
 pub mod spec;
 pub mod variant;
 

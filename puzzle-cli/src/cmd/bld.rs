@@ -18,7 +18,11 @@ use crate::ui;
 ///
 /// Examples:
 ///   puzzle bld examples/tiny/tiny.toml
-///   puzzle bld run.toml --shard 3/8      # one task of a job array (e.g. SLURM_ARRAY_TASK_ID)
+///   puzzle bld run.toml --shard 3/8      # one task of eight
+///   puzzle bld run.toml --shard auto     # the task's shard from Slurm (SLURM_ARRAY_TASK_ID and
+///                                        # _COUNT, or SLURM_PROCID/SLURM_NTASKS), torchrun
+///                                        # (RANK/WORLD_SIZE) or a Kubernetes indexed Job
+///                                        # (JOB_COMPLETION_INDEX, with PUZZLE_SHARD_COUNT)
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
 #[command(
@@ -28,7 +32,8 @@ use crate::ui;
 pub struct BldArgs {
     /// Run config (TOML).
     pub config: PathBuf,
-    /// Train only every COUNT-th entry starting at INDEX (0-based): INDEX/COUNT.
+    /// Train only every COUNT-th entry starting at INDEX (0-based): INDEX/COUNT, or `auto` to
+    /// read them from Slurm's, torchrun's or a Kubernetes indexed Job's environment.
     #[arg(long)]
     pub shard: Option<String>,
     /// Run folder (default: from the config).
