@@ -456,11 +456,23 @@ mod tests {
         }
     }
 
-    /// A request whose every phase takes the model's `clock` milliseconds.
-    struct Timed(f64);
+    /// Models an engine has loaded so far, shared with its models (a drifting machine's clock).
+    type Loads = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+    /// A request whose every phase takes the model's `clock` milliseconds; with `drift`, times
+    /// 1.0, 1.4 or 1.8 by how many models the engine has loaded.
+    struct Timed {
+        ms: f64,
+        drift: Option<Loads>,
+    }
     impl Served for Timed {
         fn request(&self, _b: usize, _p: usize, steps: usize) -> Result<(f64, f64)> {
-            Ok((self.0, self.0 * (1 + steps) as f64))
+            let k = self
+                .drift
+                .as_ref()
+                .map_or(0, |l| l.load(std::sync::atomic::Ordering::SeqCst));
+            let t = self.ms * (1.0 + 0.4 * (k % 3) as f64);
+            Ok((t, t * (1 + steps) as f64))
         }
     }
     /// An engine's exact, known time of a model: 10 ms of overhead, 2 ms per attention plus
@@ -483,8 +495,18 @@ mod tests {
         }
         t
     }
-    /// An engine whose time of a model is the given function of its spec.
-    struct ClockEngine(fn(&ModelSpec) -> f64);
+    /// An engine whose time of a model is the given function of its spec; with `drift`, one
+    /// that runs everything slower after every few models loaded, as a shared machine does when
+    /// a neighbour starts (the same model takes longer in a later chunk).
+    struct ClockEngine {
+        clock: fn(&ModelSpec) -> f64,
+        drift: Option<Loads>,
+    }
+    impl ClockEngine {
+        fn steady(clock: fn(&ModelSpec) -> f64) -> Self {
+            ClockEngine { clock, drift: None }
+        }
+    }
     impl Engine for ClockEngine {
         fn kind(&self) -> puzzle_core::kinds::EngineKind {
             puzzle_core::kinds::EngineKind::Burn
@@ -499,7 +521,13 @@ mod tests {
             _: &DeploymentProfile,
             _: &Device,
         ) -> Result<Box<dyn Served>> {
-            Ok(Box::new(Timed((self.0)(spec))))
+            if let Some(l) = &self.drift {
+                l.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(Box::new(Timed {
+                ms: (self.clock)(spec),
+                drift: self.drift.clone(),
+            }))
         }
     }
 
@@ -513,7 +541,7 @@ mod tests {
             deploy: &deploy,
             hardware: &hw,
             device: Device::flex(),
-            engine: Ok(&ClockEngine(clock)),
+            engine: Ok(&ClockEngine::steady(clock)),
         };
         let kv1 = SubblockSpec::Attention(AttentionSpec::Gqa {
             num_kv_heads: 1,
@@ -642,7 +670,7 @@ mod tests {
         let parent = spec(3);
         let deploy = deploy();
         let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
-        let engine = ClockEngine(slow_noop);
+        let engine = ClockEngine::steady(slow_noop);
         let ctx = CostContext {
             parent: &parent,
             deploy: &deploy,
@@ -685,38 +713,6 @@ mod tests {
         assert!((total - slow_noop(&parent)).abs() < 1e-9, "{total}");
     }
 
-    /// An engine that runs everything slower after every few models loaded, as a shared
-    /// machine does when a neighbour starts: the same model takes longer in a later chunk.
-    struct Drifting {
-        loads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    }
-    struct DriftTimed(f64, std::sync::Arc<std::sync::atomic::AtomicUsize>);
-    impl Served for DriftTimed {
-        fn request(&self, _b: usize, _p: usize, steps: usize) -> Result<(f64, f64)> {
-            let k = self.1.load(std::sync::atomic::Ordering::SeqCst);
-            let t = self.0 * (1.0 + 0.4 * (k % 3) as f64);
-            Ok((t, t * (1 + steps) as f64))
-        }
-    }
-    impl Engine for Drifting {
-        fn kind(&self) -> puzzle_core::kinds::EngineKind {
-            puzzle_core::kinds::EngineKind::Burn
-        }
-        fn describe(&self, _: &Device) -> String {
-            "drifting clockwork".into()
-        }
-        fn load(
-            &self,
-            spec: &ModelSpec,
-            _: &dyn WeightSource,
-            _: &DeploymentProfile,
-            _: &Device,
-        ) -> Result<Box<dyn Served>> {
-            self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(Box::new(DriftTimed(clock(spec), self.loads.clone())))
-        }
-    }
-
     /// Chunks timed at different machine speeds still give block sums whose speed-ups are the
     /// engine's (differences in ms would mix the speeds: 1.3% off here).
     #[test]
@@ -724,8 +720,9 @@ mod tests {
         let parent = spec(4);
         let deploy = deploy();
         let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
-        let engine = Drifting {
-            loads: Default::default(),
+        let engine = ClockEngine {
+            clock,
+            drift: Some(Loads::default()),
         };
         let ctx = CostContext {
             parent: &parent,

@@ -78,15 +78,21 @@ impl Solver for RandomSolver {
     fn solve(&self, problem: &MipProblem, _: &SolveOptions) -> Result<MipSolution> {
         problem.validate()?;
         let t0 = Instant::now();
-        let mut rng = SeededRng::new(self.seed);
-        let draws: Vec<Vec<usize>> = (0..RANDOM_DRAWS)
-            .map(|_| problem.groups.iter().map(|g| rng.below(g.len())).collect())
-            .collect();
-        let found = draws
-            .iter()
+        // The same seeded sequence of draws twice: checked as drawn (most problems stop at
+        // one of the first), then repaired in the same order when none was feasible.
+        let draws = || {
+            let mut rng = SeededRng::new(self.seed);
+            (0..RANDOM_DRAWS).map(move |_| {
+                problem
+                    .groups
+                    .iter()
+                    .map(|g| rng.below(g.len()))
+                    .collect::<Vec<usize>>()
+            })
+        };
+        let found = draws()
             .find(|c| problem.violations(c).is_empty())
-            .cloned()
-            .or_else(|| draws.iter().find_map(|c| problem.repair(c)));
+            .or_else(|| draws().find_map(|c| problem.repair(&c)));
         Ok(answer(problem, found, t0))
     }
 }
