@@ -59,6 +59,7 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     Bld(cmd::bld::BldArgs),
     Cost(cmd::cost::CostArgs),
+    Plan(cmd::plan::PlanArgs),
     Score(cmd::cost::ScoreArgs),
     #[command(subcommand)]
     Library(cmd::bld::LibraryCommand),
@@ -111,6 +112,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Bld(a) => cmd::bld::run(a),
         Command::Cost(a) => cmd::cost::run_cost(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Score(a) => cmd::cost::run_score(a),
         Command::Library(c) => cmd::bld::library(c),
         Command::Tasks(TasksCommand::Cloze(a)) => cmd::eval::cloze(a),

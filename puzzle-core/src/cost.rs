@@ -119,6 +119,24 @@ pub trait CostModel: Send + Sync + 'static {
         progress.finish();
         Ok((non_block, out))
     }
+
+    /// What [`CostModel::table`] would ask of the deployment's engine for these entries,
+    /// without running it (`puzzle plan`). A model that does not time returns zeros.
+    fn workload(
+        &self,
+        _ctx: &CostContext,
+        _entries: &[(usize, Vec<SubblockSpec>)],
+    ) -> Result<CostWorkload> {
+        Ok(CostWorkload::default())
+    }
+}
+
+/// The engine work of one cost table: timed requests (a prefill of `prefill_len` tokens then
+/// `generation_len` decode steps) at each of the deployment's batch sizes, and models loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostWorkload {
+    pub requests_per_batch_size: usize,
+    pub models: usize,
 }
 
 /// A cost model registered by a static plugin.

@@ -8,6 +8,8 @@
 //!   [`pipeline`]: the precheck, BLD and `run_all`, in order; [`coupled`]: the pairs coupled BLD
 //!   trains after a decoupled search.
 //! - Every stage artifact is reused or rebuilt through [`puzzle_core::artifact`].
+//! - [`plan`]: `puzzle plan`, every stage's work, FLOPs, memory and device-hours from a
+//!   parent's `config.json` alone.
 //! - [`host`]: the dynamic plugin host; it pushes what it loads into a [`puzzle_core::Plugins`].
 
 pub mod baselines;
@@ -18,6 +20,7 @@ pub mod evaluate;
 pub mod finish;
 pub mod host;
 pub mod pipeline;
+pub mod plan;
 pub mod run;
 pub mod speed;
 pub mod stages;

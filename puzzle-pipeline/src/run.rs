@@ -68,7 +68,7 @@ pub fn stamp_of(json_text: &str) -> String {
 pub const PARENT_HASHES: &str = "parent-hashes.json";
 
 /// A planned entry the deployment's engine cannot run, and why.
-type Refused = (EntryKey, String);
+pub type Refused = (EntryKey, String);
 
 /// A run: its config, folder, the loaded parent and the corpus.
 pub struct Run {
@@ -238,22 +238,7 @@ impl Run {
 
     /// (kept, left out with the reason).
     fn plan_split(&self) -> Result<(Vec<EntryKey>, Vec<Refused>)> {
-        let c = &self.config;
-        let caps = c.deployment.engine.capabilities();
-        let mut keep = Vec::new();
-        let mut out = Vec::new();
-        for k in plan(&self.plugins.catalogs, &self.parent.spec, &c.space, &c.bld)? {
-            let specs = entry_specs(&self.plugins, &self.parent.spec, &k)?;
-            let why = specs.iter().find_map(|s| match s {
-                SubblockSpec::Attention(a) => caps.refuses_attention(a),
-                SubblockSpec::Ffn(f) => caps.refuses_ffn(f),
-            });
-            match why {
-                Some(w) => out.push((k, w)),
-                None => keep.push(k),
-            }
-        }
-        Ok((keep, out))
+        library_plan(&self.plugins, &self.parent.spec, &self.config)
     }
 
     /// What BLD entries depend on.
@@ -274,6 +259,32 @@ impl Run {
         b.couple_prominent = None;
         b
     }
+}
+
+/// The library entries of `config`'s search space over `parent`, split into those the
+/// deployment's engine runs and those it cannot (with the reason): [`Run::plan`] without an
+/// opened run, for `puzzle plan` on a parent that is only a `config.json`.
+pub fn library_plan(
+    plugins: &Plugins,
+    parent: &puzzle_core::spec::ModelSpec,
+    config: &RunConfig,
+) -> Result<(Vec<EntryKey>, Vec<Refused>)> {
+    let c = config;
+    let caps = c.deployment.engine.capabilities();
+    let mut keep = Vec::new();
+    let mut out = Vec::new();
+    for k in plan(&plugins.catalogs, parent, &c.space, &c.bld)? {
+        let specs = entry_specs(plugins, parent, &k)?;
+        let why = specs.iter().find_map(|s| match s {
+            SubblockSpec::Attention(a) => caps.refuses_attention(a),
+            SubblockSpec::Ffn(f) => caps.refuses_ffn(f),
+        });
+        match why {
+            Some(w) => out.push((k, w)),
+            None => keep.push(k),
+        }
+    }
+    Ok((keep, out))
 }
 
 /// The specs of a planned entry.

@@ -33,7 +33,9 @@
 
 use std::collections::BTreeMap;
 
-use puzzle_core::cost::{CostContext, CostModel, Costs, analytic_counts, analytic_non_block};
+use puzzle_core::cost::{
+    CostContext, CostModel, CostWorkload, Costs, analytic_counts, analytic_non_block,
+};
 use puzzle_core::error::{Context as _, Error, Result};
 use puzzle_core::eval::speed::{Served, median};
 use puzzle_core::progress::{Progress, Silent};
@@ -353,6 +355,16 @@ impl MeasuredCost {
         entries: &[(usize, Vec<SubblockSpec>)],
         progress: &mut dyn Progress,
     ) -> Result<Plan<'c, 'a>> {
+        let mut plan = Self::wanted(ctx, entries);
+        plan.measure(progress)?;
+        Ok(plan)
+    }
+
+    /// Every replacement a table of `entries` times, not yet measured.
+    fn wanted<'c, 'a>(
+        ctx: &'c CostContext<'a>,
+        entries: &[(usize, Vec<SubblockSpec>)],
+    ) -> Plan<'c, 'a> {
         let mut plan = Plan::new(ctx);
         for (l, specs) in entries {
             plan.want(*l, specs);
@@ -367,8 +379,7 @@ impl MeasuredCost {
                 ],
             );
         }
-        plan.measure(progress)?;
-        Ok(plan)
+        plan
     }
 }
 
@@ -398,6 +409,25 @@ impl CostModel for MeasuredCost {
             .collect::<Result<_>>()?;
         Ok((plan.non_block()?, costs))
     }
+
+    fn workload(
+        &self,
+        ctx: &CostContext,
+        entries: &[(usize, Vec<SubblockSpec>)],
+    ) -> Result<CostWorkload> {
+        let todo = Self::wanted(ctx, entries).todo.len();
+        // As `Plan::measure` runs: per chunk and batch size, a warm-up and ROUNDS timed rounds
+        // of the parent and the chunk's models; a parent alone when nothing is replaced.
+        let requests = if todo == 0 {
+            ROUNDS
+        } else {
+            (ROUNDS + 1) * (todo + todo.div_ceil(CHUNK))
+        };
+        Ok(CostWorkload {
+            requests_per_batch_size: requests,
+            models: todo + 1,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -409,6 +439,7 @@ mod tests {
     use puzzle_core::kinds::Dtype;
     use puzzle_core::spec::{RopeScaling, RopeSpec};
     use puzzle_core::weights::WeightSource;
+    use std::sync::atomic::Ordering::SeqCst;
 
     /// Batch 1, 4 prompt + 3 generated tokens, f32 weights.
     fn deploy() -> DeploymentProfile {
@@ -464,9 +495,12 @@ mod tests {
     struct Timed {
         ms: f64,
         drift: Option<Loads>,
+        requests: Loads,
     }
     impl Served for Timed {
         fn request(&self, _b: usize, _p: usize, steps: usize) -> Result<(f64, f64)> {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let k = self
                 .drift
                 .as_ref()
@@ -501,10 +535,18 @@ mod tests {
     struct ClockEngine {
         clock: fn(&ModelSpec) -> f64,
         drift: Option<Loads>,
+        /// Models loaded and requests served, whatever the drift.
+        loads: Loads,
+        requests: Loads,
     }
     impl ClockEngine {
         fn steady(clock: fn(&ModelSpec) -> f64) -> Self {
-            ClockEngine { clock, drift: None }
+            ClockEngine {
+                clock,
+                drift: None,
+                loads: Loads::default(),
+                requests: Loads::default(),
+            }
         }
     }
     impl Engine for ClockEngine {
@@ -524,9 +566,11 @@ mod tests {
             if let Some(l) = &self.drift {
                 l.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
+            self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(Box::new(Timed {
                 ms: (self.clock)(spec),
                 drift: self.drift.clone(),
+                requests: self.requests.clone(),
             }))
         }
     }
@@ -713,6 +757,49 @@ mod tests {
         assert!((total - slow_noop(&parent)).abs() < 1e-9, "{total}");
     }
 
+    /// `puzzle plan`'s count of what a table asks of the engine is what measuring it does.
+    #[test]
+    fn the_planned_workload_is_what_the_table_loads_and_times() {
+        let parent = spec(3);
+        let deploy = DeploymentProfile {
+            batch_sizes: vec![1, 4],
+            ..deploy()
+        };
+        let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
+        let engine = ClockEngine::steady(clock);
+        let ctx = CostContext {
+            parent: &parent,
+            deploy: &deploy,
+            hardware: &hw,
+            device: Device::flex(),
+            engine: Ok(&engine),
+        };
+        let subs = [
+            SubblockSpec::Attention(AttentionSpec::Linear),
+            SubblockSpec::Ffn(FfnSpec::NoOp),
+            SubblockSpec::Ffn(FfnSpec::SwiGlu {
+                intermediate_size: 32,
+                bias: false,
+            }),
+        ];
+        for n_layers in [0, 1, 3] {
+            let entries: Vec<(usize, Vec<SubblockSpec>)> = (0..n_layers)
+                .flat_map(|l| subs.clone().map(|s| (l, vec![s])))
+                .collect();
+            let (loads, requests) = (engine.loads.clone(), engine.requests.clone());
+            let (l0, r0) = (loads.load(SeqCst), requests.load(SeqCst));
+            let planned = MeasuredCost.workload(&ctx, &entries).unwrap();
+            assert_eq!((loads.load(SeqCst), requests.load(SeqCst)), (l0, r0));
+            MeasuredCost.table(&ctx, &entries, &mut Silent).unwrap();
+            assert_eq!(loads.load(SeqCst) - l0, planned.models, "{n_layers} layers");
+            assert_eq!(
+                requests.load(SeqCst) - r0,
+                planned.requests_per_batch_size * deploy.batch_sizes.len(),
+                "{n_layers} layers"
+            );
+        }
+    }
+
     /// Chunks timed at different machine speeds still give block sums whose speed-ups are the
     /// engine's (differences in ms would mix the speeds: 1.3% off here).
     #[test]
@@ -721,8 +808,8 @@ mod tests {
         let deploy = deploy();
         let hw = resolve_hardware("cpu-dev", std::path::Path::new(".")).unwrap();
         let engine = ClockEngine {
-            clock,
             drift: Some(Loads::default()),
+            ..ClockEngine::steady(clock)
         };
         let ctx = CostContext {
             parent: &parent,

@@ -5,6 +5,7 @@ pub mod export;
 pub mod generate;
 pub mod import;
 pub mod inspect;
+pub mod plan;
 pub mod plugins;
 pub mod run;
 pub mod search;
