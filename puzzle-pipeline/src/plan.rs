@@ -100,6 +100,8 @@ pub struct Plan {
     pub identity: usize,
     /// Entries left out because the deployment's engine cannot run them.
     pub refused: usize,
+    /// Of BLD's FLOPs, the parent's forwards (every task's), the rest being the entries' own.
+    pub bld_parent_flops: f64,
     pub hardware: String,
     pub devices: usize,
     pub mfu: f64,
@@ -278,6 +280,7 @@ pub fn plan(
         })
         .sum();
     let per_task_parent = (seqs + 2.0 * evals + calib) * parent_seq;
+    let bld_parent_flops = tasks as f64 * per_task_parent;
     let trained_params: f64 = entries
         .iter()
         .filter(|e| e.1 == EntrySource::Trained)
@@ -293,7 +296,7 @@ pub fn plan(
             if tasks == 1 { "" } else { "s" }
         ),
         tasks,
-        train + tasks as f64 * per_task_parent,
+        train + bld_parent_flops,
         0.0,
         bld_mem,
     ));
@@ -508,6 +511,7 @@ pub fn plan(
         parent_entries: count(EntrySource::Parent),
         identity: count(EntrySource::Identity),
         refused: refused.len(),
+        bld_parent_flops,
         hardware: opts.hardware.name.clone(),
         devices: opts.gpus,
         mfu: opts.mfu,
