@@ -131,6 +131,74 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         "two shards differ from one run"
     );
 
+    // Two shards at once into one folder, each as PID 1 of its own PID namespace where this
+    // machine lets us make one (root), so that their process ids are equal, as on two nodes.
+    let together = dir.path().join("together");
+    let namespaces = Proc::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let puzzle = assert_cmd::cargo::cargo_bin("puzzle");
+    let kids: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let pid_file = dir.path().join(format!("pid-{i}"));
+            let mut c = if namespaces {
+                let mut c = Proc::new("unshare");
+                c.args(["--pid", "--fork", "sh"]);
+                c
+            } else {
+                Proc::new("sh")
+            };
+            c.args(["-c", r#"echo $$ > "$0"; exec "$@""#])
+                .arg(&pid_file)
+                .arg(&puzzle)
+                .arg("bld")
+                .arg(&cfg)
+                .arg("--run")
+                .arg(&together)
+                .args(["--shard", shard])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let pids: Vec<String> = (0..2)
+        .map(|i| std::fs::read_to_string(dir.path().join(format!("pid-{i}"))).unwrap())
+        .collect();
+    if namespaces {
+        assert_eq!(pids, ["1\n", "1\n"], "both shards ran as pid 1");
+    } else {
+        eprintln!(
+            "no PID namespaces here (not root): the two shards ran at once with pids {pids:?}"
+        );
+    }
+    assert_eq!(
+        snapshot(&together),
+        reference,
+        "two shards at once differ from one run"
+    );
+    let mut walk = vec![together.clone()];
+    while let Some(d) = walk.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".tmp"),
+                "left behind: {}",
+                e.path().display()
+            );
+            if e.path().is_dir() {
+                walk.push(e.path());
+            }
+        }
+    }
+
     // A finished library is not retrained, and a checkpoint left by a kill between an
     // entry's meta.json and the checkpoint's removal is swept (seen in CI: a half-removed
     // ckpt/ with only weights.safetensors left).

@@ -128,7 +128,8 @@ impl Run {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let copy = dir.join("config.toml");
         let text = puzzle_core::fsutil::read_to_string(config_path)?;
-        puzzle_core::fsutil::write_atomic(&copy, text.as_bytes())?;
+        // Every shard opens the run: write once, not under the others' readers.
+        puzzle_core::fsutil::write_if_changed(&copy, text.as_bytes())?;
         let parent = load_model_with(&plugins.families, &config.parent.path, device).context(
             format!("loading the parent {}", config.parent.path.display()),
         )?;
@@ -150,7 +151,7 @@ impl Run {
             "parent": std::path::absolute(&config.parent.path).unwrap_or_else(|_| config.parent.path.clone()),
             "spec": parent.spec,
         });
-        puzzle_core::fsutil::write_json(&dir.join("run.json"), &info)?;
+        puzzle_core::fsutil::write_json_if_changed(&dir.join("run.json"), &info)?;
         let docs = data::read_documents(&config.data.paths)?;
         let data_fingerprint = data::fingerprint(&docs, &config.data);
         Ok(Run {

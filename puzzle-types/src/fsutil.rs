@@ -202,6 +202,25 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Writes `bytes` atomically unless `path` already holds exactly them; returns whether it
+/// wrote. Files every shard of a run writes when it opens the run (its config copy, its
+/// resolved facts) are then written once, not rewritten under the other shards' readers.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    write_atomic(path, bytes)?;
+    Ok(true)
+}
+
+/// [`write_json`] through [`write_if_changed`].
+pub fn write_json_if_changed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<bool> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::config(path, format!("cannot serialise: {e}")))?;
+    bytes.push(b'\n');
+    write_if_changed(path, &bytes)
+}
+
 /// Reads and parses a JSON file, naming the file (and line/column) on failure.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = read_to_string(path)?;
@@ -519,5 +538,19 @@ mod tests {
         std::fs::create_dir_all(&old).unwrap();
         std::fs::write(old.join("state.json"), b"{}").unwrap();
         assert_eq!(sw.find("state.json").unwrap(), Some(old));
+    }
+    #[test]
+    fn a_file_with_the_same_bytes_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.json");
+        assert!(write_if_changed(&p, b"a").unwrap());
+        let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!write_if_changed(&p, b"a").unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), before);
+        assert!(write_if_changed(&p, b"b").unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"b");
+        assert!(write_json_if_changed(&p, &[1, 2]).unwrap());
+        assert!(!write_json_if_changed(&p, &[1, 2]).unwrap());
     }
 }
