@@ -60,6 +60,7 @@ enum Command {
     Bld(cmd::bld::BldArgs),
     Cost(cmd::cost::CostArgs),
     Plan(cmd::plan::PlanArgs),
+    Slurm(cmd::slurm::SlurmArgs),
     Score(cmd::cost::ScoreArgs),
     #[command(subcommand)]
     Library(cmd::bld::LibraryCommand),
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
         Command::Bld(a) => cmd::bld::run(a),
         Command::Cost(a) => cmd::cost::run_cost(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Slurm(a) => cmd::slurm::run(a),
         Command::Score(a) => cmd::cost::run_score(a),
         Command::Library(c) => cmd::bld::library(c),
         Command::Tasks(TasksCommand::Cloze(a)) => cmd::eval::cloze(a),

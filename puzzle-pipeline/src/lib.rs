@@ -10,6 +10,7 @@
 //! - Every stage artifact is reused or rebuilt through [`puzzle_core::artifact`].
 //! - [`plan`]: `puzzle plan`, every stage's work, FLOPs, memory and device-hours from a
 //!   parent's `config.json` alone.
+//! - [`slurm`]: `puzzle slurm`, a run as chained Slurm jobs (BLD as a job array).
 //! - [`host`]: the dynamic plugin host; it pushes what it loads into a [`puzzle_core::Plugins`].
 
 pub mod baselines;
@@ -22,6 +23,7 @@ pub mod host;
 pub mod pipeline;
 pub mod plan;
 pub mod run;
+pub mod slurm;
 pub mod speed;
 pub mod stages;
 

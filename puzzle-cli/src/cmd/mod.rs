@@ -9,4 +9,5 @@ pub mod plan;
 pub mod plugins;
 pub mod run;
 pub mod search;
+pub mod slurm;
 pub mod train;
