@@ -538,41 +538,18 @@ pub fn human(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use puzzle_core::spec::{FfnSpec, LayerSpec, RopeScaling, RopeSpec};
+    use puzzle_core::spec::{FfnSpec, LlamaShape};
 
     fn spec(layers: usize) -> ModelSpec {
-        ModelSpec {
-            family: "llama".into(),
-            hidden_size: 64,
-            vocab_size: 100,
-            num_attention_heads: 4,
+        ModelSpec::uniform_llama(LlamaShape {
+            hidden: 64,
+            vocab: 100,
+            heads: 4,
             head_dim: 16,
-            rms_norm_eps: 1e-5,
-            rope: RopeSpec {
-                theta: 10000.0,
-                scaling: RopeScaling::Default,
-            },
-            max_position_embeddings: 256,
-            tie_word_embeddings: false,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-            storage_dtype: None,
-            layers: vec![
-                LayerSpec {
-                    attention: AttentionSpec::Gqa {
-                        num_kv_heads: 2,
-                        qkv_bias: false,
-                        o_bias: false,
-                        window: None,
-                    },
-                    ffn: FfnSpec::SwiGlu {
-                        intermediate_size: 128,
-                        bias: false,
-                    },
-                };
-                layers
-            ],
-        }
+            kv_heads: 2,
+            intermediate: 128,
+            layers,
+        })
     }
 
     #[test]

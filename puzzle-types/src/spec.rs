@@ -140,7 +140,57 @@ pub struct ModelSpec {
     pub layers: Vec<LayerSpec>,
 }
 
+/// The sizes of a homogeneous Llama decoder, for [`ModelSpec::uniform_llama`].
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaShape {
+    pub hidden: usize,
+    pub vocab: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+}
+
 impl ModelSpec {
+    /// A homogeneous Llama decoder of `shape` (GQA and SwiGLU without biases, untied head,
+    /// default RoPE at theta 10000, 256 positions): the small models tests and examples build
+    /// by hand, in one place.
+    pub fn uniform_llama(shape: LlamaShape) -> ModelSpec {
+        ModelSpec {
+            family: "llama".into(),
+            hidden_size: shape.hidden,
+            vocab_size: shape.vocab,
+            num_attention_heads: shape.heads,
+            head_dim: shape.head_dim,
+            rms_norm_eps: 1e-5,
+            rope: RopeSpec {
+                theta: 10000.0,
+                scaling: RopeScaling::Default,
+            },
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            storage_dtype: None,
+            layers: vec![
+                LayerSpec {
+                    attention: AttentionSpec::Gqa {
+                        num_kv_heads: shape.kv_heads,
+                        qkv_bias: false,
+                        o_bias: false,
+                        window: None,
+                    },
+                    ffn: FfnSpec::SwiGlu {
+                        intermediate_size: shape.intermediate,
+                        bias: false,
+                    },
+                };
+                shape.layers
+            ],
+        }
+    }
+
     /// Parameters of one attention subblock (its norm included).
     pub fn attention_params(&self, a: &AttentionSpec) -> usize {
         let (h, q) = (self.hidden_size, self.num_attention_heads * self.head_dim);

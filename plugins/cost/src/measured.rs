@@ -437,7 +437,7 @@ mod tests {
     use puzzle_core::deploy::{DeploymentProfile, resolve_hardware};
     use puzzle_core::engine::Engine;
     use puzzle_core::kinds::Dtype;
-    use puzzle_core::spec::{RopeScaling, RopeSpec};
+    use puzzle_core::spec::LlamaShape;
     use puzzle_core::weights::WeightSource;
     use std::sync::atomic::Ordering::SeqCst;
 
@@ -454,36 +454,17 @@ mod tests {
 
     fn spec(layers: usize) -> ModelSpec {
         ModelSpec {
-            family: "llama".into(),
-            hidden_size: 16,
-            vocab_size: 32,
-            num_attention_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope: RopeSpec {
-                theta: 10000.0,
-                scaling: RopeScaling::Default,
-            },
             max_position_embeddings: 64,
             tie_word_embeddings: true,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-            storage_dtype: None,
-            layers: vec![
-                LayerSpec {
-                    attention: AttentionSpec::Gqa {
-                        num_kv_heads: 2,
-                        qkv_bias: false,
-                        o_bias: false,
-                        window: None,
-                    },
-                    ffn: FfnSpec::SwiGlu {
-                        intermediate_size: 64,
-                        bias: false,
-                    },
-                };
-                layers
-            ],
+            ..ModelSpec::uniform_llama(LlamaShape {
+                hidden: 16,
+                vocab: 32,
+                heads: 2,
+                head_dim: 8,
+                kv_heads: 2,
+                intermediate: 64,
+                layers,
+            })
         }
     }
 
