@@ -84,6 +84,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    #[cfg(unix)]
+    stop_requests();
     let cli = Cli::parse();
     let mut plugins = puzzle_core::Plugins::builtin();
     for p in &cli.plugins {
@@ -123,9 +125,47 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", explain(&e));
-            ExitCode::FAILURE
+            match interrupted(&e) {
+                // As a shell reports a process ended by that signal: schedulers and scripts
+                // tell a stop from a failure by it.
+                Some(signal) => ExitCode::from((128 + signal).clamp(0, 255) as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// SIGTERM (Slurm's requeue, preemption, `scancel`), SIGUSR1 (`sbatch --signal` ahead of a
+/// time limit) and Ctrl-C ask a checkpointing loop to save and stop
+/// (`puzzle_core::interrupt`); with none running, each keeps its default action.
+#[cfg(unix)]
+fn stop_requests() {
+    use puzzle_core::interrupt::{Disposition, on_signal};
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    for sig in [SIGTERM, SIGUSR1, SIGINT] {
+        // SAFETY: the handler only touches atomics (on_signal) and, when nobody polls,
+        // restores and re-raises the default action (emulate_default_handler), both
+        // async-signal-safe.
+        let installed = unsafe {
+            signal_hook::low_level::register(sig, move || {
+                if on_signal(sig) == Disposition::Default {
+                    let _ = signal_hook::low_level::emulate_default_handler(sig);
+                }
+            })
+        };
+        if let Err(e) = installed {
+            eprintln!("warning: signal {sig} will end puzzle without a checkpoint: {e}");
+        }
+    }
+}
+
+/// The signal of a stop request somewhere in the error's chain.
+fn interrupted(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<puzzle_core::Error>() {
+            Some(puzzle_core::Error::Interrupted { signal, .. }) => Some(*signal),
+            _ => None,
+        })
 }
 
 /// The error and its causes, each said once: our library errors already print their source in

@@ -87,7 +87,6 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
     let has_ckpt = |p: &Path| {
         std::fs::read_dir(p.join("library"))
             .map(|ls| {
@@ -102,13 +101,17 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
             })
             .unwrap_or(false)
     };
-    while !has_ckpt(&killed) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let wait_for_ckpt = |p: &Path| {
+        let t0 = Instant::now();
+        while !has_ckpt(p) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no checkpoint appeared"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    wait_for_ckpt(&killed);
     child.kill().unwrap();
     child.wait().unwrap();
     let o = bld(&cfg, &killed, &[]);
@@ -117,6 +120,61 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         snapshot(&killed),
         reference,
         "kill + resume differs from one run"
+    );
+
+    // SIGTERM (Slurm's requeue or preemption) while training: every entry in training is
+    // checkpointed at the step reached, off the periodic grid, and the rerun finishes it.
+    let stopped = dir.path().join("stopped");
+    let child = Proc::cargo_bin("puzzle")
+        .unwrap()
+        .arg("bld")
+        .arg(&cfg)
+        .arg("--run")
+        .arg(&stopped)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_ckpt(&stopped);
+    let term = Proc::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(128 + 15), "{err}");
+    let at = err
+        .split("in training at step ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no stop step in: {err}"));
+    assert!(err.contains("stopped by signal 15"), "{err}");
+    let mut states = 0;
+    for l in std::fs::read_dir(stopped.join("library"))
+        .unwrap()
+        .flatten()
+    {
+        for e in std::fs::read_dir(l.path()).unwrap().flatten() {
+            let p = e.path().join("ckpt/state.json");
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                let st: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(st["step"], at, "{}", p.display());
+                states += 1;
+            }
+        }
+    }
+    let trained = reference
+        .iter()
+        .filter(|(_, _, s)| !s.contains("tokens=0"))
+        .count();
+    assert_eq!(states, trained, "every entry in training saved its state");
+    let o = bld(&cfg, &stopped, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        snapshot(&stopped),
+        reference,
+        "stop + resume differs from one run"
     );
 
     // Two shards one after the other.

@@ -15,7 +15,7 @@ use puzzle_core::progress::Silent;
 use puzzle_core::score::ScoreConfig;
 use puzzle_pipeline::Run;
 use puzzle_pipeline::pipeline::bld_shard;
-use puzzle_pipeline::stages::{cost_stage, score_entries, score_stage};
+use puzzle_pipeline::stages::{SCORE_SHARDS, cost_stage, score_entries, score_shard, score_stage};
 
 fn link() {
     puzzle_llama_ops::link();
@@ -91,6 +91,53 @@ fn parent_variants_score_exactly_zero_kl_and_the_parent_loss() {
         }
     }
     assert_eq!(seen, 8);
+}
+
+#[test]
+fn score_shards_merge_into_the_table_one_pass_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = setup(dir.path(), "analytic", "fp32");
+    let whole = score_stage(&run, &mut Silent).unwrap();
+    let strip = |mut t: puzzle_core::score::ScoreTable| {
+        t.seconds = 0.0;
+        t
+    };
+    let whole = strip(whole);
+    std::fs::remove_file(run.dir.join("scores.json")).unwrap();
+    // Every shard of 3, then the merge: no entry is scored again (each shard's file is what
+    // the merged table's entries come from; they are written once).
+    let mut n = 0;
+    for i in 0..3 {
+        let part = score_shard(&run, (i, 3), &mut Silent).unwrap();
+        assert_eq!(part.parent, whole.parent);
+        assert_eq!(part.provenance["shard"], format!("{i}/3"));
+        n += part.entries.len();
+    }
+    assert_eq!(n, whole.entries.len(), "the shards partition the entries");
+    let merged = strip(score_stage(&run, &mut Silent).unwrap());
+    assert_eq!(merged, whole, "three shards merged");
+    // One shard of 2 only: the merge scores the other half itself.
+    std::fs::remove_file(run.dir.join("scores.json")).unwrap();
+    std::fs::remove_dir_all(run.dir.join(SCORE_SHARDS)).unwrap();
+    score_shard(&run, (1, 2), &mut Silent).unwrap();
+    assert_eq!(
+        strip(score_stage(&run, &mut Silent).unwrap()),
+        whole,
+        "half from a shard"
+    );
+    // A shard file for other inputs (another [score] config) is not taken.
+    let path = run.dir.join(SCORE_SHARDS).join("shard-1-of-2.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    t["provenance"]["config"] = "other".into();
+    t["entries"][0]["metrics"]["kl"] = 1234.5.into();
+    std::fs::write(&path, t.to_string()).unwrap();
+    std::fs::remove_file(run.dir.join("scores.json")).unwrap();
+    assert_eq!(
+        strip(score_stage(&run, &mut Silent).unwrap()),
+        whole,
+        "a foreign shard file is ignored"
+    );
 }
 
 #[test]

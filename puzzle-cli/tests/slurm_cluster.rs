@@ -195,20 +195,26 @@ fn a_one_node_cluster_runs_the_scaled_run_and_a_requeued_task_changes_nothing() 
         .find_map(|w| w.strip_prefix("(bld=").or_else(|| w.strip_prefix("bld=")))
         .unwrap_or_else(|| panic!("no bld job id in: {said}"))
         .to_string();
-    // Requeue task 1 once it is training (its log shows BLD's start).
+    // Once tasks 1 and 2 are training (their logs show BLD's start): requeue task 1 (Slurm
+    // sends it SIGTERM), and give task 2's batch shell the time limit's warning (SIGUSR1, as
+    // `--signal=B:USR1@120` would), after which it checkpoints, stops and requeues itself.
     let logs = run.join("slurm/logs");
     let t0 = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(logs.join("bld-1.log")).unwrap_or_default();
-        if log.contains("BLD: ") {
-            break;
+    let training = |task: usize| {
+        std::fs::read_to_string(logs.join(format!("bld-{task}.log")))
+            .unwrap_or_default()
+            .contains("BLD: ")
+    };
+    let wait_training = |task: usize| {
+        while !training(task) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "task {task} never started training"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "task 1 never started training: {log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    wait_training(1);
     let task = format!("{bld_job}_1");
     let o = Proc::new("scontrol")
         .args(["requeue", &task])
@@ -221,6 +227,13 @@ fn a_one_node_cluster_runs_the_scaled_run_and_a_requeued_task_changes_nothing() 
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    wait_training(2);
+    let warned = Proc::new("scancel")
+        .args(["--batch", "--signal=USR1", &format!("{bld_job}_2")])
+        .env("SLURM_CONF", &cluster.conf)
+        .status()
+        .unwrap()
+        .success();
     // Everything drains.
     let t0 = Instant::now();
     while !cluster.out("squeue", &["-h"]).trim().is_empty() {
@@ -246,6 +259,18 @@ fn a_one_node_cluster_runs_the_scaled_run_and_a_requeued_task_changes_nothing() 
     } else {
         // It finished before the requeue reached it: said, and the rest still holds.
         eprintln!("task 1 had finished before the requeue");
+    }
+    let log2 = std::fs::read_to_string(logs.join("bld-2.log")).unwrap();
+    if warned && log2.contains("stopped by signal 10") {
+        // Checkpointed at the step reached, requeued by its own script, and resumed.
+        assert!(log2.contains("in training at step"), "{log2}");
+        let starts = log2.matches("BLD: ").count() + log2.matches("library complete").count();
+        assert!(
+            starts >= 2,
+            "task 2 did not start again after its stop: {log2}"
+        );
+    } else {
+        eprintln!("task 2 was not stopped by SIGUSR1 in training (warned: {warned}): {log2}");
     }
 
     // The same stages, serially, outside Slurm.

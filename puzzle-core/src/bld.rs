@@ -6,8 +6,12 @@
 //! - Loss: normalised MSE `MSE(o_p, o_c) / (MSE(o_p, 0) + eps)` on the layer's output minus its
 //!   input (the residual is subtracted so that a no-op scores 1, the parent 0).
 //! - One parent forward per batch feeds every entry of every layer.
-//! - Entries are independent: `--shard i/n` trains every n-th one; shards write into the same
-//!   library. Each entry checkpoints atomically and resumes from its own step after a kill.
+//! - Entries are independent: `--shard i/n` trains the `i`-th of `n` contiguous runs of the
+//!   entries ordered by layer, so a shard touches few layers and needs the parent only up to its
+//!   last one ([`Decoder::load_trunk`]) and frozen copies of its own layers only; shards write
+//!   into the same library. Each entry checkpoints atomically and resumes from its own step after
+//!   a kill; on a stop request ([`crate::interrupt`]: SIGTERM, SIGUSR1, Ctrl-C) every entry in
+//!   training checkpoints at the step it reached before the invocation returns.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -510,7 +514,8 @@ pub struct BldReport {
 /// Inputs of a BLD invocation.
 pub struct BldInputs<'a> {
     pub parent_spec: &'a ModelSpec,
-    /// The parent on the compute device (no autodiff).
+    /// The parent on the compute device (no autodiff), or its trunk: at least every layer up to
+    /// the last one an entry to train is in ([`todo_layers`]).
     pub parent: &'a Decoder,
     pub parent_weights: &'a dyn WeightSource,
     /// Training windows of `seq_len` tokens (extra tokens are ignored).
@@ -533,8 +538,30 @@ pub fn run_bld(
     shard: (usize, usize),
     progress: &mut dyn Progress,
 ) -> Result<BldReport> {
+    let (report, todo) = shard_todo(inputs.keys, &inputs.provenance, library, shard)?;
+    train_todo(inputs, cfg, library, report, &todo, progress)
+}
+
+/// The layers the entries of `todo` are in, ascending: the parent layers a shard needs frozen
+/// copies of; the last one + 1 is the trunk its parent forward needs.
+pub fn todo_layers(todo: &[EntryKey]) -> Vec<usize> {
+    let mut l: Vec<usize> = todo.iter().map(|k| k.layer).collect();
+    l.sort_unstable();
+    l.dedup();
+    l
+}
+
+/// Trains `todo` (a shard's unfinished entries, from [`shard_todo`]); `report` is what
+/// [`shard_todo`] found.
+pub fn train_todo(
+    inputs: &BldInputs,
+    cfg: &BldConfig,
+    library: &Path,
+    mut report: BldReport,
+    todo: &[EntryKey],
+    progress: &mut dyn Progress,
+) -> Result<BldReport> {
     let t_start = Instant::now();
-    let (mut report, todo) = shard_todo(inputs, library, shard)?;
     if todo.is_empty() {
         progress.note(&format!(
             "library complete for this shard: {} of {} entries already trained",
@@ -542,7 +569,15 @@ pub fn run_bld(
         ));
         return Ok(report);
     }
-    let job = BldJob::new(inputs, cfg, library, progress)?;
+    let layers = todo_layers(todo);
+    let last = layers.last().copied().unwrap_or(0);
+    if last >= inputs.parent.layers.len() {
+        return Err(Error::invalid(format!(
+            "BLD of layer {last} was given a parent trunk of {} layers",
+            inputs.parent.layers.len()
+        )));
+    }
+    let job = BldJob::new(inputs, cfg, library, &layers, progress)?;
     let mut trainees = todo
         .iter()
         .map(|k| job.trainee(k))
@@ -580,19 +615,29 @@ pub fn run_bld(
     Ok(report)
 }
 
+/// Shard `index` of `count` of the planned entries: the `index`-th of `count` contiguous, equal
+/// (within one) runs of the entries ordered by layer (ties in plan order). Contiguous in layers
+/// so that a shard holds the parent only up to its last layer; every layer has the same
+/// variants, so equal runs are equal work but for the parent forward's depth.
+pub fn shard_keys(keys: &[EntryKey], (index, count): (usize, usize)) -> Vec<EntryKey> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|&i| (keys[i].layer, i));
+    let n = keys.len();
+    let count = count.max(1);
+    order[index * n / count..((index + 1) * n / count).min(n)]
+        .iter()
+        .map(|&i| keys[i].clone())
+        .collect()
+}
+
 /// The shard's planned entries that are not finished yet, and the report so far.
-fn shard_todo(
-    inputs: &BldInputs,
+pub fn shard_todo(
+    keys: &[EntryKey],
+    provenance: &Provenance,
     library: &Path,
     shard: (usize, usize),
 ) -> Result<(BldReport, Vec<EntryKey>)> {
-    let keys = inputs.keys;
-    let mine: Vec<EntryKey> = keys
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % shard.1 == shard.0)
-        .map(|(_, k)| k.clone())
-        .collect();
+    let mine = shard_keys(keys, shard);
     let mut report = BldReport {
         planned: keys.len(),
         in_shard: mine.len(),
@@ -600,7 +645,7 @@ fn shard_todo(
     };
     let mut todo = Vec::new();
     for k in mine {
-        if read_done(library, &k, Some(&inputs.provenance)).is_none() {
+        if read_done(library, &k, Some(provenance)).is_none() {
             todo.push(k);
         } else {
             // A kill between an entry's meta.json and the removal of its checkpoint
@@ -633,8 +678,9 @@ struct BldJob<'a> {
     windows: Vec<Vec<u32>>,
     held: Vec<Vec<u32>>,
     calib: Vec<LayerCalibration>,
-    /// Frozen parent layers on the autodiff device (gradients flow through, not into, them).
-    frozen_ad: Vec<Layer>,
+    /// Frozen parent layers on the autodiff device (gradients flow through, not into, them):
+    /// only those an entry to train is in (by layer index).
+    frozen_ad: Frozen,
 }
 
 impl<'a> BldJob<'a> {
@@ -642,6 +688,7 @@ impl<'a> BldJob<'a> {
         inputs: &'a BldInputs<'a>,
         cfg: &'a BldConfig,
         library: &'a Path,
+        layers: &[usize],
         progress: &mut dyn Progress,
     ) -> Result<Self> {
         if inputs.train.is_empty() || inputs.held_out.is_empty() {
@@ -662,9 +709,11 @@ impl<'a> BldJob<'a> {
         let n_calib = windows.len().min(cfg.calibration_sequences.max(1));
         let calib = calibrate(inputs.parent, &windows[..n_calib], cfg.batch_size);
         progress.finish();
-        let frozen_ad = Decoder::load(inputs.parent_spec, inputs.parent_weights, &ad)?
-            .no_grad()
-            .layers;
+        let mut frozen_ad = Frozen::default();
+        for &l in layers {
+            let layer = Layer::load(inputs.parent_spec, l, inputs.parent_weights, &ad)?.no_grad();
+            frozen_ad.0.insert(l, layer);
+        }
         Ok(BldJob {
             inputs,
             cfg,
@@ -801,7 +850,7 @@ impl<'a> BldJob<'a> {
         let t0 = Instant::now();
         let a = &acts[t.key.layer];
         let target = lift(&(a.output.clone() - a.input.clone()));
-        let pred = block_delta(&t.modules, &self.frozen_ad[t.key.layer], a, ctx, true);
+        let pred = block_delta(&t.modules, self.frozen_ad.layer(t.key.layer), a, ctx, true);
         let loss = normalized_mse(target, pred, EPS);
         let lv = loss.clone().into_scalar::<f32>() as f64;
         if !lv.is_finite() {
@@ -843,6 +892,7 @@ impl<'a> BldJob<'a> {
             .min()
             .unwrap_or(self.steps);
         progress.start("bld", self.steps as u64);
+        let _polling = crate::interrupt::Polling::start();
         let t_loop = Instant::now();
         let mut trained_tokens = 0usize;
         for step in first..self.steps {
@@ -862,11 +912,20 @@ impl<'a> BldJob<'a> {
                 trained_tokens += cfg.batch_size * cfg.seq_len;
             }
             let done_step = step + 1;
-            if done_step.is_multiple_of(cfg.checkpoint_every) && done_step < self.steps {
+            let periodic = done_step.is_multiple_of(cfg.checkpoint_every) && done_step < self.steps;
+            let stop = crate::interrupt::requested().is_some();
+            if periodic || stop {
                 for t in trainees.iter() {
                     save_ckpt(self.library, t)?;
                 }
             }
+            crate::interrupt::check(|| {
+                format!(
+                    "BLD checkpointed its {} entries in training at step {done_step} of {}",
+                    trainees.len(),
+                    self.steps
+                )
+            })?;
             let tps = trained_tokens as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
             progress.set(
                 done_step as u64,
@@ -920,7 +979,7 @@ fn split_build(
 /// Held-out normalised MSE (pooled over batches) of the selected trainees.
 fn held_out_nmse(
     parent: &Decoder,
-    frozen_ad: &[Layer],
+    frozen_ad: &Frozen,
     trainees: &[Trainee],
     which: &[usize],
     held: &[Vec<u32>],
@@ -931,7 +990,7 @@ fn held_out_nmse(
         .iter()
         .map(|&i| trainees[i].modules.iter().map(|m| m.valid()).collect())
         .collect();
-    let frozen: Vec<Layer> = frozen_ad.iter().map(|l| l.valid()).collect();
+    let frozen = Frozen(frozen_ad.0.iter().map(|(&i, l)| (i, l.valid())).collect());
     let mut num = vec![0.0; which.len()];
     let mut den = vec![0.0; which.len()];
     for chunk in held.chunks(batch.max(1)) {
@@ -939,12 +998,31 @@ fn held_out_nmse(
         for (j, &i) in which.iter().enumerate() {
             let a = &acts[trainees[i].key.layer];
             let target = a.output.clone() - a.input.clone();
-            let pred = block_delta(&valid[j], &frozen[trainees[i].key.layer], a, &ctx, false);
+            let pred = block_delta(
+                &valid[j],
+                frozen.layer(trainees[i].key.layer),
+                a,
+                &ctx,
+                false,
+            );
             num[j] += (target.clone() - pred).square().mean().into_scalar::<f32>() as f64;
             den[j] += target.square().mean().into_scalar::<f32>() as f64 + EPS;
         }
     }
     num.iter().zip(&den).map(|(n, d)| n / d).collect()
+}
+
+/// Frozen parent layers by index: the layers of the entries being trained.
+#[derive(Default)]
+struct Frozen(BTreeMap<usize, Layer>);
+
+impl Frozen {
+    fn layer(&self, i: usize) -> &Layer {
+        // BldJob::new loads the layer of every entry it is given; nothing else is trained.
+        self.0
+            .get(&i)
+            .expect("a frozen copy of every trained entry's layer")
+    }
 }
 
 fn subblock_tensors(modules: &[Subblock]) -> BTreeMap<String, HostTensor> {
@@ -1014,4 +1092,63 @@ fn write_entry(
     };
     // meta.json last: an entry with a meta is complete.
     fsutil::write_json(&dir.join("meta.json"), &meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(layers: usize, variants: &[&str]) -> Vec<EntryKey> {
+        // Plan order: by variant, then layer (as `plan` lists them).
+        variants
+            .iter()
+            .flat_map(|v| {
+                (0..layers).map(move |layer| EntryKey {
+                    layer,
+                    variants: vec![v.parse().unwrap()],
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_are_contiguous_in_layers_disjoint_and_cover_the_plan() {
+        let all = keys(8, &["attn:noop", "ffn:width(64)", "ffn:linear"]);
+        for count in [1, 2, 3, 4, 5, 24, 30] {
+            let shards: Vec<Vec<EntryKey>> =
+                (0..count).map(|i| shard_keys(&all, (i, count))).collect();
+            let mut seen: Vec<String> = shards
+                .iter()
+                .flatten()
+                .map(|k| format!("{}{:?}", k.layer, k.variants))
+                .collect();
+            seen.sort();
+            let mut want: Vec<String> = all
+                .iter()
+                .map(|k| format!("{}{:?}", k.layer, k.variants))
+                .collect();
+            want.sort();
+            assert_eq!(seen, want, "{count} shards cover every entry once");
+            let sizes: Vec<usize> = shards.iter().map(Vec::len).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{count} shards: sizes {sizes:?}");
+            // Each shard's layers form one run, and shards come in layer order.
+            let mut last_end = 0;
+            for s in shards.iter().filter(|s| !s.is_empty()) {
+                let layers = todo_layers(s);
+                assert_eq!(
+                    layers.len(),
+                    layers[layers.len() - 1] - layers[0] + 1,
+                    "{layers:?}"
+                );
+                assert!(
+                    layers[0] >= last_end,
+                    "{count} shards overlap beyond a boundary layer"
+                );
+                last_end = *layers.last().unwrap();
+            }
+        }
+        // Four shards of eight layers: two layers each.
+        assert_eq!(todo_layers(&shard_keys(&all, (3, 4))), vec![6, 7]);
+    }
 }

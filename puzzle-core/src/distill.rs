@@ -178,6 +178,7 @@ pub fn distill(
     };
     progress.start("distill", steps as u64);
     progress.set(state.step as u64, "");
+    let _polling = crate::interrupt::Polling::start();
     while state.step < steps {
         let t0 = Instant::now();
         let idx = order.batch(state.step);
@@ -205,6 +206,18 @@ pub fn distill(
                 .push((state.step, state.running.0 / state.running.1.max(1) as f64));
             state.running = (0.0, 0);
             ckpt.save(&model, &opt, &state)?;
+        } else if crate::interrupt::requested().is_some() {
+            // Off the curve's grid: the running mean is saved as it is, so a resumed run
+            // records the same loss curve as one that never stopped.
+            ckpt.save(&model, &opt, &state)?;
+        }
+        if !done {
+            crate::interrupt::check(|| {
+                format!(
+                    "distillation checkpointed at step {} of {steps}",
+                    state.step
+                )
+            })?;
         }
         progress.set(state.step as u64, &format!("loss {lv:.4}"));
     }

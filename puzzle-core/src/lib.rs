@@ -35,7 +35,7 @@ pub mod weights;
 
 pub use puzzle_types::engine as capabilities;
 pub use puzzle_types::{
-    artifact, error, family, fsutil, kinds, progress, registry, rng, spec, variant,
+    artifact, error, family, fsutil, interrupt, kinds, progress, registry, rng, spec, variant,
 };
 
 /// The search: block tables, problems and solvers from `puzzle-types`, plus the block table

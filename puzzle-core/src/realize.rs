@@ -15,7 +15,7 @@ use crate::hf_folder::SpecialTokens;
 use crate::nn::Decoder;
 use crate::score::swapped;
 use crate::variant::{SubblockKind, VariantId};
-use crate::weights::{StoreDtype, WeightSource, write_safetensors};
+use crate::weights::{HostTensor, MAX_SHARD_BYTES, StoreDtype, WeightSource, write_weights_folder};
 
 /// One layer of a child: an attention and an FFN library entry, or a coupled block.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,7 +105,8 @@ pub fn realize(
 }
 
 /// Writes a model as a checkpoint folder its family's serving stacks load: `config.json` (from
-/// the parent's, per-layer fields from the child), `model.safetensors`, the parent's
+/// the parent's, per-layer fields from the child), `model.safetensors` (sharded with an index
+/// beyond [`MAX_SHARD_BYTES`]), the parent's
 /// tokenizer files, and the tokenizer and generation side files the parent lacks
 /// ([`crate::hf_folder`]). Returns the caveats of the format. `config.json` is written last.
 pub fn export(
@@ -125,11 +126,13 @@ pub fn export(
         let n = shape.iter().product();
         tensors.push((name, crate::weights::HostTensor::new(shape, vec![0.0; n])));
     }
-    write_safetensors(
-        &out.join("model.safetensors"),
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_weights_folder(
+        out,
+        &refs,
         dtype,
         Some([("format".to_string(), "pt".to_string())].into()),
+        MAX_SHARD_BYTES,
     )?;
     for f in [
         "tokenizer.json",

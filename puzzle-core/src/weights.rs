@@ -3,10 +3,11 @@
 //! converted or freshly built weights, and writing safetensors atomically.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -462,78 +463,271 @@ impl std::str::FromStr for StoreDtype {
     }
 }
 
-struct Encoded {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl safetensors::View for &Encoded {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-/// Writes tensors to a safetensors file atomically, in the given storage dtype.
+/// Writes `tensors` as a safetensors file (atomically), converting to `dtype`, one tensor at a
+/// time: the file is streamed from the tensors given, never assembled in memory (a 70B export
+/// would otherwise need its size again in RAM). Bytes are those of `safetensors::serialize`:
+/// the same order (by name within a dtype), header and padding.
 pub fn write_safetensors<'a>(
     path: &Path,
     tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
     dtype: StoreDtype,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let encoded: Vec<(String, Encoded)> = tensors
-        .into_iter()
-        .map(|(name, t)| {
-            let (dt, bytes) = match dtype {
-                StoreDtype::F32 => (
-                    Dtype::F32,
-                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-                StoreDtype::Bf16 => (
-                    Dtype::BF16,
-                    t.data
-                        .iter()
-                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                ),
-                StoreDtype::F16 => (
-                    Dtype::F16,
-                    t.data
-                        .iter()
-                        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                ),
-            };
-            (
-                name.to_string(),
-                Encoded {
-                    dtype: dt,
-                    shape: t.shape.clone(),
-                    bytes,
-                },
-            )
-        })
-        .collect();
-    let views: Vec<(&str, &Encoded)> = encoded.iter().map(|(n, e)| (n.as_str(), e)).collect();
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
+    let bad = |msg: String| Error::Safetensors {
         path: path.to_path_buf(),
-        msg: format!("cannot serialise: {e:?}"),
-    })?;
-    fsutil::write_atomic(path, &bytes)
+        msg,
+    };
+    let mut tensors: Vec<(&str, &HostTensor)> = tensors.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    let st_dtype = match dtype {
+        StoreDtype::F32 => Dtype::F32,
+        StoreDtype::Bf16 => Dtype::BF16,
+        StoreDtype::F16 => Dtype::F16,
+    };
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for (name, t) in &tensors {
+        let numel: usize = t.shape.iter().product();
+        if numel != t.data.len() {
+            return Err(bad(format!(
+                "tensor `{name}` has shape {:?} but {} values",
+                t.shape,
+                t.data.len()
+            )));
+        }
+        let n = numel * dtype.size();
+        infos.push((
+            name.to_string(),
+            TensorInfo {
+                dtype: st_dtype,
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let header = Metadata::new(metadata, infos)
+        .map_err(|e| bad(format!("cannot describe the tensors: {e:?}")))?;
+    let mut header = serde_json::to_string(&header)
+        .map_err(|e| bad(format!("cannot serialise the header: {e}")))?
+        .into_bytes();
+    // The format's 8-byte alignment of the data, padded with spaces as safetensors does.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    fsutil::write_atomic_with(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        // A bounded buffer per chunk of values: memory stays flat whatever the tensor's size.
+        let mut buf = Vec::with_capacity(CHUNK * 4);
+        for (_, t) in &tensors {
+            for chunk in t.data.chunks(CHUNK) {
+                buf.clear();
+                match dtype {
+                    StoreDtype::F32 => chunk
+                        .iter()
+                        .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+                    StoreDtype::Bf16 => chunk.iter().for_each(|v| {
+                        buf.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                    }),
+                    StoreDtype::F16 => chunk.iter().for_each(|v| {
+                        buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())
+                    }),
+                }
+                w.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Values converted and written per write call.
+const CHUNK: usize = 1 << 16;
+
+/// The largest shard an export writes (Hugging Face's default `max_shard_size`, "5GB").
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Writes a checkpoint folder's weights: `model.safetensors` when they fit in `max_shard_bytes`,
+/// else `model-0000i-of-0000n.safetensors` files of at most that size each (a tensor larger
+/// than it gets a file of its own) and `model.safetensors.index.json` (written last), as
+/// transformers' `save_pretrained` does. Tensors go into shards in the order given; weights
+/// files of an earlier export into `dir` under the other layout are removed. Returns the files
+/// written.
+pub fn write_weights_folder<'a>(
+    dir: &Path,
+    tensors: &[(&'a str, &'a HostTensor)],
+    dtype: StoreDtype,
+    metadata: Option<HashMap<String, String>>,
+    max_shard_bytes: usize,
+) -> Result<Vec<PathBuf>> {
+    let bytes = |t: &HostTensor| t.data.len() * dtype.size();
+    let mut shards: Vec<Vec<(&str, &HostTensor)>> = vec![vec![]];
+    let mut size = 0;
+    for &(n, t) in tensors {
+        let last = shards.last_mut().expect("one shard at least");
+        if !last.is_empty() && size + bytes(t) > max_shard_bytes {
+            shards.push(vec![(n, t)]);
+            size = bytes(t);
+        } else {
+            last.push((n, t));
+            size += bytes(t);
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let index = dir.join("model.safetensors.index.json");
+    let stale = |keep: &[PathBuf]| -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let weights = name == "model.safetensors"
+                || (name.starts_with("model-") && name.ends_with(".safetensors"))
+                || name == "model.safetensors.index.json";
+            if weights && !keep.contains(&e.path()) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            }
+        }
+        Ok(())
+    };
+    if shards.len() == 1 {
+        let p = dir.join("model.safetensors");
+        write_safetensors(&p, shards[0].iter().copied(), dtype, metadata)?;
+        stale(std::slice::from_ref(&p))?;
+        return Ok(vec![p]);
+    }
+    let n = shards.len();
+    let mut written = Vec::with_capacity(n + 1);
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let name = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        let p = dir.join(&name);
+        write_safetensors(&p, shard.iter().copied(), dtype, metadata.clone())?;
+        for (t, _) in shard {
+            weight_map.insert(t.to_string(), name.clone().into());
+        }
+        written.push(p);
+    }
+    let total: usize = tensors.iter().map(|(_, t)| bytes(t)).sum();
+    fsutil::write_json(
+        &index,
+        &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+    )?;
+    written.push(index);
+    stale(&written)?;
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_exports_are_sharded_with_an_index_that_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts: Vec<(String, HostTensor)> = (0..5)
+            .map(|i| (format!("t{i}"), HostTensor::new(vec![4], vec![i as f32; 4])))
+            .collect();
+        let refs: Vec<(&str, &HostTensor)> = ts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        // 16 bytes each in f32; at most 40 per shard: 2 + 2 + 1.
+        let files = write_weights_folder(dir.path(), &refs, StoreDtype::F32, None, 40).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "model-00001-of-00003.safetensors",
+                "model-00002-of-00003.safetensors",
+                "model-00003-of-00003.safetensors",
+                "model.safetensors.index.json"
+            ]
+        );
+        let w = SafetensorsWeights::open(dir.path()).unwrap();
+        for (n, t) in &ts {
+            assert_eq!(w.read(n).unwrap().data, t.data, "{n}");
+        }
+        let index: serde_json::Value = fsutil::read_json(&files[3]).unwrap();
+        assert_eq!(index["metadata"]["total_size"], 80);
+        // Exported again in one file: the shards and index go.
+        write_weights_folder(dir.path(), &refs, StoreDtype::F32, None, MAX_SHARD_BYTES).unwrap();
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["model.safetensors"]);
+        assert_eq!(
+            SafetensorsWeights::open(dir.path())
+                .unwrap()
+                .read("t4")
+                .unwrap()
+                .data,
+            vec![4.0; 4]
+        );
+    }
+
+    #[test]
+    fn streamed_files_are_the_bytes_safetensors_serialises() {
+        let m = sample();
+        for dtype in [StoreDtype::F32, StoreDtype::Bf16, StoreDtype::F16] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("w.safetensors");
+            let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+            write_safetensors(
+                &p,
+                m.tensors.iter().map(|(k, v)| (k.as_str(), v)),
+                dtype,
+                Some(meta.clone()),
+            )
+            .unwrap();
+            // The reference: the crate's own serialiser over the same converted bytes.
+            let (st, enc): (Dtype, fn(f32) -> Vec<u8>) = match dtype {
+                StoreDtype::F32 => (Dtype::F32, |v| v.to_le_bytes().to_vec()),
+                StoreDtype::Bf16 => (Dtype::BF16, |v| {
+                    half::bf16::from_f32(v).to_le_bytes().to_vec()
+                }),
+                StoreDtype::F16 => (Dtype::F16, |v| {
+                    half::f16::from_f32(v).to_le_bytes().to_vec()
+                }),
+            };
+            let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = m
+                .tensors
+                .iter()
+                .map(|(k, t)| {
+                    (
+                        k.clone(),
+                        t.shape.clone(),
+                        t.data.iter().flat_map(|v| enc(*v)).collect(),
+                    )
+                })
+                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+                .iter()
+                .map(|(k, s, b)| {
+                    (
+                        k.clone(),
+                        safetensors::tensor::TensorView::new(st, s.clone(), b).unwrap(),
+                    )
+                })
+                .collect();
+            let want = safetensors::serialize(views, Some(meta)).unwrap();
+            assert_eq!(std::fs::read(&p).unwrap(), want, "{dtype:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let wrong = HostTensor {
+            shape: vec![2, 2],
+            data: vec![1.0; 3],
+        };
+        let e = write_safetensors(
+            &dir.path().join("x"),
+            [("w", &wrong)],
+            StoreDtype::F32,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("`w` has shape [2, 2] but 3 values"),
+            "{e}"
+        );
+    }
 
     fn sample() -> MemoryWeights {
         let mut m = MemoryWeights::new("test");

@@ -231,10 +231,10 @@ fn uniform_candidates(table: &BlockTable, layers: usize) -> Vec<String> {
 /// The parent with `choice` in every layer, from training-free inits (no BLD).
 fn uniform_student(run: &Run, calib: &[LayerCalibration], choice: &LayerChoice) -> Result<Decoder> {
     let spec = &run.parent.spec;
-    let device = run.parent.decoder.device();
-    let mut m = run.parent.decoder.clone();
+    let device = run.parent.device().clone();
+    let mut m = run.parent.decoder()?.clone();
     for (layer, cal) in calib.iter().enumerate().take(spec.layers.len()) {
-        let pw = layer_weights(&run.parent_weights, layer)?;
+        let pw = layer_weights(&run.parent.weights, layer)?;
         for v in [&choice.attn, &choice.ffn] {
             let init = run.plugins.catalog_for(v)?.init(v, spec, layer, &pw, cal)?;
             let sub = build_subblock(spec, &init.spec, layer, &init.weights, &device)?;
@@ -273,7 +273,7 @@ fn match_uniform(
 ) -> Result<(Decoder, String)> {
     let layers = run.parent.spec.layers.len();
     let calib = calibrate(
-        &run.parent.decoder,
+        run.parent.decoder()?,
         &calibration_windows(run)?,
         run.config.bld.batch_size,
     );
@@ -319,9 +319,9 @@ fn match_layer_removal(
 ) -> Result<(Decoder, String)> {
     let spec = &run.parent.spec;
     let layers = spec.layers.len();
-    let device = run.parent.decoder.device();
+    let device = run.parent.device().clone();
     let bi = block_influence(
-        &run.parent.decoder,
+        run.parent.decoder()?,
         &calibration_windows(run)?,
         run.config.bld.batch_size,
     );
@@ -329,7 +329,7 @@ fn match_layer_removal(
     order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
     let noops: [VariantId; 2] = ["attn:noop".parse()?, "ffn:noop".parse()?];
     let want = target.child()?;
-    let mut m = run.parent.decoder.clone();
+    let mut m = run.parent.decoder()?.clone();
     let mut removed = Vec::new();
     for &l in &order {
         let mut next = m.clone();

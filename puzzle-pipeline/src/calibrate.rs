@@ -293,11 +293,11 @@ fn check_speeds(
         };
         if child.is_none() {
             child = Some(realize(
-                &run.parent.decoder,
-                &run.parent_weights,
+                run.parent.decoder()?,
+                &run.parent.weights,
                 &run.library(),
                 &parse_choices(&round.solutions[0])?,
-                &run.parent.decoder.device(),
+                run.parent.device(),
             )?);
         }
         let measured = speed_vs_parent(run, child.as_ref().expect("just set"), b, metric)?;

@@ -103,7 +103,7 @@ pub fn eval_stage(
                 engine: format!(
                     "{} ({})",
                     c.deployment.engine,
-                    puzzle_core::engine::described(run.engine()?, &run.parent.decoder.device())
+                    puzzle_core::engine::described(run.engine()?, run.parent.device())
                 ),
                 provenance: inputs.clone(),
             })
@@ -160,7 +160,7 @@ fn evaluate_all(
     progress: &mut dyn Progress,
 ) -> Result<Vec<ModelEval>> {
     let data = eval_data(run)?;
-    let device = run.parent.decoder.device();
+    let device = run.parent.device().clone();
     progress.start("eval", all.len() as u64 + 1);
     let loaded: Vec<LoadedModel> = all
         .iter()
@@ -196,9 +196,15 @@ fn evaluate_one(
         .ok_or_else(|| Error::invalid(format!("{} has no tokenizer", m.dir.display())))?;
     let batch = c.eval.batch_size;
     let lm = lm_metrics(&loaded.decoder, &data.windows, batch);
-    let agree = parent
-        .is_some()
-        .then(|| agreement(&loaded.decoder, &run.parent.decoder, &data.windows, batch));
+    let agree = match parent {
+        Some(_) => Some(agreement(
+            &loaded.decoder,
+            run.parent.decoder()?,
+            &data.windows,
+            batch,
+        )),
+        None => None,
+    };
     let tasks: Vec<(String, TaskScore)> = data
         .tasks
         .iter()

@@ -56,7 +56,7 @@ pub fn finish_model(
                 let train = run.windows(Split::Train, c.distill.seq_len)?;
                 let (m, r) = distill(
                     student,
-                    &run.parent.decoder,
+                    run.parent.decoder()?,
                     &c.distill,
                     &train,
                     &inputs,

@@ -18,10 +18,11 @@ use crate::finish::{ComparedModel, finish_model};
 use crate::run::Run;
 use crate::stages::{cost_stage, score_stage, search_table};
 use puzzle_core::Plugins;
-use puzzle_core::bld::{BldInputs, BldReport, run_bld};
+use puzzle_core::bld::{BldInputs, BldReport, shard_todo, todo_layers, train_todo};
 use puzzle_core::burn::tensor::Device;
 use puzzle_core::data::Split;
 use puzzle_core::error::{Error, Result};
+use puzzle_core::nn::Decoder;
 use puzzle_core::progress::Progress;
 use puzzle_core::realize::realize;
 use puzzle_core::search::{BlockTable, BoundValue, Constraint, Op};
@@ -124,18 +125,38 @@ pub fn bld_shard(
     let train = run.windows(Split::Train, cfg.seq_len)?;
     let held = run.windows(Split::Validation, cfg.seq_len)?;
     let keys = run.plan()?;
+    let provenance = run.bld_provenance();
+    let library = run.library();
+    let (report, todo) = shard_todo(&keys, &provenance, &library, shard)?;
+    // The parent up to the shard's last layer: a shard early in the stack never reads the rest.
+    // When the whole parent is loaded already (or needed), it is that one.
+    let depth = todo_layers(&todo).last().map_or(0, |l| l + 1);
+    let trunk;
+    let parent = match run.parent.loaded() {
+        Some(d) => d,
+        None if depth == run.parent.spec.layers.len() => run.parent.decoder()?,
+        None => {
+            trunk = Decoder::load_trunk(
+                &run.parent.spec,
+                &run.parent.weights,
+                run.parent.device(),
+                depth,
+            )?;
+            &trunk
+        }
+    };
     let inputs = BldInputs {
         keys: &keys,
         parent_spec: &run.parent.spec,
-        parent: &run.parent.decoder,
-        parent_weights: &run.parent_weights,
+        parent,
+        parent_weights: &run.parent.weights,
         train: &train,
         held_out: &held,
-        provenance: run.bld_provenance(),
+        provenance,
         space: &run.config.space,
         catalogs: &run.plugins.catalogs,
     };
-    run_bld(&inputs, cfg, &run.library(), shard, progress)
+    train_todo(&inputs, cfg, &library, report, &todo, progress)
 }
 
 /// Cost, score, block table and search over the run's library, into `run.stages`.
@@ -216,8 +237,8 @@ pub fn run_all(
     bld_stage(&run, progress)?;
     let (table, chosen) = search_pass(&run, progress)?;
     let child = realize(
-        &run.parent.decoder,
-        &run.parent_weights,
+        run.parent.decoder()?,
+        &run.parent.weights,
         &run.library(),
         &chosen.choices()?,
         device,

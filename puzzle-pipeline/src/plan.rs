@@ -17,16 +17,19 @@
 //!   timed at the parent's roofline runtime on the deployment's hardware; loading the models
 //!   is not counted.
 //! - Score: per scored entry, the layers from its own on (the parent's prefix is cached) and
-//!   the head, on `[score] sequences`; the parent's pass once.
+//!   the head, on `[score] sequences`; the parent's pass once per task (one array task per
+//!   device, as `puzzle slurm` submits them).
 //! - Distil: the parent forward plus 3x the model's forward, for the child and each baseline;
 //!   the child is costed as the parent (an upper bound: the search has not run yet).
 //! - Eval: parent, child and baselines, each on `[eval] sequences` and the task items (each
 //!   context once, then each choice), plus `speed_repeats` timed requests at the first batch
 //!   size (at the parent's roofline runtime).
-//! - Memory per task is f32 on the device, as the tensors are today: BLD holds the parent twice
-//!   (inference and a frozen autodiff copy), every layer's three kept activations for a batch,
-//!   and 16 bytes per trained parameter (weights, gradients, two Adam moments); autodiff
-//!   intermediates inside a subblock are not counted.
+//! - Memory per task is f32 on the device, as the tensors are today. BLD tasks take contiguous
+//!   runs of layers; the last one is the largest: the parent up to its last layer (all of it)
+//!   for the forward, a frozen autodiff copy of its own layers (1/tasks of the layers), every
+//!   layer's three kept activations for a batch, and 16 bytes per trained parameter (weights,
+//!   gradients, two Adam moments) of its share; autodiff intermediates inside a subblock are
+//!   not counted.
 
 use std::path::Path;
 
@@ -287,7 +290,9 @@ pub fn plan(
         .map(|e| e.2.iter().map(|s| s.params(parent)).sum::<usize>() as f64)
         .sum();
     let acts = layers as f64 * 3.0 * (b.batch_size * b.seq_len) as f64 * h * F32;
-    let bld_mem = 2.0 * n * F32 + acts + trained_params / tasks as f64 * TRAINED;
+    let layer_params = (parent.num_params() - parent.non_block_params()) as f64;
+    let bld_mem =
+        (n + layer_params / tasks as f64) * F32 + acts + trained_params / tasks as f64 * TRAINED;
     stages.push(row(
         "bld",
         format!(
@@ -370,7 +375,9 @@ pub fn plan(
         .iter()
         .filter(|e| e.1 != EntrySource::Parent)
         .collect();
-    let score_flops: f64 = score_seqs * parent_seq
+    // An array task per device (`puzzle score --shard`), each with its own parent pass.
+    let score_tasks = opts.gpus.min(scored.len().max(1));
+    let score_flops: f64 = score_tasks as f64 * score_seqs * model_flops(parent, s.seq_len)
         + scored
             .iter()
             .map(|(l, _, subs)| {
@@ -414,7 +421,7 @@ pub fn plan(
                 ", from the replaced layer on"
             }
         ),
-        1,
+        score_tasks,
         score_flops,
         0.0,
         score_mem,

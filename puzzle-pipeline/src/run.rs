@@ -10,6 +10,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use puzzle_core::burn::tensor::Device;
 
@@ -20,7 +21,10 @@ use puzzle_core::bld::{EntryKey, Provenance, plan};
 use puzzle_core::data::{self, Document, Split};
 use puzzle_core::engine::Engine;
 use puzzle_core::error::{Context as _, Error, Result};
-use puzzle_core::model::{LoadedModel, load_model_with};
+use puzzle_core::family::{Family, read_spec};
+use puzzle_core::nn::Decoder;
+use puzzle_core::registry::Registry;
+use puzzle_core::spec::ModelSpec;
 use puzzle_core::tokenizer::{DOC_SEPARATOR, Tokenizer};
 use puzzle_core::variants::SubblockSpec;
 use puzzle_core::weights::SafetensorsWeights;
@@ -70,7 +74,62 @@ pub const PARENT_HASHES: &str = "parent-hashes.json";
 /// A planned entry the deployment's engine cannot run, and why.
 pub type Refused = (EntryKey, String);
 
-/// A run: its config, folder, the loaded parent and the corpus.
+/// The parent of a run: its folder, spec and tokenizer, read when the run opens, and its weights
+/// on the compute device, loaded whole only when a stage first asks ([`Parent::decoder`]): a BLD
+/// shard loads just the layers it works on ([`Decoder::load_trunk`]), so nothing holds the
+/// whole parent that does not need it.
+pub struct Parent {
+    pub dir: PathBuf,
+    pub spec: ModelSpec,
+    pub tokenizer: Option<Tokenizer>,
+    /// The checkpoint's tensors, memory-mapped (read per tensor, on demand).
+    pub weights: SafetensorsWeights,
+    device: Device,
+    decoder: OnceLock<Decoder>,
+}
+
+impl Parent {
+    /// Reads the parent's config and tokenizer and maps its weights; loads no tensor.
+    pub fn open(families: &Registry<dyn Family>, dir: &Path, device: &Device) -> Result<Parent> {
+        let spec = read_spec(families, dir)?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let tok = dir.join("tokenizer.json");
+        let tokenizer = tok
+            .is_file()
+            .then(|| Tokenizer::from_file(&tok))
+            .transpose()?;
+        Ok(Parent {
+            dir: dir.to_path_buf(),
+            spec,
+            tokenizer,
+            weights,
+            device: device.clone(),
+            decoder: OnceLock::new(),
+        })
+    }
+
+    /// The whole parent on the compute device, loaded on first use and kept.
+    pub fn decoder(&self) -> Result<&Decoder> {
+        if let Some(d) = self.decoder.get() {
+            return Ok(d);
+        }
+        let d = Decoder::load(&self.spec, &self.weights, &self.device)
+            .context(format!("loading the parent {}", self.dir.display()))?;
+        Ok(self.decoder.get_or_init(|| d))
+    }
+
+    /// The whole parent when it is loaded already.
+    pub fn loaded(&self) -> Option<&Decoder> {
+        self.decoder.get()
+    }
+
+    /// The compute device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// A run: its config, folder, the parent and the corpus.
 pub struct Run {
     pub config: RunConfig,
     pub dir: PathBuf,
@@ -78,8 +137,7 @@ pub struct Run {
     /// `scores.json`, `search/`): the run folder, except for the decoupled search that comes
     /// before coupled BLD (`decoupled/`).
     pub stages: PathBuf,
-    pub parent: LoadedModel,
-    pub parent_weights: SafetensorsWeights,
+    pub parent: Parent,
     pub parent_fingerprint: String,
     pub docs: Vec<Document>,
     pub data_fingerprint: String,
@@ -130,8 +188,8 @@ impl Run {
         let text = puzzle_core::fsutil::read_to_string(config_path)?;
         // Every shard opens the run: write once, not under the others' readers.
         puzzle_core::fsutil::write_if_changed(&copy, text.as_bytes())?;
-        let parent = load_model_with(&plugins.families, &config.parent.path, device).context(
-            format!("loading the parent {}", config.parent.path.display()),
+        let parent = Parent::open(&plugins.families, &config.parent.path, device).context(
+            format!("opening the parent {}", config.parent.path.display()),
         )?;
         if parent.tokenizer.is_none() {
             return Err(Error::config(
@@ -142,7 +200,6 @@ impl Run {
                 ),
             ));
         }
-        let parent_weights = SafetensorsWeights::open(&config.parent.path)?;
         let parent_fingerprint =
             checkpoint_fingerprint(&config.parent.path, &dir.join(PARENT_HASHES))?;
         // Resolved facts about the run, for commands given only the run folder.
@@ -159,7 +216,6 @@ impl Run {
             stages: dir.clone(),
             dir,
             parent,
-            parent_weights,
             parent_fingerprint,
             docs,
             data_fingerprint,

@@ -3,19 +3,30 @@
 //! - `bld.sbatch`: a job array, one BLD shard per task (`--shard auto` reads
 //!   `SLURM_ARRAY_TASK_ID` / `SLURM_ARRAY_TASK_COUNT`); `--requeue`, so a preempted or
 //!   `scontrol requeue`d task starts again and resumes from its entries' checkpoints.
+//!   `--signal=B:USR1@120`: two minutes before the time limit the batch shell passes SIGUSR1
+//!   to `puzzle`, which checkpoints every entry at the step it reached and stops; the shell then
+//!   requeues the task. SIGTERM (scancel, requeue, preemption) checkpoints the same way.
 //! - `cost.sbatch`: the cost table, alongside BLD (it needs no library), on a node of its own
 //!   (`--exclusive`): measured costs are timings, and neighbours would change them.
-//! - `score.sbatch`: replace-1-block scores, after every BLD task succeeded.
+//! - `score.sbatch`: replace-1-block scores as a job array too (`puzzle score --shard auto`, one
+//!   file per task in `scores.d/`), after every BLD task succeeded; the finish job merges them.
 //! - `finish.sbatch`: `puzzle run` on the same folder after both (search, realize, distill,
-//!   baselines, evaluation, report; every earlier stage is found done and reused).
+//!   baselines, evaluation, report; every earlier stage is found done and reused); requeued
+//!   like a BLD task near its time limit (distillation checkpoints where it stopped).
 //! - `submit.sh`: submits the four with `--dependency=afterok` and prints the job ids.
 //!
-//! Only BLD is split into tasks: this implementation shards no other stage yet.
+//! BLD and scoring are split into tasks. The cost table is one job: measured costs are ratios
+//! to the parent timed in the same rounds on one machine, and a table timed on several would
+//! mix them. Evaluation is one job for the same reason (its speeds are round-robin).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use puzzle_core::error::{Error, Result};
+
+/// How long before its time limit a checkpointing job is told to stop (SIGUSR1): time to save
+/// every BLD entry in training, or the distillation state.
+pub const STOP_LEAD_SECONDS: u32 = 120;
 
 /// What the jobs ask of the cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,15 +73,37 @@ pub fn scripts(
     }
     let logs = run_dir.join("slurm/logs");
     let q = |p: &Path| quote(&p.display().to_string());
-    let cmd = |command: &str, extra: &str| {
+    let line = |command: &str, extra: &str| {
         format!(
-            "exec {} {command} {} --run {} --device {}{extra}\n",
+            "{} {command} {} --run {} --device {}{extra}",
             q(puzzle),
             q(config),
             q(run_dir),
             o.device
         )
     };
+    let cmd = |command: &str, extra: &str| format!("exec {}\n", line(command, extra));
+    // puzzle runs as the shell's child so the shell can requeue the task after it stopped.
+    let stoppable = |command: &str, extra: &str| {
+        format!(
+            "# SIGUSR1 (the time limit is near) and SIGTERM go to puzzle, which checkpoints and\n\
+             # stops; after SIGUSR1 this task is requeued and resumes from the checkpoints.\n\
+             requeue=\n\
+             pid=\n\
+             trap 'requeue=1; if [ -n \"$pid\" ]; then kill -USR1 \"$pid\" 2>/dev/null || true; fi' USR1\n\
+             trap 'if [ -n \"$pid\" ]; then kill -TERM \"$pid\" 2>/dev/null || true; fi' TERM\n\
+             {} &\n\
+             pid=$!\n\
+             status=0\n\
+             # A trapped signal ends `wait` early: wait again until puzzle has exited.\n\
+             wait \"$pid\" || status=$?\n\
+             while kill -0 \"$pid\" 2>/dev/null; do status=0; wait \"$pid\" || status=$?; done\n\
+             if [ -n \"$requeue\" ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi\n\
+             exit \"$status\"\n",
+            line(command, extra)
+        )
+    };
+    let stop_lead = format!("--signal=B:USR1@{STOP_LEAD_SECONDS}");
     let header = |name: &str, log: &str, extra: &[String]| {
         let mut s = String::from("#!/bin/bash\n");
         let _ = writeln!(s, "#SBATCH --job-name=puzzle-{name}");
@@ -108,18 +141,25 @@ pub fn scripts(
         &[
             format!("--array=0-{}", o.array_size - 1),
             "--requeue".into(),
+            stop_lead.clone(),
         ],
     ) + "# One shard of the library per array task; a requeued task resumes from its entries'\n\
          # checkpoints (each written atomically), so nothing finished is trained again.\n"
-        + &cmd("bld", " --shard auto");
+        + &stoppable("bld", " --shard auto");
     let cost = header("cost", "cost.log", &["--exclusive".into()])
         + "# Alone on its node: measured costs are timings.\n"
         + &cmd("cost", "");
-    let score = header("score", "score.log", &[]) + &cmd("score", "");
-    let finish = header("finish", "finish.log", &[])
+    let score = header(
+        "score",
+        "score-%a.log",
+        &[format!("--array=0-{}", o.array_size - 1)],
+    ) + "# One shard of the scores per array task (scores.d/); `puzzle run` merges them into\n\
+         # scores.json.\n"
+        + &cmd("score", " --shard auto");
+    let finish = header("finish", "finish.log", &["--requeue".into(), stop_lead])
         + "# Search, realize, distill, baselines, evaluation and report; BLD, costs and scores are\n\
            # found done and reused.\n"
-        + &cmd("run", "");
+        + &stoppable("run", "");
     let submit = format!(
         "#!/bin/bash\n\
          # Submits the run in {run}:\n\

@@ -51,7 +51,7 @@ pub fn speed_vs_parent(
     batch: usize,
     metric: SpeedMetric,
 ) -> Result<f64> {
-    let parent = serve(run, &run.parent.decoder, "the parent")?;
+    let parent = serve(run, run.parent.decoder()?, "the parent")?;
     let m = serve(run, model, "a candidate")?;
     let s = measure_served(
         run,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::run::Run;
 use puzzle_core::artifact::Artifact;
-use puzzle_core::bld::{EntryKey, EntryMeta, read_done};
+use puzzle_core::bld::{EntryKey, EntryMeta, read_done, shard_keys};
 use puzzle_core::cost::{CostContext, CostEntry, CostTable};
 use puzzle_core::data::Split;
 use puzzle_core::deploy::resolve_hardware;
@@ -49,13 +49,13 @@ fn cost_provenance(run: &Run, model: &str) -> BTreeMap<String, String> {
         ),
         (
             "device".to_string(),
-            puzzle_core::device::describe(&run.parent.decoder.device()),
+            puzzle_core::device::describe(run.parent.device()),
         ),
         (
             "engine".to_string(),
             run.engine().map_or_else(
                 |_| c.deployment.engine.to_string(),
-                |e| puzzle_core::engine::described(e, &run.parent.decoder.device()),
+                |e| puzzle_core::engine::described(e, run.parent.device()),
             ),
         ),
     ])
@@ -86,7 +86,7 @@ fn measure_costs(
         parent: &run.parent.spec,
         deploy: &c.deployment,
         hardware: &hardware,
-        device: run.parent.decoder.device(),
+        device: run.parent.device().clone(),
         engine: run.engine().map_err(|e| e.to_string()),
     };
     let keys = run.plan()?;
@@ -115,10 +115,121 @@ fn measure_costs(
     Ok(t)
 }
 
+/// Where `puzzle score --shard i/n` writes its part: `scores.d/shard-i-of-n.json`.
+pub const SCORE_SHARDS: &str = "scores.d";
+
 /// `scores.json`: replace-1-block scores of every library entry. The library must be complete.
+/// Entries already scored by shards (`puzzle score --shard`, files in [`SCORE_SHARDS`] recorded
+/// for the same inputs) are taken from them; the rest are scored here. Each entry's scores
+/// depend only on it and the parent, so the merged table is the one an unsharded pass writes
+/// (but for `seconds`, the shards' sum plus this pass's).
 pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable> {
-    let c = &run.config;
+    let (metas, prov) = score_inputs(run)?;
     let path = run.stages.join("scores.json");
+    Artifact::new("scores", path).reuse_or_build(&prov.clone(), progress, |progress| {
+        let parts = score_shards(run, &prov)?;
+        let done: BTreeMap<(usize, String), &puzzle_core::score::ScoreEntry> = parts
+            .iter()
+            .flat_map(|t| t.entries.iter().map(|e| ((e.layer, e.variant.clone()), e)))
+            .collect();
+        let todo: Vec<EntryMeta> = metas
+            .iter()
+            .filter(|m| !done.contains_key(&(m.key.layer, m.key.id())))
+            .cloned()
+            .collect();
+        if !parts.is_empty() {
+            progress.note(&format!(
+                "scores: {} entries from {} shard file(s) in {}, {} to score here",
+                done.len(),
+                parts.len(),
+                run.stages.join(SCORE_SHARDS).display(),
+                todo.len()
+            ));
+        }
+        let mut table = match (todo.is_empty(), parts.first()) {
+            (true, Some(first)) => ScoreTable {
+                entries: vec![],
+                seconds: 0.0,
+                provenance: prov.clone(),
+                ..first.clone()
+            },
+            _ => score_library(run, &todo, prov.clone(), progress)?,
+        };
+        // In the library's order, as one pass over every entry lists them.
+        let mut by_key: BTreeMap<(usize, String), puzzle_core::score::ScoreEntry> = done
+            .into_iter()
+            .map(|(k, e)| (k, e.clone()))
+            .chain(
+                table
+                    .entries
+                    .drain(..)
+                    .map(|e| ((e.layer, e.variant.clone()), e)),
+            )
+            .collect();
+        table.entries = metas
+            .iter()
+            .filter_map(|m| by_key.remove(&(m.key.layer, m.key.id())))
+            .collect();
+        table.seconds += parts.iter().map(|t| t.seconds).sum::<f64>();
+        Ok(table)
+    })
+}
+
+/// Shard `index` of `count` of the replace-1-block scores (the entries [`shard_keys`] gives it),
+/// into `scores.d/shard-INDEX-of-COUNT.json`; [`score_stage`] merges them.
+pub fn score_shard(
+    run: &Run,
+    shard: (usize, usize),
+    progress: &mut dyn Progress,
+) -> Result<ScoreTable> {
+    let (metas, prov) = score_inputs(run)?;
+    let keys: Vec<EntryKey> = metas.iter().map(|m| m.key.clone()).collect();
+    let mine = shard_keys(&keys, shard);
+    let mine: Vec<EntryMeta> = metas
+        .into_iter()
+        .filter(|m| mine.contains(&m.key))
+        .collect();
+    let mut shard_prov = prov;
+    shard_prov.insert("shard".into(), format!("{}/{}", shard.0, shard.1));
+    let path = run
+        .stages
+        .join(SCORE_SHARDS)
+        .join(format!("shard-{}-of-{}.json", shard.0, shard.1));
+    Artifact::new("scores shard", path).reuse_or_build(&shard_prov.clone(), progress, |progress| {
+        score_library(run, &mine, shard_prov, progress)
+    })
+}
+
+/// The shard files in [`SCORE_SHARDS`] recorded for `prov` (any shard count); others are
+/// ignored (made for another library, config or parent).
+fn score_shards(run: &Run, prov: &BTreeMap<String, String>) -> Result<Vec<ScoreTable>> {
+    let dir = run.stages.join(SCORE_SHARDS);
+    let Ok(files) = std::fs::read_dir(&dir) else {
+        return Ok(vec![]);
+    };
+    let mut paths: Vec<_> = files
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let Ok(t) = fsutil::read_json::<ScoreTable>(&p) else {
+            continue;
+        };
+        let mut base = t.provenance.clone();
+        if base.remove("shard").is_some() && &base == prov {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// The finished library's entries (all of them: scores are taken against a complete library)
+/// and the provenance a score table records.
+fn score_inputs(run: &Run) -> Result<(Vec<EntryMeta>, BTreeMap<String, String>)> {
+    let c = &run.config;
     let keys = run.plan()?;
     let prov_bld = run.bld_provenance();
     let mut metas = Vec::with_capacity(keys.len());
@@ -153,9 +264,7 @@ pub fn score_stage(run: &Run, progress: &mut dyn Progress) -> Result<ScoreTable>
         ("library".to_string(), library_hash),
         ("config".to_string(), RunConfig::hash_of(&c.score)),
     ]);
-    Artifact::new("scores", path).reuse_or_build(&prov.clone(), progress, |progress| {
-        score_library(run, &metas, prov, progress)
-    })
+    Ok((metas, prov))
 }
 
 /// Replace-1-block scores of the finished library `metas` on the run's validation windows and
@@ -196,8 +305,8 @@ pub fn score_entries(
 ) -> Result<ScoreTable> {
     let inputs = ScoreInputs {
         parent_spec: &run.parent.spec,
-        parent: &run.parent.decoder,
-        parent_weights: &run.parent_weights,
+        parent: run.parent.decoder()?,
+        parent_weights: &run.parent.weights,
         tokenizer: run.tokenizer(),
         entries,
         library: &run.library(),
@@ -250,7 +359,7 @@ pub fn validate_additivity(
     seed: u64,
 ) -> Result<Vec<AdditivityPoint>> {
     let d = &costs.deployment;
-    let device = run.parent.decoder.device();
+    let device = run.parent.device().clone();
     let engine = run.plugins.engine(d.engine)?;
     let mut rng = SeededRng::new(seed);
     let mut models = Vec::new();

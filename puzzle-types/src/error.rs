@@ -63,6 +63,9 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A stop was requested by a signal; what was saved lets a rerun resume.
+    #[error("stopped by signal {signal}: {saved}; run the same command again to resume")]
+    Interrupted { signal: i32, saved: String },
     /// Nothing registered under this name.
     #[error("no {kind} named `{name}` is registered (known: {known})")]
     UnknownPlugin {

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod family;
 pub mod fsutil;
+pub mod interrupt;
 pub mod kinds;
 pub mod progress;
 pub mod registry;

@@ -88,6 +88,69 @@ fn parse(args: &[String]) -> Result<Options> {
 /// memory is bounded by the targets' own counting allocator (`fuzz/src/lib.rs`) instead.
 const FLAGS: &[&str] = &["--debug-assertions", "--sanitizer", "none"];
 
+/// Set in the environment of the fuzz build's compiler calls: xtask is then the rustc wrapper
+/// ([`wrap_rustc`]) instead of the task runner.
+pub const WRAPPER_ENV: &str = "PUZZLE_XTASK_FUZZ_RUSTC";
+
+/// Crates left without libFuzzer's coverage instrumentation: the tensor library and its CPU
+/// kernels. Their generic code is much of the fuzz build's time and none of its findings: a
+/// parser hands them tensors only after it has parsed. Every other crate, the parsers we call
+/// (serde_json, safetensors, tokenizers, toml) and ours, keeps it.
+const UNINSTRUMENTED: &[&str] = &["burn", "cubecl", "cubek", "gemm", "pulp", "macerator"];
+
+fn instrumented(crate_name: &str, crate_type: Option<&str>) -> bool {
+    if crate_type == Some("bin") && TARGETS.contains(&crate_name) {
+        return true;
+    }
+    !UNINSTRUMENTED
+        .iter()
+        .any(|p| crate_name == *p || crate_name.starts_with(&format!("{p}_")))
+}
+
+/// The arguments of a rustc call with cargo-fuzz's coverage flags (`-Cpasses=sancov-module`,
+/// `-Cllvm-args=-sanitizer-coverage-*`) taken out unless the crate is [`instrumented`]; the
+/// crates left uninstrumented are also built at `opt-level=1` instead of 3 (their speed does
+/// not matter to a parser's fuzzing; their build time does).
+fn rustc_args(args: Vec<String>) -> Vec<String> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    let name = value("--crate-name").unwrap_or("");
+    if instrumented(name, value("--crate-type")) {
+        return args;
+    }
+    let coverage =
+        |a: &str| a == "-Cpasses=sancov-module" || a.starts_with("-Cllvm-args=-sanitizer-coverage");
+    args.iter()
+        .filter(|a| !coverage(a))
+        .map(|a| match a.as_str() {
+            "opt-level=3" => "opt-level=1".to_string(),
+            "-Copt-level=3" => "-Copt-level=1".to_string(),
+            _ => a.clone(),
+        })
+        .collect()
+}
+
+/// xtask as the fuzz build's `RUSTC_WRAPPER`: runs the rustc it is given with [`rustc_args`].
+pub fn wrap_rustc() -> ! {
+    let mut args = std::env::args().skip(1);
+    let Some(rustc) = args.next() else {
+        eprintln!("{WRAPPER_ENV} is set but no rustc was given to wrap");
+        std::process::exit(2);
+    };
+    let status = Command::new(&rustc)
+        .args(rustc_args(args.collect()))
+        .status()
+        .unwrap_or_else(|e| {
+            eprintln!("starting {rustc}: {e}");
+            std::process::exit(2)
+        });
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 /// `cargo fuzz` on a toolchain that accepts its unstable flags.
 fn cargo_fuzz(root: &Path) -> Command {
     let nightly = Command::new("rustup")
@@ -104,6 +167,9 @@ fn cargo_fuzz(root: &Path) -> Command {
     // to that toolchain.
     for v in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
         cmd.env_remove(v);
+    }
+    if let Ok(me) = std::env::current_exe() {
+        cmd.env("RUSTC_WRAPPER", me).env(WRAPPER_ENV, "1");
     }
     cmd.current_dir(root).arg("fuzz");
     cmd
@@ -248,6 +314,58 @@ pub fn fuzz(args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_crates_and_the_targets_get_coverage_instrumentation() {
+        let call = |name: &str, ty: &str| -> Vec<String> {
+            [
+                "--crate-name",
+                name,
+                "--crate-type",
+                ty,
+                "-Cpasses=sancov-module",
+                "-Cllvm-args=-sanitizer-coverage-level=4",
+                "-Cllvm-args=-sanitizer-coverage-trace-compares",
+                "--cfg",
+                "fuzzing",
+                "-Cdebug-assertions",
+                "-C",
+                "opt-level=3",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        for (name, ty) in [
+            ("puzzle_core", "lib"),
+            ("gguf", "bin"),
+            ("safetensors", "lib"),
+            ("serde_json", "lib"),
+            ("burnish", "lib"),
+        ] {
+            assert_eq!(rustc_args(call(name, ty)), call(name, ty), "{name}");
+        }
+        for (name, ty) in [
+            ("burn_flex", "lib"),
+            ("gemm", "lib"),
+            ("cubecl_common", "lib"),
+        ] {
+            let kept = rustc_args(call(name, ty));
+            assert!(
+                !kept
+                    .iter()
+                    .any(|a| a.contains("sancov") || a.contains("sanitizer-coverage")),
+                "{kept:?}"
+            );
+            assert!(
+                kept.contains(&"fuzzing".to_string())
+                    && kept.contains(&"-Cdebug-assertions".to_string())
+            );
+            assert!(
+                kept.contains(&"opt-level=1".to_string())
+                    && !kept.contains(&"opt-level=3".to_string())
+            );
+        }
+    }
 
     #[test]
     fn reads_libfuzzer_final_stats() {

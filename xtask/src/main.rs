@@ -247,6 +247,9 @@ fn validate() -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    if std::env::var_os(fuzz::WRAPPER_ENV).is_some() {
+        fuzz::wrap_rustc();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (task, rest) = args
         .split_first()

@@ -9,7 +9,7 @@ use puzzle_core::error::{Error, Result};
 use puzzle_core::fsutil;
 use puzzle_core::gguf::{GgufFile, GgufValue};
 use puzzle_core::hf_folder::{self, SpecialTokens};
-use puzzle_core::weights::{HostTensor, StoreDtype, write_safetensors};
+use puzzle_core::weights::{HostTensor, MAX_SHARD_BYTES, StoreDtype, write_weights_folder};
 use serde_json::{Value, json};
 
 /// Import settings.
@@ -384,9 +384,10 @@ pub fn import_gguf(
         }
     };
     let params = tensors.iter().map(|(_, t)| t.numel()).sum();
-    write_safetensors(
-        &out.join("model.safetensors"),
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_weights_folder(
+        out,
+        &refs,
         opts.dtype,
         Some(HashMap::from([
             ("format".to_string(), "pt".to_string()),
@@ -398,6 +399,7 @@ pub fn import_gguf(
                 ),
             ),
         ])),
+        MAX_SHARD_BYTES,
     )?;
     // The tokenizer side files transformers and llama.cpp's converter expect, with the GGUF's
     // chat template when it has one.

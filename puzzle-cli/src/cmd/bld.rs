@@ -14,7 +14,9 @@ use crate::ui;
 /// pooling, channel-contribution pruning, linear products) and train it to reproduce the
 /// parent layer's output from the parent's input activation (normalised MSE). One parent
 /// forward per batch feeds every entry. Killing it and running the same command again resumes
-/// each entry from its last checkpoint; finished entries are skipped.
+/// each entry from its last checkpoint; finished entries are skipped. SIGTERM, SIGUSR1 or
+/// Ctrl-C checkpoints every entry at the step it reached, then stops (exit status 128 + the
+/// signal); a second Ctrl-C stops at once.
 ///
 /// Examples:
 ///   puzzle bld examples/tiny/tiny.toml
@@ -27,13 +29,14 @@ use crate::ui;
 // Verbatim: clap would otherwise join the example lines into one paragraph.
 #[command(
     verbatim_doc_comment,
-    about = "Build the block library by Blockwise Local Distillation (Puzzle stages 1-3): for every layer and every variant of the search space, initialise the variant from the parent (KV-head pooling, channel-contribution pruning, linear products) and train it to reproduce the parent layer's output from the parent's input activation (normalised MSE). One parent forward per batch feeds every entry. Killing it and running the same command again resumes each entry from its last checkpoint; finished entries are skipped"
+    about = "Build the block library by Blockwise Local Distillation (Puzzle stages 1-3): for every layer and every variant of the search space, initialise the variant from the parent (KV-head pooling, channel-contribution pruning, linear products) and train it to reproduce the parent layer's output from the parent's input activation (normalised MSE). One parent forward per batch feeds every entry. Killing it and running the same command again resumes each entry from its last checkpoint; finished entries are skipped. SIGTERM, SIGUSR1 or Ctrl-C checkpoints every entry at the step it reached, then stops (exit status 128 + the signal); a second Ctrl-C stops at once"
 )]
 pub struct BldArgs {
     /// Run config (TOML).
     pub config: PathBuf,
-    /// Train only every COUNT-th entry starting at INDEX (0-based): INDEX/COUNT, or `auto` to
-    /// read them from Slurm's, torchrun's or a Kubernetes indexed Job's environment.
+    /// Train only the INDEX-th (0-based) of COUNT equal runs of the entries ordered by layer:
+    /// INDEX/COUNT, or `auto` to read them from Slurm's, torchrun's or a Kubernetes indexed
+    /// Job's environment. A shard loads the parent only up to its last layer.
     #[arg(long)]
     pub shard: Option<String>,
     /// Run folder (default: from the config).

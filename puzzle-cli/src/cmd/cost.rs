@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use puzzle_pipeline::stages::{cost_stage, score_stage, validate_additivity};
+use puzzle_pipeline::stages::{cost_stage, score_shard, score_stage, validate_additivity};
 
 use crate::ui;
 
@@ -140,11 +140,27 @@ pub fn run_cost(a: CostArgs) -> Result<()> {
 /// cosine, task accuracy). The parent's activations at each layer input are cached so that a
 /// replacement at layer i recomputes only layers >= i. Writes scores.json.
 ///
-/// Example: puzzle score examples/tiny/tiny.toml
+/// With --shard, scores only that shard's entries into scores.d/shard-INDEX-of-COUNT.json; a
+/// later `puzzle score` (or `puzzle run`) takes every entry a shard scored for the same inputs
+/// from there, scores the rest and writes scores.json.
+///
+/// Examples:
+///   puzzle score examples/tiny/tiny.toml
+///   puzzle score run.toml --shard 2/4     # one task of four, then `puzzle score run.toml`
 #[derive(Args, Debug)]
+// Verbatim: clap would otherwise join the example lines into one paragraph.
+#[command(
+    verbatim_doc_comment,
+    about = "Score every library entry by replace-1-block (Puzzle stage 5): the parent with exactly one subblock replaced runs on the validation split and is compared with the parent by the configured scorers (KL divergence first by default; LM loss, top-1/top-5 agreement, hidden cosine, task accuracy). The parent's activations at each layer input are cached so that a replacement at layer i recomputes only layers >= i. Writes scores.json"
+)]
 pub struct ScoreArgs {
     /// Run config (TOML); the run folder, parent, data and stage settings come from it.
     pub config: PathBuf,
+    /// Score only the INDEX-th (0-based) of COUNT equal runs of the entries ordered by layer:
+    /// INDEX/COUNT, or `auto` from Slurm's, torchrun's or a Kubernetes indexed Job's
+    /// environment (as `puzzle bld --shard`).
+    #[arg(long)]
+    pub shard: Option<String>,
     /// Run folder (default: from the config).
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -157,7 +173,15 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
     let device = puzzle_core::device::parse_device(&a.device)?;
     let r = crate::registry::open_run(&a.config, a.run.as_deref(), &device)?;
     let mut bars = ui::Bars::new();
-    let t = score_stage(&r, &mut bars)?;
+    let shard = a
+        .shard
+        .as_deref()
+        .map(puzzle_core::bld::parse_shard)
+        .transpose()?;
+    let t = match shard {
+        Some(s) => score_shard(&r, s, &mut bars)?,
+        None => score_stage(&r, &mut bars)?,
+    };
     let metrics: Vec<String> = t.parent.keys().cloned().collect();
     let mut header = vec!["layer".to_string(), "variant".to_string()];
     header.extend(metrics.iter().cloned());
@@ -176,11 +200,18 @@ pub fn run_score(a: ScoreArgs) -> Result<()> {
         tab.add_row(row);
     }
     println!("{tab}");
+    let out = match shard {
+        Some((i, n)) => r
+            .stages
+            .join(puzzle_pipeline::stages::SCORE_SHARDS)
+            .join(format!("shard-{i}-of-{n}.json")),
+        None => r.stages.join("scores.json"),
+    };
     eprintln!(
         "scored {} entries in {:.1} s -> {}",
         t.entries.len(),
         t.seconds,
-        r.dir.join("scores.json").display()
+        out.display()
     );
     Ok(())
 }

@@ -329,8 +329,8 @@ pub fn realize_cmd(a: RealizeArgs) -> Result<()> {
         }
     };
     let child = puzzle_core::realize::realize(
-        &r.parent.decoder,
-        &r.parent_weights,
+        r.parent.decoder()?,
+        &r.parent.weights,
         &r.library(),
         &choices,
         &device,

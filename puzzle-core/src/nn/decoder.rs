@@ -28,6 +28,30 @@ impl Layer {
         self.ffn.forward(x, ctx, None)
     }
 
+    /// Layer `layer` of the model `spec` describes, from checkpoint tensors named as in Hugging
+    /// Face Llama (only that layer's are read).
+    pub fn load(
+        spec: &ModelSpec,
+        layer: usize,
+        src: &dyn WeightSource,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_with(spec, layer, &Loader::new(src, device))
+    }
+
+    fn load_with(spec: &ModelSpec, layer: usize, w: &Loader) -> Result<Self> {
+        let l = spec.layers.get(layer).ok_or_else(|| {
+            Error::invalid(format!(
+                "layer {layer} was asked of a model with {} layers",
+                spec.layers.len()
+            ))
+        })?;
+        Ok(Layer {
+            attention: AttentionBlock::load(spec, &l.attention, layer, w)?,
+            ffn: FfnBlock::load(spec, &l.ffn, layer, w)?,
+        })
+    }
+
     /// The layer's spec.
     pub fn spec(&self) -> LayerSpec {
         LayerSpec {
@@ -90,27 +114,7 @@ impl Decoder {
     /// name the key.
     pub fn load(spec: &ModelSpec, src: &dyn WeightSource, device: &Device) -> Result<Self> {
         let w = Loader::new(src, device);
-        let (v, h) = (spec.vocab_size, spec.hidden_size);
-        if !spec.head_dim.is_multiple_of(2) {
-            return Err(Error::invalid(format!(
-                "head_dim {} is odd; rotary embeddings need an even head size",
-                spec.head_dim
-            )));
-        }
-        let embed = w.tensor("model.embed_tokens.weight", [v, h])?;
-        let mut layers = Vec::with_capacity(spec.layers.len());
-        for (i, l) in spec.layers.iter().enumerate() {
-            layers.push(Layer {
-                attention: AttentionBlock::load(spec, &l.attention, i, &w)?,
-                ffn: FfnBlock::load(spec, &l.ffn, i, &w)?,
-            });
-        }
-        let norm = w.norm("model.norm.weight", h, spec.rms_norm_eps)?;
-        let lm_head = if spec.tie_word_embeddings {
-            None
-        } else {
-            Some(w.linear("lm_head", v, h, false)?)
-        };
+        let d = Self::load_first(spec, &w, spec.layers.len())?;
         let unused: Vec<String> = w
             .unused()
             .into_iter()
@@ -125,12 +129,54 @@ impl Decoder {
                 keys: unused.join(", "),
             });
         }
+        Ok(d)
+    }
+
+    /// The parent's first `layers` layers with its embeddings, final norm and head: what
+    /// produces the input and output activations of those layers (a BLD shard's parent) without
+    /// holding the rest in memory. Its logits are those of the truncated model. Tensors of the
+    /// layers left out are not read.
+    pub fn load_trunk(
+        spec: &ModelSpec,
+        src: &dyn WeightSource,
+        device: &Device,
+        layers: usize,
+    ) -> Result<Self> {
+        if layers > spec.layers.len() {
+            return Err(Error::invalid(format!(
+                "a trunk of {layers} layers was asked of a model with {}",
+                spec.layers.len()
+            )));
+        }
+        Self::load_first(spec, &Loader::new(src, device), layers)
+    }
+
+    fn load_first(spec: &ModelSpec, w: &Loader, n: usize) -> Result<Self> {
+        let (v, h) = (spec.vocab_size, spec.hidden_size);
+        if !spec.head_dim.is_multiple_of(2) {
+            return Err(Error::invalid(format!(
+                "head_dim {} is odd; rotary embeddings need an even head size",
+                spec.head_dim
+            )));
+        }
+        let embed = w.tensor("model.embed_tokens.weight", [v, h])?;
+        let layers = (0..n)
+            .map(|i| Layer::load_with(spec, i, w))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = w.norm("model.norm.weight", h, spec.rms_norm_eps)?;
+        let lm_head = if spec.tie_word_embeddings {
+            None
+        } else {
+            Some(w.linear("lm_head", v, h, false)?)
+        };
+        let mut spec = spec.clone();
+        spec.layers.truncate(n);
         Ok(Decoder {
             embed_tokens: Param::from_tensor(embed),
             layers,
             norm,
             lm_head,
-            spec: spec.clone(),
+            spec,
         })
     }
 

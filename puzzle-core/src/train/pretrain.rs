@@ -257,6 +257,7 @@ pub fn pretrain(
     let session_start = Instant::now();
     let session_tokens0 = state.tokens;
     let mut last_val = state.history.last().map(|p| p.val_loss);
+    let _polling = crate::interrupt::Polling::start();
     while state.step < cfg.steps {
         let t0 = Instant::now();
         let ids = batch_tensor(train, &order.batch(state.step), &ad);
@@ -297,8 +298,17 @@ pub fn pretrain(
                 val.exp()
             ));
         }
-        if state.step % cfg.checkpoint_every == 0 || done {
+        if state.step % cfg.checkpoint_every == 0 || done || crate::interrupt::requested().is_some()
+        {
             ckpt.save(&model, &opt, &state)?;
+        }
+        if !done {
+            crate::interrupt::check(|| {
+                format!(
+                    "training checkpointed at step {} of {}",
+                    state.step, cfg.steps
+                )
+            })?;
         }
         let tps = (state.tokens - session_tokens0) as f64 / session_start.elapsed().as_secs_f64();
         progress.set(
