@@ -367,11 +367,25 @@ pub struct LayerActs {
 
 /// Runs the parent and keeps every layer's activations.
 pub fn parent_activations(parent: &Decoder, ids: Tensor<2, Int>) -> (Vec<LayerActs>, ForwardCtx) {
+    parent_activations_from(parent, ids, 0)
+}
+
+/// Runs the parent and keeps the activations of layers `from..` (element `i` is layer
+/// `from + i`): a shard of late layers holds no activations of the early ones.
+pub fn parent_activations_from(
+    parent: &Decoder,
+    ids: Tensor<2, Int>,
+    from: usize,
+) -> (Vec<LayerActs>, ForwardCtx) {
     let [b, t] = ids.dims();
     let ctx = parent.context(b, 0, t, &[]);
     let mut x = parent.embed(ids);
-    let mut acts = Vec::with_capacity(parent.layers.len());
-    for layer in &parent.layers {
+    let mut acts = Vec::with_capacity(parent.layers.len().saturating_sub(from));
+    for (i, layer) in parent.layers.iter().enumerate() {
+        if i < from {
+            x = layer.forward(x, &ctx, None);
+            continue;
+        }
         let mid = layer.attention.forward(x.clone(), &ctx, None);
         let out = layer.ffn.forward(mid.clone(), &ctx, None);
         acts.push(LayerActs {
@@ -681,6 +695,8 @@ struct BldJob<'a> {
     /// Frozen parent layers on the autodiff device (gradients flow through, not into, them):
     /// only those an entry to train is in (by layer index).
     frozen_ad: Frozen,
+    /// The first of those layers: the parent's activations are kept from it on.
+    first_layer: usize,
 }
 
 impl<'a> BldJob<'a> {
@@ -732,6 +748,7 @@ impl<'a> BldJob<'a> {
             held,
             calib,
             frozen_ad,
+            first_layer: layers.first().copied().unwrap_or(0),
         })
     }
 
@@ -819,7 +836,15 @@ impl<'a> BldJob<'a> {
     /// Held-out normalised MSE of `which` trainees.
     fn nmse(&self, trainees: &[Trainee], which: &[usize]) -> Vec<f64> {
         let (p, b) = (self.inputs.parent, self.cfg.batch_size);
-        held_out_nmse(p, &self.frozen_ad, trainees, which, &self.held, b)
+        held_out_nmse(
+            p,
+            self.first_layer,
+            &self.frozen_ad,
+            trainees,
+            which,
+            &self.held,
+            b,
+        )
     }
 
     /// Normalised MSE at init on held-out activations (entries resumed keep theirs).
@@ -848,7 +873,7 @@ impl<'a> BldJob<'a> {
     /// after it can hold them: the entry's last checkpoint stays the last good state.
     fn step(&self, t: &mut Trainee, acts: &[LayerActs], ctx: &ForwardCtx, lr: f64) -> Result<f64> {
         let t0 = Instant::now();
-        let a = &acts[t.key.layer];
+        let a = &acts[t.key.layer - self.first_layer];
         let target = lift(&(a.output.clone() - a.input.clone()));
         let pred = block_delta(&t.modules, self.frozen_ad.layer(t.key.layer), a, ctx, true);
         let loss = normalized_mse(target, pred, EPS);
@@ -901,7 +926,11 @@ impl<'a> BldJob<'a> {
                 .iter()
                 .map(|&i| self.windows[i].clone())
                 .collect();
-            let (acts, ctx) = parent_activations(self.inputs.parent, ids_of(&batch, &self.device));
+            let (acts, ctx) = parent_activations_from(
+                self.inputs.parent,
+                ids_of(&batch, &self.device),
+                self.first_layer,
+            );
             let ctx_ad = lift_ctx(&ctx);
             let lr = self.schedule.at(step);
             let mut loss_sum = 0.0;
@@ -979,6 +1008,7 @@ fn split_build(
 /// Held-out normalised MSE (pooled over batches) of the selected trainees.
 fn held_out_nmse(
     parent: &Decoder,
+    first_layer: usize,
     frozen_ad: &Frozen,
     trainees: &[Trainee],
     which: &[usize],
@@ -994,9 +1024,9 @@ fn held_out_nmse(
     let mut num = vec![0.0; which.len()];
     let mut den = vec![0.0; which.len()];
     for chunk in held.chunks(batch.max(1)) {
-        let (acts, ctx) = parent_activations(parent, ids_of(chunk, &device));
+        let (acts, ctx) = parent_activations_from(parent, ids_of(chunk, &device), first_layer);
         for (j, &i) in which.iter().enumerate() {
-            let a = &acts[trainees[i].key.layer];
+            let a = &acts[trainees[i].key.layer - first_layer];
             let target = a.output.clone() - a.input.clone();
             let pred = block_delta(
                 &valid[j],

@@ -727,6 +727,92 @@ pub fn write_gguf(
     metadata: &[(String, GgufValue)],
     tensors: &[GgufTensorOut],
 ) -> Result<()> {
+    let infos: Vec<(&str, &[usize], GgmlType)> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.tensor.shape.as_slice(), t.ty))
+        .collect();
+    let head = gguf_head(metadata, &infos)?;
+    let mut failure = None;
+    crate::fsutil::write_atomic_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&head)?;
+        for t in tensors {
+            write_tensor(w, t.tensor, t.ty, &t.name, &mut failure)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| failure.take().unwrap_or(e))
+}
+
+/// A model's tensors made on demand, a group (a layer, say) at a time, for
+/// [`write_gguf_groups`]: each group is made twice, once for the header's shapes and once to
+/// write, so only one group's tensors are ever in memory.
+pub trait TensorGroups {
+    /// How many groups.
+    fn groups(&self) -> usize;
+    /// Group `i`'s tensors, by GGUF name, in file order.
+    fn group(&self, i: usize) -> Result<Vec<(String, HostTensor)>>;
+}
+
+/// [`write_gguf`] over tensors made a group at a time; `ty` picks each tensor's storage type
+/// (called once per tensor, in file order).
+pub fn write_gguf_groups(
+    path: &Path,
+    metadata: &[(String, GgufValue)],
+    groups: &dyn TensorGroups,
+    mut ty: impl FnMut(&str, &HostTensor) -> GgmlType,
+) -> Result<usize> {
+    let mut infos: Vec<(String, Vec<usize>, GgmlType)> = Vec::new();
+    for g in 0..groups.groups() {
+        for (name, t) in groups.group(g)? {
+            let kind = ty(&name, &t);
+            infos.push((name, t.shape.clone(), kind));
+        }
+    }
+    let views: Vec<(&str, &[usize], GgmlType)> = infos
+        .iter()
+        .map(|(n, s, t)| (n.as_str(), s.as_slice(), *t))
+        .collect();
+    let head = gguf_head(metadata, &views)?;
+    let mut failure = None;
+    crate::fsutil::write_atomic_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&head)?;
+        let mut k = 0;
+        for g in 0..groups.groups() {
+            let tensors = match groups.group(g) {
+                Ok(t) => t,
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("a tensor group failed"));
+                }
+            };
+            for (name, t) in tensors {
+                // The second making of a group must be the first's.
+                if infos
+                    .get(k)
+                    .is_none_or(|(n, s, _)| *n != name || *s != t.shape)
+                {
+                    failure = Some(Error::invalid(format!(
+                        "tensor `{name}` changed between the header and the data"
+                    )));
+                    return Err(std::io::Error::other("inconsistent tensor groups"));
+                }
+                write_tensor(w, &t, infos[k].2, &name, &mut failure)?;
+                k += 1;
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| failure.take().unwrap_or(e))?;
+    Ok(infos.len())
+}
+
+/// The header: magic, version, counts, metadata and tensor infos, padded to the alignment.
+fn gguf_head(
+    metadata: &[(String, GgufValue)],
+    tensors: &[(&str, &[usize], GgmlType)],
+) -> Result<Vec<u8>> {
     let mut head: Vec<u8> = Vec::new();
     head.extend_from_slice(b"GGUF");
     head.extend_from_slice(&3u32.to_le_bytes());
@@ -738,42 +824,45 @@ pub fn write_gguf(
         put_value(&mut head, v);
     }
     let mut offset = 0usize;
-    for t in tensors {
-        let (per_block, bytes) = t.ty.block().ok_or_else(|| {
-            Error::invalid(format!("tensor `{}`: unsupported type {:?}", t.name, t.ty))
-        })?;
-        put_str(&mut head, &t.name);
-        head.extend_from_slice(&(t.tensor.shape.len() as u32).to_le_bytes());
-        for d in t.tensor.shape.iter().rev() {
+    for &(name, shape, ty) in tensors {
+        let (per_block, bytes) = ty
+            .block()
+            .ok_or_else(|| Error::invalid(format!("tensor `{name}`: unsupported type {ty:?}")))?;
+        put_str(&mut head, name);
+        head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
             head.extend_from_slice(&(*d as u64).to_le_bytes());
         }
-        head.extend_from_slice(&t.ty.id().to_le_bytes());
+        head.extend_from_slice(&ty.id().to_le_bytes());
         head.extend_from_slice(&(offset as u64).to_le_bytes());
-        offset += (t.tensor.numel() / per_block * bytes).div_ceil(ALIGNMENT) * ALIGNMENT;
+        let numel: usize = shape.iter().product();
+        offset += (numel / per_block * bytes).div_ceil(ALIGNMENT) * ALIGNMENT;
     }
     while !head.len().is_multiple_of(ALIGNMENT) {
         head.push(0);
     }
-    // Encode first (errors name the tensor), then stream each tensor's bytes.
-    let mut failure = None;
-    crate::fsutil::write_atomic_with(path, |w| {
-        use std::io::Write;
-        w.write_all(&head)?;
-        for t in tensors {
-            let bytes = match encode(t.tensor, t.ty, &t.name) {
-                Ok(b) => b,
-                Err(e) => {
-                    failure = Some(e);
-                    return Err(std::io::Error::other("encoding failed"));
-                }
-            };
-            w.write_all(&bytes)?;
-            let pad = bytes.len().div_ceil(ALIGNMENT) * ALIGNMENT - bytes.len();
-            w.write_all(&vec![0u8; pad])?;
+    Ok(head)
+}
+
+/// Encodes one tensor and writes it with its alignment padding; an encoding error is kept in
+/// `failure` (it names the tensor) and reported as an I/O error to stop the write.
+fn write_tensor(
+    w: &mut impl std::io::Write,
+    t: &HostTensor,
+    ty: GgmlType,
+    name: &str,
+    failure: &mut Option<Error>,
+) -> std::io::Result<()> {
+    let bytes = match encode(t, ty, name) {
+        Ok(b) => b,
+        Err(e) => {
+            *failure = Some(e);
+            return Err(std::io::Error::other("encoding failed"));
         }
-        Ok(())
-    })
-    .map_err(|e| failure.take().unwrap_or(e))
+    };
+    w.write_all(&bytes)?;
+    let pad = bytes.len().div_ceil(ALIGNMENT) * ALIGNMENT - bytes.len();
+    w.write_all(&vec![0u8; pad])
 }
 
 /// Writes a minimal GGUF v3 file with F32 tensors, for tests of importers.

@@ -390,8 +390,30 @@ impl WeightSource for SafetensorsWeights {
 
     fn read(&self, name: &str) -> Result<HostTensor> {
         let (f, info) = self.info(name)?;
-        let bytes = &f.mmap[f.header_len + info.data_offsets.0..f.header_len + info.data_offsets.1];
-        let data: Vec<f32> = match info.dtype {
+        let (start, end) = (
+            f.header_len + info.data_offsets.0,
+            f.header_len + info.data_offsets.1,
+        );
+        let data = convert(&f.mmap[start..end], info.dtype, name, &f.path)?;
+        // The tensor is materialised: let its file pages go, so a parent read layer by layer
+        // never holds the mapped file on top of what it loaded (they count in the process's
+        // resident memory until the kernel needs them back).
+        #[cfg(unix)]
+        if let FileBytes::Mapped(m) = &f.mmap {
+            // SAFETY: the map is read-only and file-backed: a dropped page is read again from
+            // the file on the next access, with the same bytes, so no live slice changes.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+        Ok(HostTensor::new(info.shape.clone(), data))
+    }
+}
+
+/// Little-endian `bytes` of `dtype` as f32.
+fn convert(bytes: &[u8], dtype: Dtype, name: &str, path: &Path) -> Result<Vec<f32>> {
+    {
+        Ok(match dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
@@ -410,14 +432,13 @@ impl WeightSource for SafetensorsWeights {
                 .collect(),
             other => {
                 return Err(Error::Safetensors {
-                    path: f.path.clone(),
+                    path: path.to_path_buf(),
                     msg: format!(
                         "tensor `{name}` has dtype {other:?}; weights must be F32, F16, BF16 or F64"
                     ),
                 });
             }
-        };
-        Ok(HostTensor::new(info.shape.clone(), data))
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use puzzle_core::error::{Error, Result};
 use puzzle_core::family::{read_spec, static_families};
 use puzzle_core::fsutil;
-use puzzle_core::gguf::{GgmlType, GgufTensorOut, GgufValue, write_gguf};
+use puzzle_core::gguf::{GgmlType, GgufValue, TensorGroups, write_gguf_groups};
 use puzzle_core::spec::{AttentionSpec, FfnSpec, ModelSpec, RopeScaling, RopeSpec};
 use puzzle_core::weights::{HostTensor, SafetensorsWeights, WeightSource};
 use serde_json::Value;
@@ -589,35 +589,60 @@ pub fn write_model_gguf(
             "none"
         }
     };
-    let mut named: Vec<(String, HostTensor)> = vec![(
-        "token_embd.weight".into(),
-        w.read("model.embed_tokens.weight")?,
-    )];
-    if let Some(f) = rope_factors(&spec.rope, spec.head_dim) {
-        named.push(("rope_freqs.weight".into(), f));
-    }
-    for (l, p) in layers.iter().enumerate() {
-        named.extend(layer_tensors(w, spec, l, *p)?);
-    }
-    named.push(("output_norm.weight".into(), w.read("model.norm.weight")?));
-    if !spec.tie_word_embeddings {
-        named.push(("output.weight".into(), w.read("lm_head.weight")?));
-    }
-    let tensors: Vec<GgufTensorOut> = named
-        .iter()
-        .map(|(n, t)| GgufTensorOut {
-            name: n.clone(),
-            tensor: t,
-            ty: storage(t, ty, n, &mut notes),
-        })
-        .collect();
-    write_gguf(out, &metadata, &tensors)?;
+    // A layer's tensors at a time: the model is never in memory whole.
+    let groups = ModelTensors {
+        spec,
+        w,
+        layers: &layers,
+    };
+    let written = write_gguf_groups(out, &metadata, &groups, |n, t| {
+        storage(t, ty, n, &mut notes)
+    })?;
     Ok(GgufExportReport {
         arch,
-        tensors: tensors.len(),
+        tensors: written,
         pre,
         notes,
     })
+}
+
+/// The GGUF tensors of a model: group 0 the embeddings (and RoPE factors), then one group per
+/// layer, then the final norm and the untied head.
+struct ModelTensors<'a> {
+    spec: &'a ModelSpec,
+    w: &'a dyn WeightSource,
+    layers: &'a [LayerPlan],
+}
+
+impl TensorGroups for ModelTensors<'_> {
+    fn groups(&self) -> usize {
+        self.layers.len() + 2
+    }
+
+    fn group(&self, i: usize) -> Result<Vec<(String, HostTensor)>> {
+        let (spec, w) = (self.spec, self.w);
+        if i == 0 {
+            let mut g = vec![(
+                "token_embd.weight".to_string(),
+                w.read("model.embed_tokens.weight")?,
+            )];
+            if let Some(f) = rope_factors(&spec.rope, spec.head_dim) {
+                g.push(("rope_freqs.weight".into(), f));
+            }
+            return Ok(g);
+        }
+        if let Some(p) = self.layers.get(i - 1) {
+            return layer_tensors(w, spec, i - 1, *p);
+        }
+        let mut g = vec![(
+            "output_norm.weight".to_string(),
+            w.read("model.norm.weight")?,
+        )];
+        if !spec.tie_word_embeddings {
+            g.push(("output.weight".into(), w.read("lm_head.weight")?));
+        }
+        Ok(g)
+    }
 }
 
 #[cfg(test)]

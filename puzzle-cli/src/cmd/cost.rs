@@ -140,13 +140,13 @@ pub fn run_cost(a: CostArgs) -> Result<()> {
 /// cosine, task accuracy). The parent's activations at each layer input are cached so that a
 /// replacement at layer i recomputes only layers >= i. Writes scores.json.
 ///
-/// With --shard, scores only that shard's entries into scores.d/shard-INDEX-of-COUNT.json; a
-/// later `puzzle score` (or `puzzle run`) takes every entry a shard scored for the same inputs
-/// from there, scores the rest and writes scores.json.
+/// With --shard, scores only that shard's entries into scores.d/shard-INDEX-of-COUNT.json.
+/// Without it, every entry a shard scored for the same inputs is taken from there, the rest
+/// are scored, and scores.json is written (`puzzle run` does the same).
 ///
 /// Examples:
 ///   puzzle score examples/tiny/tiny.toml
-///   puzzle score run.toml --shard 2/4     # one task of four, then `puzzle score run.toml`
+///   puzzle score run.toml --shard 2/4     # one task of four; merge: the same without --shard
 #[derive(Args, Debug)]
 // Verbatim: clap would otherwise join the example lines into one paragraph.
 #[command(
