@@ -89,10 +89,13 @@ pub struct Parent {
 }
 
 impl Parent {
-    /// Reads the parent's config and tokenizer and maps its weights; loads no tensor.
+    /// Reads the parent's config and tokenizer, maps its weights and checks their names and
+    /// shapes against the config; loads no tensor.
     pub fn open(families: &Registry<dyn Family>, dir: &Path, device: &Device) -> Result<Parent> {
         let spec = read_spec(families, dir)?;
         let weights = SafetensorsWeights::open(dir)?;
+        // A broken checkpoint is refused now, not hours later in the stage that loads it.
+        Decoder::check_tensors(&spec, &weights)?;
         let tok = dir.join("tokenizer.json");
         let tokenizer = tok
             .is_file()

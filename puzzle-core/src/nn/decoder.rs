@@ -132,6 +132,48 @@ impl Decoder {
         Ok(d)
     }
 
+    /// What [`Decoder::load`] would refuse, found from the checkpoint's header alone (no tensor
+    /// is read): a missing tensor, a wrong shape, a tensor the spec does not use. A run checks
+    /// its parent this way when it opens, before a stage loads any of it.
+    pub fn check_tensors(spec: &ModelSpec, src: &dyn WeightSource) -> Result<()> {
+        let want = spec.tensor_shapes();
+        for (name, shape) in &want {
+            match src.shape(name) {
+                None => {
+                    return Err(Error::MissingTensor {
+                        key: name.clone(),
+                        location: src.location(),
+                    });
+                }
+                Some(found) if &found != shape => {
+                    return Err(Error::ShapeMismatch {
+                        key: name.clone(),
+                        location: src.location(),
+                        expected: shape.clone(),
+                        found,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::BTreeSet<&str> =
+            want.iter().map(|(n, _)| n.as_str()).collect();
+        let unused: Vec<String> = src
+            .names()
+            .into_iter()
+            .filter(|n| !known.contains(n.as_str()))
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            .filter(|n| !(spec.tie_word_embeddings && n == "lm_head.weight"))
+            .collect();
+        if !unused.is_empty() {
+            return Err(Error::UnexpectedTensors {
+                location: src.location(),
+                keys: unused.join(", "),
+            });
+        }
+        Ok(())
+    }
+
     /// The parent's first `layers` layers with its embeddings, final norm and head: what
     /// produces the input and output activations of those layers (a BLD shard's parent) without
     /// holding the rest in memory. Its logits are those of the truncated model. Tensors of the
@@ -338,4 +380,66 @@ pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
         })
         .collect();
     Tensor::from_data(TensorData::new(flat, [b, t]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::LlamaShape;
+    use crate::train::init::random_weights;
+
+    fn spec() -> ModelSpec {
+        ModelSpec::uniform_llama(LlamaShape {
+            hidden: 16,
+            vocab: 32,
+            heads: 2,
+            head_dim: 8,
+            kv_heads: 1,
+            intermediate: 24,
+            layers: 3,
+        })
+    }
+
+    #[test]
+    fn the_header_check_refuses_what_load_refuses_and_a_trunk_is_the_first_layers() {
+        let s = spec();
+        let w = random_weights(&s, 0.02, 1);
+        let device = Device::flex();
+        Decoder::check_tensors(&s, &w).unwrap();
+        let full = Decoder::load(&s, &w, &device).unwrap();
+        let trunk = Decoder::load_trunk(&s, &w, &device, 2).unwrap();
+        assert_eq!(trunk.layers.len(), 2);
+        assert_eq!(trunk.spec.layers, s.layers[..2]);
+        let x = full.embed(Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 7], [1, 3]),
+            &device,
+        ));
+        let ctx = full.context(1, 0, 3, &[]);
+        let (a, b) = (
+            full.layers[1].forward(full.layers[0].forward(x.clone(), &ctx, None), &ctx, None),
+            trunk.layers[1].forward(trunk.layers[0].forward(x, &ctx, None), &ctx, None),
+        );
+        assert_eq!(
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap()
+        );
+        assert!(Decoder::load_trunk(&s, &w, &device, 4).is_err());
+        // Each fault: the header check and the full load name the same tensor.
+        let name = "model.layers.2.mlp.up_proj.weight";
+        let mut missing = w.clone();
+        missing.tensors.remove(name);
+        let mut reshaped = w.clone();
+        reshaped.insert(name, HostTensor::new(vec![24, 8], vec![0.0; 192]));
+        let mut extra = w.clone();
+        extra.insert(
+            "model.layers.9.mlp.up_proj.weight",
+            HostTensor::new(vec![1], vec![0.0]),
+        );
+        for bad in [missing, reshaped, extra] {
+            let early = Decoder::check_tensors(&s, &bad).unwrap_err().to_string();
+            let late = Decoder::load(&s, &bad, &device).unwrap_err().to_string();
+            assert_eq!(early, late);
+            assert!(early.contains("mlp.up_proj.weight"), "{early}");
+        }
+    }
 }
