@@ -269,6 +269,7 @@ fn a_one_node_cluster_runs_the_scaled_run_and_a_requeued_task_changes_nothing() 
             starts >= 2,
             "task 2 did not start again after its stop: {log2}"
         );
+        eprintln!("task 2: stopped by SIGUSR1, requeued itself, started {starts} times");
     } else {
         eprintln!("task 2 was not stopped by SIGUSR1 in training (warned: {warned}): {log2}");
     }
