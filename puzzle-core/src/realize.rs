@@ -2,6 +2,7 @@
 //! search solution, and write it in the format serving stacks load (the parent family decides:
 //! DeciLM / nemotron-nas for Llama parents), with the parent's tokenizer files.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -15,7 +16,9 @@ use crate::hf_folder::SpecialTokens;
 use crate::nn::Decoder;
 use crate::score::swapped;
 use crate::variant::{SubblockKind, VariantId};
-use crate::weights::{HostTensor, MAX_SHARD_BYTES, StoreDtype, WeightSource, write_weights_folder};
+use crate::weights::{
+    HostTensor, MAX_SHARD_BYTES, StoreDtype, WeightSource, write_weights_folder_with,
+};
 
 /// One layer of a child: an attention and an FFN library entry, or a coupled block.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,18 +124,43 @@ pub fn export(
     let family = static_families().get(&spec.family)?;
     let (config, warnings) = family.child_config(&parent_config, &spec, dtype.torch_name())?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut tensors = model.tensors();
-    for (name, shape) in family.export_extra(&spec) {
-        let n = shape.iter().product();
-        tensors.push((name, crate::weights::HostTensor::new(shape, vec![0.0; n])));
+    // Names and shapes first (one group of tensors at a time), then the tensors again as the
+    // files take them: the model's host copy is never whole.
+    let extra = family.export_extra(&spec);
+    let mut infos = Vec::new();
+    let mut group_of = BTreeMap::new();
+    for g in 0..model.tensor_groups() {
+        for (n, t) in model.tensor_group(g) {
+            group_of.insert(n.clone(), g);
+            infos.push((n, t.shape));
+        }
     }
-    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_weights_folder(
+    infos.extend(extra.iter().cloned());
+    let mut cached: (Option<usize>, BTreeMap<String, HostTensor>) = (None, BTreeMap::new());
+    write_weights_folder_with(
         out,
-        &refs,
+        &infos,
         dtype,
         Some([("format".to_string(), "pt".to_string())].into()),
         MAX_SHARD_BYTES,
+        &mut |name| {
+            let Some(&g) = group_of.get(name) else {
+                // A tensor the family's loaders expect that the model does not hold: zeros.
+                let (_, shape) = extra.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                    Error::invalid(format!("the export asked for an unknown tensor `{name}`"))
+                })?;
+                return Ok(HostTensor::new(
+                    shape.clone(),
+                    vec![0.0; shape.iter().product()],
+                ));
+            };
+            if cached.0 != Some(g) {
+                cached = (Some(g), model.tensor_group(g).into_iter().collect());
+            }
+            cached.1.remove(name).ok_or_else(|| {
+                Error::invalid(format!("tensor `{name}` was asked for twice by the export"))
+            })
+        },
     )?;
     for f in [
         "tokenizer.json",

@@ -494,52 +494,93 @@ pub fn write_safetensors<'a>(
     dtype: StoreDtype,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    let by_name: BTreeMap<&str, &HostTensor> = tensors.into_iter().collect();
+    let infos: Vec<(String, Vec<usize>)> = by_name
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape.clone()))
+        .collect();
+    for (n, t) in &by_name {
+        let numel: usize = t.shape.iter().product();
+        if numel != t.data.len() {
+            return Err(Error::Safetensors {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "tensor `{n}` has shape {:?} but {} values",
+                    t.shape,
+                    t.data.len()
+                ),
+            });
+        }
+    }
+    write_safetensors_with(path, &infos, dtype, metadata, &mut |n| {
+        Ok(by_name[n].clone())
+    })
+}
+
+/// [`write_safetensors`] for tensors made on demand: `infos` gives each name and shape for the
+/// header, and `make` is asked for each tensor once, in the file's order (by name), so only the
+/// tensor being written is in memory (plus whatever `make` caches).
+pub fn write_safetensors_with(
+    path: &Path,
+    infos: &[(String, Vec<usize>)],
+    dtype: StoreDtype,
+    metadata: Option<HashMap<String, String>>,
+    make: &mut dyn FnMut(&str) -> Result<HostTensor>,
+) -> Result<()> {
     let bad = |msg: String| Error::Safetensors {
         path: path.to_path_buf(),
         msg,
     };
-    let mut tensors: Vec<(&str, &HostTensor)> = tensors.into_iter().collect();
-    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    let mut infos: Vec<&(String, Vec<usize>)> = infos.iter().collect();
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
     let st_dtype = match dtype {
         StoreDtype::F32 => Dtype::F32,
         StoreDtype::Bf16 => Dtype::BF16,
         StoreDtype::F16 => Dtype::F16,
     };
     let mut offset = 0;
-    let mut infos = Vec::with_capacity(tensors.len());
-    for (name, t) in &tensors {
-        let numel: usize = t.shape.iter().product();
-        if numel != t.data.len() {
-            return Err(bad(format!(
-                "tensor `{name}` has shape {:?} but {} values",
-                t.shape,
-                t.data.len()
-            )));
-        }
-        let n = numel * dtype.size();
-        infos.push((
-            name.to_string(),
+    let mut header_infos = Vec::with_capacity(infos.len());
+    for (name, shape) in &infos {
+        let n = shape.iter().product::<usize>() * dtype.size();
+        header_infos.push((
+            name.clone(),
             TensorInfo {
                 dtype: st_dtype,
-                shape: t.shape.clone(),
+                shape: shape.clone(),
                 data_offsets: (offset, offset + n),
             },
         ));
         offset += n;
     }
-    let header = Metadata::new(metadata, infos)
+    let header = Metadata::new(metadata, header_infos)
         .map_err(|e| bad(format!("cannot describe the tensors: {e:?}")))?;
     let mut header = serde_json::to_string(&header)
         .map_err(|e| bad(format!("cannot serialise the header: {e}")))?
         .into_bytes();
     // The format's 8-byte alignment of the data, padded with spaces as safetensors does.
     header.resize(header.len().next_multiple_of(8), b' ');
+    let mut failure = None;
     fsutil::write_atomic_with(path, |w| {
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         // A bounded buffer per chunk of values: memory stays flat whatever the tensor's size.
         let mut buf = Vec::with_capacity(CHUNK * 4);
-        for (_, t) in &tensors {
+        for (name, shape) in &infos {
+            let t = match make(name) {
+                Ok(t) if t.shape == *shape && t.data.len() == shape.iter().product::<usize>() => t,
+                Ok(t) => {
+                    failure = Some(bad(format!(
+                        "tensor `{name}` was announced as {shape:?} but made as {:?} with {} values",
+                        t.shape,
+                        t.data.len()
+                    )));
+                    return Err(std::io::Error::other("inconsistent tensor"));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("a tensor could not be made"));
+                }
+            };
             for chunk in t.data.chunks(CHUNK) {
                 buf.clear();
                 match dtype {
@@ -558,6 +599,7 @@ pub fn write_safetensors<'a>(
         }
         Ok(())
     })
+    .map_err(|e| failure.take().unwrap_or(e))
 }
 
 /// Values converted and written per write call.
@@ -579,17 +621,38 @@ pub fn write_weights_folder<'a>(
     metadata: Option<HashMap<String, String>>,
     max_shard_bytes: usize,
 ) -> Result<Vec<PathBuf>> {
-    let bytes = |t: &HostTensor| t.data.len() * dtype.size();
-    let mut shards: Vec<Vec<(&str, &HostTensor)>> = vec![vec![]];
+    let by_name: BTreeMap<&str, &HostTensor> = tensors.iter().copied().collect();
+    let infos: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape.clone()))
+        .collect();
+    write_weights_folder_with(dir, &infos, dtype, metadata, max_shard_bytes, &mut |n| {
+        Ok(by_name[n].clone())
+    })
+}
+
+/// [`write_weights_folder`] for tensors made on demand (names and shapes in `infos`, in the
+/// order the shards take them); `make` is asked for each tensor once, shard by shard in each
+/// file's order (by name).
+pub fn write_weights_folder_with(
+    dir: &Path,
+    infos: &[(String, Vec<usize>)],
+    dtype: StoreDtype,
+    metadata: Option<HashMap<String, String>>,
+    max_shard_bytes: usize,
+    make: &mut dyn FnMut(&str) -> Result<HostTensor>,
+) -> Result<Vec<PathBuf>> {
+    let bytes = |shape: &[usize]| shape.iter().product::<usize>() * dtype.size();
+    let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![vec![]];
     let mut size = 0;
-    for &(n, t) in tensors {
+    for (n, shape) in infos {
         let last = shards.last_mut().expect("one shard at least");
-        if !last.is_empty() && size + bytes(t) > max_shard_bytes {
-            shards.push(vec![(n, t)]);
-            size = bytes(t);
+        if !last.is_empty() && size + bytes(shape) > max_shard_bytes {
+            shards.push(vec![(n.clone(), shape.clone())]);
+            size = bytes(shape);
         } else {
-            last.push((n, t));
-            size += bytes(t);
+            last.push((n.clone(), shape.clone()));
+            size += bytes(shape);
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -609,7 +672,7 @@ pub fn write_weights_folder<'a>(
     };
     if shards.len() == 1 {
         let p = dir.join("model.safetensors");
-        write_safetensors(&p, shards[0].iter().copied(), dtype, metadata)?;
+        write_safetensors_with(&p, &shards[0], dtype, metadata, make)?;
         stale(std::slice::from_ref(&p))?;
         return Ok(vec![p]);
     }
@@ -619,13 +682,13 @@ pub fn write_weights_folder<'a>(
     for (i, shard) in shards.iter().enumerate() {
         let name = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
         let p = dir.join(&name);
-        write_safetensors(&p, shard.iter().copied(), dtype, metadata.clone())?;
+        write_safetensors_with(&p, shard, dtype, metadata.clone(), make)?;
         for (t, _) in shard {
-            weight_map.insert(t.to_string(), name.clone().into());
+            weight_map.insert(t.clone(), name.clone().into());
         }
         written.push(p);
     }
-    let total: usize = tensors.iter().map(|(_, t)| bytes(t)).sum();
+    let total: usize = infos.iter().map(|(_, s)| bytes(s)).sum();
     fsutil::write_json(
         &index,
         &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
@@ -682,6 +745,29 @@ mod tests {
                 .unwrap()
                 .data,
             vec![4.0; 4]
+        );
+    }
+
+    #[test]
+    fn a_tensor_made_unlike_its_announcement_fails_the_write_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.safetensors");
+        let infos = vec![("a".to_string(), vec![2]), ("b".to_string(), vec![3])];
+        let mut asked = vec![];
+        let e = write_safetensors_with(&p, &infos, StoreDtype::F32, None, &mut |n| {
+            asked.push(n.to_string());
+            Ok(HostTensor::new(vec![2], vec![1.0, 2.0]))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`b` was announced as [3] but made as [2]"),
+            "{e}"
+        );
+        assert_eq!(asked, ["a", "b"], "made once each, in the file's order");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "no file, no temp"
         );
     }
 

@@ -344,16 +344,39 @@ impl Decoder {
 
     /// All weights by full checkpoint name, in checkpoint layout.
     pub fn tensors(&self) -> Vec<(String, HostTensor)> {
-        let mut v = vec![(
-            "model.embed_tokens.weight".to_string(),
-            host(&self.embed_tokens.val()),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            for (n, t) in l.attention.tensors().into_iter().chain(l.ffn.tensors()) {
-                v.push((format!("model.layers.{i}.{n}"), t));
-            }
+        (0..self.tensor_groups())
+            .flat_map(|g| self.tensor_group(g))
+            .collect()
+    }
+
+    /// How many groups [`Decoder::tensor_group`] splits the tensors into: the embeddings, one
+    /// per layer, then the final norm and head.
+    pub fn tensor_groups(&self) -> usize {
+        self.layers.len() + 2
+    }
+
+    /// Group `g` of the checkpoint tensors (HF names, `[out, in]` matrices), copied to the
+    /// host: an export holds one group at a time instead of the whole model.
+    pub fn tensor_group(&self, g: usize) -> Vec<(String, HostTensor)> {
+        if g == 0 {
+            return vec![(
+                "model.embed_tokens.weight".to_string(),
+                host(&self.embed_tokens.val()),
+            )];
         }
-        v.push(("model.norm.weight".into(), host(&self.norm.weight.val())));
+        if let Some(l) = self.layers.get(g - 1) {
+            return l
+                .attention
+                .tensors()
+                .into_iter()
+                .chain(l.ffn.tensors())
+                .map(|(n, t)| (format!("model.layers.{}.{n}", g - 1), t))
+                .collect();
+        }
+        let mut v = vec![(
+            "model.norm.weight".to_string(),
+            host(&self.norm.weight.val()),
+        )];
         if let Some(head) = &self.lm_head {
             v.push(("lm_head.weight".into(), head.checkpoint_weight()));
         }
