@@ -554,6 +554,18 @@ pub fn write_safetensors_with(
     }
     let header = Metadata::new(metadata, header_infos)
         .map_err(|e| bad(format!("cannot describe the tensors: {e:?}")))?;
+    let mut header = serde_json::to_value(&header)
+        .map_err(|e| bad(format!("cannot serialise the header: {e}")))?;
+    // The metadata map comes in a HashMap's order, which changes from process to process:
+    // sorted, the same inputs always give the same bytes (and checksums).
+    if let Some(m) = header
+        .get_mut("__metadata__")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        let mut kv: Vec<(String, serde_json::Value)> = std::mem::take(m).into_iter().collect();
+        kv.sort_by(|a, b| a.0.cmp(&b.0));
+        m.extend(kv);
+    }
     let mut header = serde_json::to_string(&header)
         .map_err(|e| bad(format!("cannot serialise the header: {e}")))?
         .into_bytes();
@@ -818,7 +830,24 @@ mod tests {
             let want = safetensors::serialize(views, Some(meta)).unwrap();
             assert_eq!(std::fs::read(&p).unwrap(), want, "{dtype:?}");
         }
+        // Several metadata keys: the bytes do not depend on a HashMap's order.
         let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Vec<u8>> = (0..2)
+            .map(|i| {
+                let meta: HashMap<String, String> =
+                    (0..8).map(|k| (format!("k{k}"), format!("v{k}"))).collect();
+                let p = dir.path().join(format!("{i}.safetensors"));
+                write_safetensors(
+                    &p,
+                    m.tensors.iter().map(|(k, v)| (k.as_str(), v)),
+                    StoreDtype::F32,
+                    Some(meta),
+                )
+                .unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert_eq!(files[0], files[1]);
         let wrong = HostTensor {
             shape: vec![2, 2],
             data: vec![1.0; 3],

@@ -9,7 +9,7 @@ use puzzle_core::error::{Error, Result};
 use puzzle_core::fsutil;
 use puzzle_core::gguf::{GgufFile, GgufValue};
 use puzzle_core::hf_folder::{self, SpecialTokens};
-use puzzle_core::weights::{HostTensor, MAX_SHARD_BYTES, StoreDtype, write_weights_folder};
+use puzzle_core::weights::{HostTensor, MAX_SHARD_BYTES, StoreDtype, write_weights_folder_with};
 use serde_json::{Value, json};
 
 /// Import settings.
@@ -341,11 +341,12 @@ pub fn import_gguf(
     let config = config_from_metadata(&g)?;
     let heads = config["num_attention_heads"].as_u64().unwrap_or(0) as usize;
     let kv = config["num_key_value_heads"].as_u64().unwrap_or(0) as usize;
-    let mut tensors: Vec<(String, HostTensor)> = Vec::new();
+    // Names and shapes from the GGUF's header; each tensor is dequantised only when its file
+    // is written, so the model is never in memory whole.
+    let mut infos: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut gguf_name: HashMap<String, String> = HashMap::new();
     let mut types: HashMap<String, usize> = HashMap::new();
-    let total = g.tensors.len();
-    for (i, info) in g.tensors.iter().enumerate() {
-        progress(i, total);
+    for info in &g.tensors {
         let Some(name) = hf_name(&info.name) else {
             return Err(Error::Gguf {
                 path: path.to_path_buf(),
@@ -356,18 +357,26 @@ pub fn import_gguf(
             });
         };
         *types.entry(info.ggml_type.name()).or_default() += 1;
-        let mut t = g.tensor_f32(&info.name)?;
-        if info.name.contains(".attn_q.") {
+        infos.push((name.clone(), info.shape()));
+        gguf_name.insert(name, info.name.clone());
+    }
+    let total = infos.len();
+    let mut done = 0;
+    let mut make = |name: &str| -> Result<HostTensor> {
+        progress(done, total);
+        done += 1;
+        let src = &gguf_name[name];
+        let mut t = g.tensor_f32(src)?;
+        if src.contains(".attn_q.") {
             t = unpermute_rows(&t, heads)?;
-        } else if info.name.contains(".attn_k.") {
+        } else if src.contains(".attn_k.") {
             t = unpermute_rows(&t, kv)?;
         }
         if opts.dtype == StoreDtype::Bf16 {
             t.round_to_bf16();
         }
-        tensors.push((name, t));
-    }
-    progress(total, total);
+        Ok(t)
+    };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut config = config;
     config["torch_dtype"] = json!(opts.dtype.torch_name());
@@ -383,11 +392,10 @@ pub fn import_gguf(
             "GGUF metadata (tokenizer.ggml.*)".to_string()
         }
     };
-    let params = tensors.iter().map(|(_, t)| t.numel()).sum();
-    let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_weights_folder(
+    let params = infos.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    write_weights_folder_with(
         out,
-        &refs,
+        &infos,
         opts.dtype,
         Some(HashMap::from([
             ("format".to_string(), "pt".to_string()),
@@ -400,7 +408,9 @@ pub fn import_gguf(
             ),
         ])),
         MAX_SHARD_BYTES,
+        &mut make,
     )?;
+    progress(total, total);
     // The tokenizer side files transformers and llama.cpp's converter expect, with the GGUF's
     // chat template when it has one.
     let template = g.get("tokenizer.chat_template").and_then(GgufValue::as_str);
@@ -410,7 +420,7 @@ pub fn import_gguf(
     let mut types: Vec<(String, usize)> = types.into_iter().collect();
     types.sort();
     Ok(ImportReport {
-        tensors: tensors.len(),
+        tensors: total,
         params,
         types,
         tokenizer_from,
