@@ -15,6 +15,26 @@ fn config(dir: &Path) -> PathBuf {
     common::write_bld_config(dir, &root().join("fixtures/hf/tiny-llama"))
 }
 
+/// `puzzle bld` started in the background on `run`.
+fn spawn_bld(cfg: &Path, run: &Path, stderr: std::process::Stdio) -> std::process::Child {
+    Proc::cargo_bin("puzzle")
+        .unwrap()
+        .arg("bld")
+        .arg(cfg)
+        .arg("--run")
+        .arg(run)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `puzzle bld` on `run` to the end and checks its library is `reference`.
+fn finish_and_compare(cfg: &Path, run: &Path, reference: &[(String, Vec<u8>, String)], what: &str) {
+    let o = bld(cfg, run, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(snapshot(run), reference, "{what} differs from one run");
+}
+
 fn bld(cfg: &Path, run: &Path, extra: &[&str]) -> std::process::Output {
     Proc::cargo_bin("puzzle")
         .unwrap()
@@ -78,15 +98,7 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
 
     // Kill -9 as soon as checkpoints exist, then rerun.
     let killed = dir.path().join("killed");
-    let mut child = Proc::cargo_bin("puzzle")
-        .unwrap()
-        .arg("bld")
-        .arg(&cfg)
-        .arg("--run")
-        .arg(&killed)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_bld(&cfg, &killed, std::process::Stdio::null());
     let has_ckpt = |p: &Path| {
         std::fs::read_dir(p.join("library"))
             .map(|ls| {
@@ -114,26 +126,12 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
     wait_for_ckpt(&killed);
     child.kill().unwrap();
     child.wait().unwrap();
-    let o = bld(&cfg, &killed, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        snapshot(&killed),
-        reference,
-        "kill + resume differs from one run"
-    );
+    finish_and_compare(&cfg, &killed, &reference, "kill + resume");
 
     // SIGTERM (Slurm's requeue or preemption) while training: every entry in training is
     // checkpointed at the step reached, off the periodic grid, and the rerun finishes it.
     let stopped = dir.path().join("stopped");
-    let child = Proc::cargo_bin("puzzle")
-        .unwrap()
-        .arg("bld")
-        .arg(&cfg)
-        .arg("--run")
-        .arg(&stopped)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_bld(&cfg, &stopped, std::process::Stdio::piped());
     wait_for_ckpt(&stopped);
     let term = Proc::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -169,13 +167,7 @@ fn killed_bld_resumes_and_shards_compose_to_the_same_library() {
         .filter(|(_, _, s)| !s.contains("tokens=0"))
         .count();
     assert_eq!(states, trained, "every entry in training saved its state");
-    let o = bld(&cfg, &stopped, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        snapshot(&stopped),
-        reference,
-        "stop + resume differs from one run"
-    );
+    finish_and_compare(&cfg, &stopped, &reference, "stop + resume");
 
     // Two shards one after the other.
     let sharded = dir.path().join("sharded");

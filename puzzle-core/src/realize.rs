@@ -124,17 +124,27 @@ pub fn export(
     let family = static_families().get(&spec.family)?;
     let (config, warnings) = family.child_config(&parent_config, &spec, dtype.torch_name())?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // Names and shapes first (one group of tensors at a time), then the tensors again as the
-    // files take them: the model's host copy is never whole.
+    // Names and shapes from the spec (what a load of this checkpoint checks against), then each
+    // layer's tensors copied to the host as the files take them: the host copy is never whole,
+    // and the writer refuses a tensor whose shape differs from the one announced.
     let extra = family.export_extra(&spec);
-    let mut infos = Vec::new();
-    let mut group_of = BTreeMap::new();
-    for g in 0..model.tensor_groups() {
-        for (n, t) in model.tensor_group(g) {
-            group_of.insert(n.clone(), g);
-            infos.push((n, t.shape));
-        }
-    }
+    let mut infos = spec.tensor_shapes();
+    let layers = model.tensor_groups() - 2;
+    let group_of: BTreeMap<String, usize> = infos
+        .iter()
+        .map(|(n, _)| {
+            let layer = n
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            let g = match (n.as_str(), layer) {
+                ("model.embed_tokens.weight", _) => 0,
+                (_, Some(l)) => l + 1,
+                _ => layers + 1,
+            };
+            (n.clone(), g)
+        })
+        .collect();
     infos.extend(extra.iter().cloned());
     let mut cached: (Option<usize>, BTreeMap<String, HostTensor>) = (None, BTreeMap::new());
     write_weights_folder_with(

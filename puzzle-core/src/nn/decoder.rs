@@ -113,23 +113,9 @@ impl Decoder {
     /// Llama. Missing tensors, wrong shapes and tensors the spec does not use are errors that
     /// name the key.
     pub fn load(spec: &ModelSpec, src: &dyn WeightSource, device: &Device) -> Result<Self> {
-        let w = Loader::new(src, device);
-        let d = Self::load_first(spec, &w, spec.layers.len())?;
-        let unused: Vec<String> = w
-            .unused()
-            .into_iter()
-            // Old checkpoints store RoPE buffers; they are recomputed from the config.
-            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
-            // A tied checkpoint may still carry a copy of the head.
-            .filter(|n| !(spec.tie_word_embeddings && n == "lm_head.weight"))
-            .collect();
-        if !unused.is_empty() {
-            return Err(Error::UnexpectedTensors {
-                location: w.location(),
-                keys: unused.join(", "),
-            });
-        }
-        Ok(d)
+        // The header check is the one place the checkpoint's names and shapes are judged.
+        Self::check_tensors(spec, src)?;
+        Self::load_first(spec, &Loader::new(src, device), spec.layers.len())
     }
 
     /// What [`Decoder::load`] would refuse, found from the checkpoint's header alone (no tensor
