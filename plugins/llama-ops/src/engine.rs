@@ -1,7 +1,8 @@
 //! llama.cpp as the deployment's engine (`deployment.engine = "llamacpp"`): a model is written
 //! as a GGUF by our exporter (with llama.cpp's limits re-expressed exactly, so it is timed as it
 //! will be served), loaded by the llama.cpp that `puzzle-llamacpp` builds, and timed there at
-//! the deployment's weight and KV-cache types, on every core of this machine. `int4` weights
+//! the deployment's weight and KV-cache types, on every core of this machine, with one worker
+//! pool kept across requests as a server keeps it (`puzzle_llamacpp`'s `shared_pool`). `int4` weights
 //! are llama.cpp's Q4_K_M, made by llama.cpp's own quantiser from our f32 GGUF, as a user
 //! serving a 4-bit model would make them.
 
@@ -83,7 +84,8 @@ impl Engine for LlamaCppEngine {
     }
 
     fn describe(&self, _device: &Device) -> String {
-        format!("{LLAMACPP_SOURCE}, CPU, {} threads", threads())
+        // The pool is named: tables timed with a pool per graph (before) are re-measured.
+        format!("{LLAMACPP_SOURCE}, CPU, {} threads in one pool", threads())
     }
 
     fn load(

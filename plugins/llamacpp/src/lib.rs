@@ -10,13 +10,41 @@
 //! The handful of calls we make are wrapped in [`raw`] below, each with its ownership rule.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use puzzle_types::error::{Error, Result};
 
 mod raw;
 
-use raw::{Batch, Context, ContextParams, Model};
+use raw::{Batch, Context, ContextParams, Model, ThreadPool};
+
+/// The process's llama.cpp worker pool (its thread count with it), held by whoever computes.
+static POOL: Mutex<Option<(i32, ThreadPool)>> = Mutex::new(None);
+
+/// The process's worker pool, locked: at most one graph computes at a time.
+struct Pool(Option<MutexGuard<'static, Option<(i32, ThreadPool)>>>);
+
+impl Pool {
+    fn get(&self) -> Option<&ThreadPool> {
+        self.0.as_ref().and_then(|g| g.as_ref()).map(|(_, p)| p)
+    }
+}
+
+/// One pool for every model of the process, as a server has one: a pool per model would leave
+/// the idle models' workers spinning (ggml polls for new work for a while after each graph)
+/// beside the one being timed, on the same cores. Made on first use with `threads` workers
+/// (remade when a model asks for another count).
+fn shared_pool(threads: i32) -> Result<Pool> {
+    let mut g = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if g.as_ref().is_none_or(|(n, _)| *n != threads) {
+        // The old pool (if any) is freed first: no context uses it while the lock is held.
+        *g = None;
+        let pool =
+            ThreadPool::new(threads).map_err(|e| Error::invalid(format!("llama.cpp: {e}")))?;
+        *g = Some((threads, pool));
+    }
+    Ok(Pool(Some(g)))
+}
 
 /// llama.cpp's backend may be initialised once per process.
 fn backend() {
@@ -29,6 +57,9 @@ fn backend() {
 pub struct LlamaCpp {
     model: Model,
     threads: i32,
+    /// Whether contexts compute on the process's worker pool ([`shared_pool`]); `false`: on
+    /// a pool made per graph, llama.cpp's fallback ([`LlamaCpp::with_pool_per_graph`]).
+    pooled: bool,
     /// KV-cache type of the contexts [`LlamaCpp::request`] times in.
     serve_kv: KvType,
 }
@@ -55,8 +86,25 @@ impl LlamaCpp {
         Ok(LlamaCpp {
             model,
             threads: threads.max(1) as i32,
+            pooled: true,
             serve_kv: KvType::F32,
         })
+    }
+
+    /// Computes every graph on a pool of threads made for it and joined after it, as llama.cpp
+    /// does when no pool is attached and OpenMP is not built in (`raw::ThreadPool` says why
+    /// that is not how a server runs). For the `serve` benchmark's baseline.
+    pub fn with_pool_per_graph(mut self) -> Self {
+        self.pooled = false;
+        self
+    }
+
+    /// The worker pool this model's contexts compute on, held until they are gone.
+    fn pool(&self) -> Result<Pool> {
+        if !self.pooled {
+            return Ok(Pool(None));
+        }
+        shared_pool(self.threads)
     }
 
     /// The KV-cache type requests are timed with (the deployment's `kv_dtype`).
@@ -75,6 +123,7 @@ impl LlamaCpp {
         // Per sequence, rounded up as llama.cpp pads context sizes.
         let per_seq = (p + decode_steps + 1).div_ceil(256) * 256;
         let n_batch = b * p;
+        let pool = self.pool()?;
         let mut ctx = self
             .model
             .context(&ContextParams {
@@ -88,6 +137,9 @@ impl LlamaCpp {
                 flash_attention: None,
             })
             .map_err(err)?;
+        if let Some(pool) = pool.get() {
+            ctx.attach(pool);
+        }
         let vocab = self.n_vocab().max(1);
         let mut batch_in = Batch::new(b * p, b);
         for s in 0..b {
@@ -136,9 +188,11 @@ impl LlamaCpp {
     }
 
     /// A context for one sequence of up to `n_ctx` tokens, decoded in one batch, f32 KV cache.
-    fn context(&self, n_ctx: usize) -> Result<Context<'_>> {
+    /// Its graphs run on `pool` when given (the caller holds the lock for the context's life).
+    fn context<'a>(&'a self, n_ctx: usize, pool: Option<&'a ThreadPool>) -> Result<Context<'a>> {
         let n = n_ctx.max(16);
-        self.model
+        let mut ctx = self
+            .model
             .context(&ContextParams {
                 n_ctx: n,
                 n_seq_max: 1,
@@ -150,13 +204,18 @@ impl LlamaCpp {
                 // The CPU flash-attention kernel rounds Q to f16 (~3e-3 off an f32 reference).
                 flash_attention: Some(false),
             })
-            .map_err(|e| Error::invalid(format!("llama.cpp context: {e}")))
+            .map_err(|e| Error::invalid(format!("llama.cpp context: {e}")))?;
+        if let Some(pool) = pool {
+            ctx.attach(pool);
+        }
+        Ok(ctx)
     }
 
     /// The logits after every token of `tokens` (one forward pass of the whole sequence).
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         let err = |e: String| Error::invalid(format!("llama.cpp: {e}"));
-        let mut ctx = self.context(tokens.len())?;
+        let pool = self.pool()?;
+        let mut ctx = self.context(tokens.len(), pool.get())?;
         let mut batch = Batch::new(tokens.len().max(1), 1);
         for (i, &t) in tokens.iter().enumerate() {
             batch.add(t as i32, i as i32, 0, true).map_err(err)?;
@@ -181,7 +240,8 @@ impl LlamaCpp {
                 "llama.cpp: an empty prompt (no tokens) cannot be continued",
             ));
         }
-        let mut ctx = self.context(prompt.len() + n)?;
+        let pool = self.pool()?;
+        let mut ctx = self.context(prompt.len() + n, pool.get())?;
         let mut batch = Batch::new((prompt.len() + n).max(1), 1);
         let err = |e: String| Error::invalid(format!("llama.cpp: {e}"));
         for (i, &t) in prompt.iter().enumerate() {

@@ -111,6 +111,44 @@ pub fn quantize(
     }
 }
 
+/// A pool of CPU worker threads that llama.cpp's graphs run on, kept across graphs.
+///
+/// Why: this build has no OpenMP (the sys crate's `openmp` feature is off), and without an
+/// attached pool ggml makes a disposable one for every graph it computes: it starts and joins
+/// `threads - 1` threads per decode step. llama.cpp's own tools attach a pool (`llama-cli`)
+/// or run on OpenMP's persistent team (the default cmake build), so timing with disposable
+/// pools measures a per-step cost no server pays, and one that varies with how quickly the
+/// machine starts a thread (`cargo bench -p puzzle-llama-ops --bench serve` compares both).
+pub struct ThreadPool {
+    ptr: NonNull<sys::ggml_threadpool>,
+}
+
+// SAFETY: the pool is a handle to worker threads that ggml synchronises itself; we hand it to
+// one graph computation at a time (the lock of `crate::shared_pool`).
+unsafe impl Send for ThreadPool {}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        // SAFETY: made by ggml_threadpool_new, freed once, after every context it was attached
+        // to (contexts borrow it: `Context::attach`).
+        unsafe { sys::ggml_threadpool_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl ThreadPool {
+    /// `threads` workers (the caller's thread is one of them) with ggml's default polling, as
+    /// `llama-cli` makes its pool.
+    pub fn new(threads: i32) -> Result<ThreadPool, String> {
+        // SAFETY: returns a plain struct of defaults for `threads` threads.
+        let mut params = unsafe { sys::ggml_threadpool_params_default(threads.max(1)) };
+        // SAFETY: `params` is a complete struct for the call; ggml copies what it keeps.
+        let ptr = unsafe { sys::ggml_threadpool_new(&mut params) };
+        NonNull::new(ptr)
+            .map(|ptr| ThreadPool { ptr })
+            .ok_or_else(|| format!("ggml could not start a pool of {threads} threads"))
+    }
+}
+
 /// What a context is made with.
 pub struct ContextParams {
     pub n_ctx: usize,
@@ -311,6 +349,18 @@ impl Drop for Context<'_> {
     fn drop(&mut self) {
         // SAFETY: made by llama_init_from_model, freed once.
         unsafe { sys::llama_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl<'m> Context<'m> {
+    /// Runs this context's graphs on `pool` (batch and single-token graphs alike) instead of
+    /// a pool made per graph. The pool outlives the context (`'m`).
+    pub fn attach(&mut self, pool: &'m ThreadPool) {
+        // SAFETY: both handles are alive for the context's lifetime; llama.cpp keeps the
+        // pointers and never frees them (llama_free detaches nothing we own).
+        unsafe {
+            sys::llama_attach_threadpool(self.ptr.as_ptr(), pool.ptr.as_ptr(), pool.ptr.as_ptr())
+        }
     }
 }
 

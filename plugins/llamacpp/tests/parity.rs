@@ -102,6 +102,39 @@ fn the_tiny_parent_in_llama_cpp_matches_our_forward_and_greedy_tokens() {
     tokenizes_alike(&dir);
 }
 
+/// The process-wide worker pool computes what a pool made per graph computes (the same
+/// kernels on the same chunks), for two models taking turns on it, and serves timed requests.
+#[test]
+fn the_shared_thread_pool_computes_what_a_pool_per_graph_computes() {
+    puzzle_llama::link();
+    let dir = root().join("model-zoo/tiny-parent");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("m.gguf");
+    export_gguf(&dir, &file, GgmlType::F32).unwrap();
+    let pooled = LlamaCpp::load(&file, 2).unwrap();
+    let other = LlamaCpp::load(&file, 2).unwrap();
+    let per_graph = LlamaCpp::load(&file, 2).unwrap().with_pool_per_graph();
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 4096).collect();
+    let want = per_graph.logits(&ids).unwrap();
+    for m in [&pooled, &other, &pooled] {
+        let got = m.logits(&ids).unwrap();
+        let d = got
+            .iter()
+            .flatten()
+            .zip(want.iter().flatten())
+            .fold(0f32, |d, (a, b)| d.max((a - b).abs()));
+        assert!(d <= 1e-6, "pooled logits differ by {d:e}");
+    }
+    assert_eq!(
+        pooled.greedy(&ids, 8).unwrap(),
+        per_graph.greedy(&ids, 8).unwrap()
+    );
+    for m in [&pooled, &per_graph] {
+        let (prefill, total) = m.request(2, 16, 4).unwrap();
+        assert!(prefill > 0.0 && total > prefill, "{prefill} ms, {total} ms");
+    }
+}
+
 #[test]
 fn a_llama_fixture_with_llama3_pre_tokenizer_matches() {
     let dir = root().join("fixtures/hf/tiny-llama");
