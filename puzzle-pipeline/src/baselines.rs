@@ -183,8 +183,12 @@ fn matching_inputs(
     key: &str,
 ) -> String {
     let c = &run.config;
+    // The width step is an input of the uniform matching (a baseline matched on the library's
+    // widths alone is matched again).
+    let step = (kind == BaselineKind::Uniform).then_some(UNIFORM_WIDTH_STEP);
     RunConfig::hash_of(&(
         kind,
+        step,
         &chosen.solution.choices,
         key,
         RunConfig::hash_of(table),
@@ -299,6 +303,8 @@ fn match_uniform(
             "baseline uniform candidate {id}: measured {r:.2}x (child {want:.2}x)"
         ));
         if r >= MATCH * want {
+            let (m, choice) = widen_uniform(run, &calib, &id.parse()?, m, target, progress)?;
+            let id = format!("{} + {}", choice.attn, choice.ffn);
             progress.note(&format!(
                 "baseline uniform: {id} in every layer (pruned from the parent, no BLD)"
             ));
@@ -308,6 +314,94 @@ fn match_uniform(
     Err(Error::invalid(format!(
         "no uniform architecture reaches the child's measured {want:.2}x"
     )))
+}
+
+/// FFN widths the uniform baseline may take between the library's: multiples of this many
+/// channels (llama.cpp's quantised blocks and GPU kernels favour multiples of 32). Uniform
+/// pruning needs no BLD, so it is not held to the library's widths, whose steps (a quarter of
+/// the parent's width in the example) can leave it 20% faster than the child it is compared
+/// with.
+pub const UNIFORM_WIDTH_STEP: usize = 32;
+
+/// The widest of `grid` (ascending; `grid[0]` known to pass) that `passes`, by binary search:
+/// what passes at a width is assumed to pass at every narrower one (a narrower FFN is faster).
+fn widest_passing(grid: &[usize], mut passes: impl FnMut(usize) -> Result<bool>) -> Result<usize> {
+    let (mut lo, mut hi) = (0, grid.len());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if passes(grid[mid])? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(grid[lo])
+}
+
+/// The matched uniform candidate `hit` with its FFN widened as far as the child's speed allows
+/// (the same attention; widths in steps of [`UNIFORM_WIDTH_STEP`] up to the parent's): the least
+/// reduced uniform architecture at the child's measured speed, not just the least reduced of
+/// the library's few widths.
+fn widen_uniform(
+    run: &Run,
+    calib: &[LayerCalibration],
+    hit: &LayerChoice,
+    hit_model: Decoder,
+    target: &mut Target,
+    progress: &mut dyn Progress,
+) -> Result<(Decoder, LayerChoice)> {
+    let full = run
+        .parent
+        .spec
+        .layers
+        .iter()
+        .filter_map(|l| match l.ffn {
+            puzzle_core::spec::FfnSpec::SwiGlu {
+                intermediate_size, ..
+            } => Some(intermediate_size),
+            _ => None,
+        })
+        .min();
+    let (Some(full), true) = (full, hit.ffn.head() == "width") else {
+        return Ok((hit_model, hit.clone()));
+    };
+    let from = hit.ffn.usize_arg(None)?;
+    let grid: Vec<usize> = std::iter::once(from)
+        .chain(
+            (from / UNIFORM_WIDTH_STEP + 1..=full / UNIFORM_WIDTH_STEP)
+                .map(|k| k * UNIFORM_WIDTH_STEP)
+                .filter(|&w| w > from),
+        )
+        .collect();
+    let want = target.child()?;
+    let mut best = (hit_model, hit.clone());
+    widest_passing(&grid, |w| {
+        let choice = LayerChoice {
+            attn: hit.attn.clone(),
+            ffn: format!("ffn:width({w})").parse()?,
+            coupled: false,
+        };
+        let m = uniform_student(run, calib, &choice)?;
+        if let Some(why) = refused(run, &m) {
+            progress.note(&format!(
+                "baseline uniform candidate {} + {}: skipped ({why})",
+                choice.attn, choice.ffn
+            ));
+            return Ok(false);
+        }
+        let r = target.ratio(&m)?;
+        progress.note(&format!(
+            "baseline uniform candidate {} + {}: measured {r:.2}x (child {want:.2}x)",
+            choice.attn, choice.ffn
+        ));
+        let pass = r >= MATCH * want;
+        if pass {
+            // The search only moves up after a pass, so the last pass is the widest.
+            best = (m, choice);
+        }
+        Ok(pass)
+    })?;
+    Ok(best)
 }
 
 /// The parent without its layers of least block influence (ShortGPT), removed one at a time
@@ -359,4 +453,40 @@ fn match_layer_removal(
         "baseline layer removal: layers {removed:?} removed (lowest block influence)"
     ));
     Ok((m, format!("layer_removal {removed:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: the widest width at which `passes` holds, scanning every width.
+    fn scan(grid: &[usize], limit: usize) -> usize {
+        *grid.iter().rev().find(|&&w| w <= limit).unwrap()
+    }
+
+    #[test]
+    fn the_widest_passing_width_is_found_by_bisection_as_by_a_scan() {
+        let grid: Vec<usize> = std::iter::once(256)
+            .chain((9..=32).map(|k| k * 32))
+            .collect();
+        for limit in [256, 287, 288, 300, 511, 512, 700, 1000, 1023, 1024, 5000] {
+            let mut asked = Vec::new();
+            let got = widest_passing(&grid, |w| {
+                asked.push(w);
+                Ok(w <= limit)
+            })
+            .unwrap();
+            assert_eq!(got, scan(&grid, limit), "limit {limit}");
+            // A binary search over 25 widths: at most 5 measurements, never the known one.
+            assert!(asked.len() <= 5, "{asked:?}");
+            assert!(!asked.contains(&256), "{asked:?}");
+        }
+        assert_eq!(widest_passing(&[512], |_| Ok(false)).unwrap(), 512);
+    }
+
+    #[test]
+    fn a_failed_measurement_stops_the_search_with_its_error() {
+        let e = widest_passing(&[1, 2, 3], |_| Err(Error::invalid("engine gone")));
+        assert!(e.unwrap_err().to_string().contains("engine gone"));
+    }
 }
