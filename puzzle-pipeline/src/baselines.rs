@@ -184,7 +184,8 @@ fn matching_inputs(
 ) -> String {
     let c = &run.config;
     // The width step is an input of the uniform matching (a baseline matched on the library's
-    // widths alone is matched again).
+    // widths alone is matched again). It changes every kind's hash once (`null` for the
+    // others), so layer-removal baselines of older runs are matched and distilled again too.
     let step = (kind == BaselineKind::Uniform).then_some(UNIFORM_WIDTH_STEP);
     RunConfig::hash_of(&(
         kind,
@@ -323,8 +324,10 @@ fn match_uniform(
 /// with.
 pub const UNIFORM_WIDTH_STEP: usize = 32;
 
-/// The widest of `grid` (ascending; `grid[0]` known to pass) that `passes`, by binary search:
-/// what passes at a width is assumed to pass at every narrower one (a narrower FFN is faster).
+/// A width of `grid` (ascending; `grid[0]` known to pass) that `passes`, by binary search: the
+/// widest when what passes at a width passes at every narrower one (a narrower FFN faster).
+/// Measured speeds need not be monotone (llama.cpp at batch 1 was not, README), so then it is
+/// a passing width next to a failing one, not necessarily the widest.
 fn widest_passing(grid: &[usize], mut passes: impl FnMut(usize) -> Result<bool>) -> Result<usize> {
     let (mut lo, mut hi) = (0, grid.len());
     while hi - lo > 1 {
@@ -339,9 +342,9 @@ fn widest_passing(grid: &[usize], mut passes: impl FnMut(usize) -> Result<bool>)
 }
 
 /// The matched uniform candidate `hit` with its FFN widened as far as the child's speed allows
-/// (the same attention; widths in steps of [`UNIFORM_WIDTH_STEP`] up to the parent's): the least
-/// reduced uniform architecture at the child's measured speed, not just the least reduced of
-/// the library's few widths.
+/// (the same attention; multiples of [`UNIFORM_WIDTH_STEP`] up to the parent's narrowest FFN,
+/// which is included even when it is not such a multiple): a less reduced uniform architecture
+/// at the child's measured speed than the library's few widths give.
 fn widen_uniform(
     run: &Run,
     calib: &[LayerCalibration],
@@ -366,13 +369,15 @@ fn widen_uniform(
         return Ok((hit_model, hit.clone()));
     };
     let from = hit.ffn.usize_arg(None)?;
-    let grid: Vec<usize> = std::iter::once(from)
+    let mut grid: Vec<usize> = std::iter::once(from)
         .chain(
             (from / UNIFORM_WIDTH_STEP + 1..=full / UNIFORM_WIDTH_STEP)
-                .map(|k| k * UNIFORM_WIDTH_STEP)
-                .filter(|&w| w > from),
+                .map(|k| k * UNIFORM_WIDTH_STEP),
         )
         .collect();
+    if full > from && grid.last() != Some(&full) {
+        grid.push(full);
+    }
     let want = target.child()?;
     let mut best = (hit_model, hit.clone());
     widest_passing(&grid, |w| {

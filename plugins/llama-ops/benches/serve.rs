@@ -1,9 +1,10 @@
 //! How llama.cpp's CPU threads are provided, measured where it matters: a served request of the
 //! tiny parent (128 prompt tokens, 64 decode steps) at batch 1 and 8, f32, every core.
 //!
-//! Two ways of running the same GGUF, alternating request by request in one process so that
-//! a machine slowing down hits both alike: `pooled` (one ggml thread pool per model, attached
-//! to every context: what `llama-cli` does and what the `llamacpp` engine now does) and
+//! Two ways of running the same GGUF, alternating request by request in one process (which
+//! goes first alternates too) so that a machine slowing down hits both alike: `pooled` (one
+//! ggml thread pool for the process, attached to every context and paused between requests:
+//! what the `llamacpp` engine does; `llama-cli` also attaches a pool) and
 //! `per graph` (no pool attached: ggml starts and joins its worker threads for every graph,
 //! which is what this build did before; stock llama.cpp builds use OpenMP's persistent team
 //! instead). Prints each mode's median request time, decode tokens/s and the ratio.
@@ -52,7 +53,11 @@ fn main() {
         let mut t = [Vec::new(), Vec::new()];
         let mut decode = [Vec::new(), Vec::new()];
         for round in 0..=rounds {
-            for (i, m) in [&pooled, &per_graph].into_iter().enumerate() {
+            let mut order = [(0, &pooled), (1, &per_graph)];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (i, m) in order {
                 let (p, total) = m.request(batch, prefill, steps).expect("a request");
                 // Round 0 warms both up.
                 if round > 0 {

@@ -30,6 +30,16 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// The caller's contexts are gone (declared after the pool, dropped before it): the
+    /// workers sleep until the next request instead of polling beside whatever runs next.
+    fn drop(&mut self) {
+        if let Some(p) = self.get() {
+            p.pause();
+        }
+    }
+}
+
 /// One pool for every model of the process, as a server has one: a pool per model would leave
 /// the idle models' workers spinning (ggml polls for new work for a while after each graph)
 /// beside the one being timed, on the same cores. Made on first use with `threads` workers

@@ -147,6 +147,14 @@ impl ThreadPool {
             .map(|ptr| ThreadPool { ptr })
             .ok_or_else(|| format!("ggml could not start a pool of {threads} threads"))
     }
+
+    /// Puts the workers to sleep until the next graph (whose kickoff wakes them): after a
+    /// graph they otherwise poll for new work for a while, on cores that whatever runs next
+    /// (the next model's request, or our own tensor code) needs.
+    pub fn pause(&self) {
+        // SAFETY: a live pool; ggml takes the pool's own mutex.
+        unsafe { sys::ggml_threadpool_pause(self.ptr.as_ptr()) }
+    }
 }
 
 /// What a context is made with.
@@ -357,7 +365,8 @@ impl<'m> Context<'m> {
     /// a pool made per graph. The pool outlives the context (`'m`).
     pub fn attach(&mut self, pool: &'m ThreadPool) {
         // SAFETY: both handles are alive for the context's lifetime; llama.cpp keeps the
-        // pointers and never frees them (llama_free detaches nothing we own).
+        // pointers and never frees the pool (`~llama_context` does not touch it), and we free
+        // it only after every context using it is gone.
         unsafe {
             sys::llama_attach_threadpool(self.ptr.as_ptr(), pool.ptr.as_ptr(), pool.ptr.as_ptr())
         }
