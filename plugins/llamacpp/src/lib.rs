@@ -136,20 +136,20 @@ impl LlamaCpp {
         let pool = self.pool()?;
         let mut ctx = self
             .model
-            .context(&ContextParams {
-                n_ctx: b * per_seq,
-                n_seq_max: b,
-                kv_unified: Some(false),
-                n_batch,
-                n_ubatch: n_batch.min(512),
-                threads: self.threads,
-                kv: self.serve_kv,
-                flash_attention: None,
-            })
+            .context(
+                &ContextParams {
+                    n_ctx: b * per_seq,
+                    n_seq_max: b,
+                    kv_unified: Some(false),
+                    n_batch,
+                    n_ubatch: n_batch.min(512),
+                    threads: self.threads,
+                    kv: self.serve_kv,
+                    flash_attention: None,
+                },
+                pool.get(),
+            )
             .map_err(err)?;
-        if let Some(pool) = pool.get() {
-            ctx.attach(pool);
-        }
         let vocab = self.n_vocab().max(1);
         let mut batch_in = Batch::new(b * p, b);
         for s in 0..b {
@@ -201,24 +201,22 @@ impl LlamaCpp {
     /// Its graphs run on `pool` when given (the caller holds the lock for the context's life).
     fn context<'a>(&'a self, n_ctx: usize, pool: Option<&'a ThreadPool>) -> Result<Context<'a>> {
         let n = n_ctx.max(16);
-        let mut ctx = self
-            .model
-            .context(&ContextParams {
-                n_ctx: n,
-                n_seq_max: 1,
-                kv_unified: None,
-                n_batch: n,
-                n_ubatch: n,
-                threads: self.threads,
-                kv: KvType::F32,
-                // The CPU flash-attention kernel rounds Q to f16 (~3e-3 off an f32 reference).
-                flash_attention: Some(false),
-            })
-            .map_err(|e| Error::invalid(format!("llama.cpp context: {e}")))?;
-        if let Some(pool) = pool {
-            ctx.attach(pool);
-        }
-        Ok(ctx)
+        self.model
+            .context(
+                &ContextParams {
+                    n_ctx: n,
+                    n_seq_max: 1,
+                    kv_unified: None,
+                    n_batch: n,
+                    n_ubatch: n,
+                    threads: self.threads,
+                    kv: KvType::F32,
+                    // The CPU flash-attention kernel rounds Q to f16 (~3e-3 off an f32 reference).
+                    flash_attention: Some(false),
+                },
+                pool,
+            )
+            .map_err(|e| Error::invalid(format!("llama.cpp context: {e}")))
     }
 
     /// The logits after every token of `tokens` (one forward pass of the whole sequence).

@@ -118,7 +118,7 @@ pub fn quantize(
 /// `threads - 1` threads per decode step. llama.cpp's own tools attach a pool (`llama-cli`)
 /// or run on OpenMP's persistent team (the default cmake build), so timing with disposable
 /// pools measures a per-step cost no server pays, and one that varies with how quickly the
-/// machine starts a thread (`cargo bench -p puzzle-llama-ops --bench serve` compares both).
+/// machine starts a thread (`cargo bench -p puzzle-llama-ops --features llamacpp --bench serve` compares both).
 pub struct ThreadPool {
     ptr: NonNull<sys::ggml_threadpool>,
 }
@@ -297,8 +297,13 @@ impl Model {
         })
     }
 
-    /// A new inference context over this model.
-    pub fn context(&self, p: &ContextParams) -> Result<Context<'_>, String> {
+    /// A new inference context over this model, computing on `pool` when given (which must
+    /// outlive it) or else on a pool ggml makes per graph.
+    pub fn context<'a>(
+        &'a self,
+        p: &ContextParams,
+        pool: Option<&'a ThreadPool>,
+    ) -> Result<Context<'a>, String> {
         // SAFETY: returns a plain struct of defaults.
         let mut c = unsafe { sys::llama_context_default_params() };
         c.n_ctx = to_u32("context size", p.n_ctx)?;
@@ -338,11 +343,15 @@ impl Model {
                 p.n_ctx
             )
         })?;
-        Ok(Context {
+        let mut ctx = Context {
             ptr,
             n_vocab: self.n_vocab(),
             _model: PhantomData,
-        })
+        };
+        if let Some(pool) = pool {
+            ctx.attach(pool);
+        }
+        Ok(ctx)
     }
 }
 
@@ -363,7 +372,7 @@ impl Drop for Context<'_> {
 impl<'m> Context<'m> {
     /// Runs this context's graphs on `pool` (batch and single-token graphs alike) instead of
     /// a pool made per graph. The pool outlives the context (`'m`).
-    pub fn attach(&mut self, pool: &'m ThreadPool) {
+    fn attach(&mut self, pool: &'m ThreadPool) {
         // SAFETY: both handles are alive for the context's lifetime; llama.cpp keeps the
         // pointers and never frees the pool (`~llama_context` does not touch it), and we free
         // it only after every context using it is gone.
