@@ -12,7 +12,6 @@ use anyhow::{Context, Result, bail};
 use puzzle_core::kinds::SpeedMetric;
 use puzzle_pipeline::evaluate::verdicts;
 use puzzle_pipeline::pipeline::{EvalReport, ModelEval};
-use puzzle_pipeline::speed::speed_of;
 use serde::{Deserialize, Serialize};
 
 pub const BEGIN: &str =
@@ -40,15 +39,16 @@ impl RecordedRun {
         self.eval.models.iter().find(|m| m.name == name)
     }
 
-    /// Decode throughput at the report's batch size over the parent's.
+    /// Decode throughput at the report's batch size over the parent's (paired round by round,
+    /// as the verdicts).
     fn ratio(&self, m: &ModelEval) -> Option<f64> {
-        let at = |m: &ModelEval| {
-            m.speed
-                .iter()
-                .find(|s| s.batch == self.eval.batch)
-                .map(|s| speed_of(s, SpeedMetric::DecodeThroughput))
-        };
-        Some(at(m)? / at(self.model("parent")?)?)
+        let b = self.eval.batch;
+        let at = |m: &ModelEval| m.speed.iter().find(|s| s.batch == b).cloned();
+        Some(
+            at(m)?
+                .over(&at(self.model("parent")?)?, SpeedMetric::DecodeThroughput)
+                .0,
+        )
     }
 }
 

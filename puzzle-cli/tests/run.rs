@@ -424,6 +424,15 @@ fn a_llamacpp_run_measures_there_leaves_out_what_it_cannot_run_and_its_gguf_gene
     let [lo, hi] = [0, 1].map(|i| speed["decode_throughput_range"][i].as_f64().unwrap());
     let median = speed["decode_throughput"].as_f64().unwrap();
     assert!(lo <= median && median <= hi, "{speed}");
+    // Speed-ups are paired round by round with the parent, which has no pairing of its own.
+    let paired = &speed["paired"];
+    let [lo, hi] = [0, 1].map(|i| paired["decode_throughput_range"][i].as_f64().unwrap());
+    let ratio = paired["decode_throughput"].as_f64().unwrap();
+    assert!(0.0 < lo && lo <= ratio && ratio <= hi, "{speed}");
+    assert!(
+        eval["models"][0]["speed"][0].get("paired").is_none(),
+        "{eval}"
+    );
     // Nothing llama.cpp cannot load was searched, so the child is there as a GGUF, and a
     // llama-simple-like greedy generation runs it with the GGUF's own tokenizer.
     let gguf = run_dir.join("child/model.gguf");

@@ -268,7 +268,11 @@ fn refused(run: &Run, m: &Decoder) -> Option<String> {
     (!r.is_empty()).then(|| r.join("; "))
 }
 
-/// The least-reduced uniform architecture whose measured speed reaches the child's.
+/// The uniform architecture at the child's measured speed: the least-reduced library pair
+/// that reaches it, its FFN widened as far as the speed allows; when that is still more than
+/// [`CLOSE`] faster than the child (one KV head with the parent's whole FFN already was, in
+/// runs of the example), each costlier attention with its FFN narrowed as far as needed, first
+/// one within [`CLOSE`] kept, else the closest.
 fn match_uniform(
     run: &Run,
     table: &BlockTable,
@@ -289,32 +293,168 @@ fn match_uniform(
         .get(&target.key)
         .copied()
         .unwrap_or(0.0);
+    let mut costlier: Vec<VariantId> = Vec::new();
     for id in uniform_candidates(table, layers) {
+        let choice: LayerChoice = id.parse()?;
         // Skip candidates the tables say are far too slow before measuring.
         if predicted(table, &id, layers, &target.key)? < 0.8 * child_pred {
+            if !costlier.contains(&choice.attn) {
+                costlier.push(choice.attn);
+            }
             continue;
         }
-        let m = uniform_student(run, &calib, &id.parse()?)?;
-        if let Some(why) = refused(run, &m) {
-            progress.note(&format!("baseline uniform candidate {id}: skipped ({why})"));
+        let Some(r) = uniform_ratio(run, &calib, &choice, target, progress)? else {
+            continue;
+        };
+        if r < MATCH * want {
+            if !costlier.contains(&choice.attn) {
+                costlier.push(choice.attn);
+            }
             continue;
         }
-        let r = target.ratio(&m)?;
+        let (mut choice, mut r) = widen_uniform(run, &calib, &choice, r, target, progress)?;
+        costlier.retain(|a| *a != choice.attn);
+        if r > CLOSE * want && !costlier.is_empty() {
+            let grid = width_grid(narrowest_width(table), parent_ffn(run));
+            let closer = closer_uniform(&costlier, &grid, MATCH * want, CLOSE * want, |a, w| {
+                uniform_ratio(run, &calib, &width_choice(a, w)?, target, progress)
+            })?;
+            if let Some((a, w, r2)) = closer.filter(|c| c.2 < r) {
+                (choice, r) = (width_choice(&a, w)?, r2);
+            }
+        }
+        let id = format!("{} + {}", choice.attn, choice.ffn);
         progress.note(&format!(
-            "baseline uniform candidate {id}: measured {r:.2}x (child {want:.2}x)"
+            "baseline uniform: {id} in every layer, measured {r:.2}x for the child's {want:.2}x (pruned from the parent, no BLD)"
         ));
-        if r >= MATCH * want {
-            let (m, choice) = widen_uniform(run, &calib, &id.parse()?, m, target, progress)?;
-            let id = format!("{} + {}", choice.attn, choice.ffn);
-            progress.note(&format!(
-                "baseline uniform: {id} in every layer (pruned from the parent, no BLD)"
-            ));
-            return Ok((m, format!("uniform {id}")));
-        }
+        return Ok((
+            uniform_student(run, &calib, &choice)?,
+            format!("uniform {id}"),
+        ));
     }
     Err(Error::invalid(format!(
         "no uniform architecture reaches the child's measured {want:.2}x"
     )))
+}
+
+/// A baseline more than this much faster than the child is matched further when it can be.
+const CLOSE: f64 = 1.05;
+
+/// `attn` with an FFN of width `w`.
+fn width_choice(attn: &VariantId, w: usize) -> Result<LayerChoice> {
+    Ok(LayerChoice {
+        attn: attn.clone(),
+        ffn: format!("ffn:width({w})").parse()?,
+        coupled: false,
+    })
+}
+
+/// The measured ratio of the uniform student of `choice` (noted), `None` when the engine
+/// cannot serve it (noted with why).
+fn uniform_ratio(
+    run: &Run,
+    calib: &[LayerCalibration],
+    choice: &LayerChoice,
+    target: &mut Target,
+    progress: &mut dyn Progress,
+) -> Result<Option<f64>> {
+    let id = format!("{} + {}", choice.attn, choice.ffn);
+    let m = uniform_student(run, calib, choice)?;
+    if let Some(why) = refused(run, &m) {
+        progress.note(&format!("baseline uniform candidate {id}: skipped ({why})"));
+        return Ok(None);
+    }
+    let r = target.ratio(&m)?;
+    let want = target.child()?;
+    progress.note(&format!(
+        "baseline uniform candidate {id}: measured {r:.2}x (child {want:.2}x)"
+    ));
+    Ok(Some(r))
+}
+
+/// The parent's FFN width (the narrowest layer's; `None` when no layer has a SwiGLU FFN).
+fn parent_ffn(run: &Run) -> Option<usize> {
+    run.parent
+        .spec
+        .layers
+        .iter()
+        .filter_map(|l| match l.ffn {
+            puzzle_core::spec::FfnSpec::SwiGlu {
+                intermediate_size, ..
+            } => Some(intermediate_size),
+            _ => None,
+        })
+        .min()
+}
+
+/// The narrowest `ffn:width(N)` of the library's first layer (0 when it has none).
+fn narrowest_width(table: &BlockTable) -> usize {
+    table.groups[0]
+        .choices
+        .iter()
+        .filter_map(|c| c.id.parse::<LayerChoice>().ok())
+        .filter(|c| c.ffn.head() == "width")
+        .filter_map(|c| c.ffn.usize_arg(None).ok())
+        .min()
+        .unwrap_or(0)
+}
+
+/// FFN widths from `from` up to `full`: `from`, then the multiples of [`UNIFORM_WIDTH_STEP`]
+/// above it, then `full` when it is no such multiple (empty without a `full`).
+fn width_grid(from: usize, full: Option<usize>) -> Vec<usize> {
+    let Some(full) = full else {
+        return Vec::new();
+    };
+    let mut grid: Vec<usize> = std::iter::once(from)
+        .chain(
+            (from / UNIFORM_WIDTH_STEP + 1..=full / UNIFORM_WIDTH_STEP)
+                .map(|k| k * UNIFORM_WIDTH_STEP),
+        )
+        .collect();
+    if full > from && grid.last() != Some(&full) {
+        grid.push(full);
+    }
+    grid
+}
+
+/// For each attention of `attns` in turn, the widest width of `grid` (ascending) whose
+/// `ratio` reaches `floor` (by [`widest_passing`], after the narrowest is measured: an
+/// attention too slow even there is passed over); stops at the first result at most `close`,
+/// else returns the least ratio found. `ratio`: `None` when the engine cannot serve it.
+fn closer_uniform<A: Clone>(
+    attns: &[A],
+    grid: &[usize],
+    floor: f64,
+    close: f64,
+    mut ratio: impl FnMut(&A, usize) -> Result<Option<f64>>,
+) -> Result<Option<(A, usize, f64)>> {
+    let mut best: Option<(A, usize, f64)> = None;
+    let Some(&narrowest) = grid.first() else {
+        return Ok(None);
+    };
+    for a in attns {
+        match ratio(a, narrowest)? {
+            Some(r) if r >= floor => {
+                let mut found = (narrowest, r);
+                widest_passing(grid, |w| {
+                    let r = ratio(a, w)?.unwrap_or(0.0);
+                    let pass = r >= floor;
+                    if pass {
+                        found = (w, r);
+                    }
+                    Ok(pass)
+                })?;
+                if best.as_ref().is_none_or(|b| found.1 < b.2) {
+                    best = Some((a.clone(), found.0, found.1));
+                }
+                if found.1 <= close {
+                    break;
+                }
+            }
+            _ => continue,
+        }
+    }
+    Ok(best)
 }
 
 /// FFN widths the uniform baseline may take between the library's: multiples of this many
@@ -341,68 +481,37 @@ fn widest_passing(grid: &[usize], mut passes: impl FnMut(usize) -> Result<bool>)
     Ok(grid[lo])
 }
 
-/// The matched uniform candidate `hit` with its FFN widened as far as the child's speed allows
-/// (the same attention; multiples of [`UNIFORM_WIDTH_STEP`] up to the parent's narrowest FFN,
-/// which is included even when it is not such a multiple): a less reduced uniform architecture
-/// at the child's measured speed than the library's few widths give.
+/// The matched uniform candidate `hit` (measured at `r`) with its FFN widened as far as the
+/// child's speed allows (the same attention; multiples of [`UNIFORM_WIDTH_STEP`] up to the
+/// parent's narrowest FFN, which is included even when it is not such a multiple): a less
+/// reduced uniform architecture at the child's measured speed than the library's few widths
+/// give. Returns the choice and its measured ratio.
 fn widen_uniform(
     run: &Run,
     calib: &[LayerCalibration],
     hit: &LayerChoice,
-    hit_model: Decoder,
+    r: f64,
     target: &mut Target,
     progress: &mut dyn Progress,
-) -> Result<(Decoder, LayerChoice)> {
-    let full = run
-        .parent
-        .spec
-        .layers
-        .iter()
-        .filter_map(|l| match l.ffn {
-            puzzle_core::spec::FfnSpec::SwiGlu {
-                intermediate_size, ..
-            } => Some(intermediate_size),
-            _ => None,
-        })
-        .min();
-    let (Some(full), true) = (full, hit.ffn.head() == "width") else {
-        return Ok((hit_model, hit.clone()));
-    };
-    let from = hit.ffn.usize_arg(None)?;
-    let mut grid: Vec<usize> = std::iter::once(from)
-        .chain(
-            (from / UNIFORM_WIDTH_STEP + 1..=full / UNIFORM_WIDTH_STEP)
-                .map(|k| k * UNIFORM_WIDTH_STEP),
-        )
-        .collect();
-    if full > from && grid.last() != Some(&full) {
-        grid.push(full);
+) -> Result<(LayerChoice, f64)> {
+    if hit.ffn.head() != "width" {
+        return Ok((hit.clone(), r));
+    }
+    let grid = width_grid(hit.ffn.usize_arg(None)?, parent_ffn(run));
+    if grid.is_empty() {
+        return Ok((hit.clone(), r));
     }
     let want = target.child()?;
-    let mut best = (hit_model, hit.clone());
+    let mut best = (hit.clone(), r);
     widest_passing(&grid, |w| {
-        let choice = LayerChoice {
-            attn: hit.attn.clone(),
-            ffn: format!("ffn:width({w})").parse()?,
-            coupled: false,
-        };
-        let m = uniform_student(run, calib, &choice)?;
-        if let Some(why) = refused(run, &m) {
-            progress.note(&format!(
-                "baseline uniform candidate {} + {}: skipped ({why})",
-                choice.attn, choice.ffn
-            ));
+        let choice = width_choice(&hit.attn, w)?;
+        let Some(r) = uniform_ratio(run, calib, &choice, target, progress)? else {
             return Ok(false);
-        }
-        let r = target.ratio(&m)?;
-        progress.note(&format!(
-            "baseline uniform candidate {} + {}: measured {r:.2}x (child {want:.2}x)",
-            choice.attn, choice.ffn
-        ));
+        };
         let pass = r >= MATCH * want;
         if pass {
             // The search only moves up after a pass, so the last pass is the widest.
-            best = (m, choice);
+            best = (choice, r);
         }
         Ok(pass)
     })?;
@@ -487,6 +596,69 @@ mod tests {
             assert!(!asked.contains(&256), "{asked:?}");
         }
         assert_eq!(widest_passing(&[512], |_| Ok(false)).unwrap(), 512);
+    }
+
+    /// Speeds that fall with the FFN's width and with the KV heads: attention `a` (its KV
+    /// heads) at width `w` measures this ratio over the parent.
+    fn speed(a: usize, w: usize) -> f64 {
+        4.0 / (1.0 + 0.25 * a as f64 + w as f64 / 512.0)
+    }
+
+    /// By brute force: every attention's widest passing width, the first within `close`, else
+    /// the slowest that passes.
+    fn closest_by_scan(
+        attns: &[usize],
+        grid: &[usize],
+        floor: f64,
+        close: f64,
+    ) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize, f64)> = None;
+        for &a in attns {
+            let Some(&w) = grid.iter().rev().find(|&&w| speed(a, w) >= floor) else {
+                continue;
+            };
+            let r = speed(a, w);
+            if best.is_none_or(|b| r < b.2) {
+                best = Some((a, w, r));
+            }
+            if r <= close {
+                break;
+            }
+        }
+        best.map(|(a, w, _)| (a, w))
+    }
+
+    #[test]
+    fn costlier_attentions_are_narrowed_to_the_childs_speed_as_a_scan_finds() {
+        let grid = width_grid(256, Some(1024));
+        assert_eq!(grid.len(), 25);
+        assert_eq!((grid[0], grid[1], grid[24]), (256, 288, 1024));
+        for child in [1.2, 1.5, 1.8, 2.0, 2.2, 2.5, 3.0] {
+            let (floor, close) = (0.98 * child, 1.05 * child);
+            for attns in [vec![4, 2], vec![2], vec![8, 4, 2]] {
+                let mut asked = 0;
+                let got = closer_uniform(&attns, &grid, floor, close, |&a, w| {
+                    asked += 1;
+                    Ok(Some(speed(a, w)))
+                })
+                .unwrap();
+                assert_eq!(
+                    got.map(|(a, w, _)| (a, w)),
+                    closest_by_scan(&attns, &grid, floor, close),
+                    "child {child}, attentions {attns:?}"
+                );
+                // One measurement at the narrowest width, then at most 5 for a binary search.
+                assert!(asked <= attns.len() * 6, "{asked}");
+            }
+        }
+        // An attention the engine cannot serve is passed over.
+        let got = closer_uniform(&[1, 2], &grid, 1.5, 1.6, |&a, w| {
+            Ok((a == 2).then(|| speed(a, w)))
+        })
+        .unwrap();
+        assert_eq!(got.map(|g| g.0), Some(2));
+        assert!(width_grid(256, None).is_empty());
+        assert_eq!(width_grid(300, Some(330)), [300, 320, 330]);
     }
 
     #[test]

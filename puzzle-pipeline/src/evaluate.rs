@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::finish::ComparedModel;
 use crate::run::Run;
-use crate::speed::{measure_served, serve, speed_of};
+use crate::speed::{measure_served, serve};
 use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::data::Split;
 use puzzle_core::distill::DistillReport;
@@ -260,9 +260,10 @@ pub struct Verdict {
     /// The constraint as the config states it.
     pub constraint: String,
     pub target: f64,
-    /// The child's median over the parent's median, measured together.
+    /// The median over rounds of the child's speed over the parent's in the same round
+    /// (measured together; the ratio of medians for reports from before the pairing).
     pub measured: f64,
-    /// The child's lowest and highest round over the parent's median.
+    /// The lowest and highest round's ratio.
     pub range: [f64; 2],
     pub met: bool,
 }
@@ -300,17 +301,12 @@ pub fn verdicts(constraints: &[String], eval: &EvalReport, model: &str) -> Resul
         let (Some(p), Some(s)) = (at(parent), at(child)) else {
             continue;
         };
-        let base = speed_of(&p, metric);
-        let range = match metric {
-            SpeedMetric::Throughput => s.throughput_range,
-            SpeedMetric::DecodeThroughput => s.decode_throughput_range,
-        };
-        let measured = speed_of(&s, metric) / base;
+        let (measured, range) = s.over(&p, metric);
         out.push(Verdict {
             constraint: raw.clone(),
             target,
             measured,
-            range: [range[0] / base, range[1] / base],
+            range,
             met: match c.op {
                 Op::Ge => measured >= target,
                 Op::Le => measured <= target,

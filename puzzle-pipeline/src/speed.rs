@@ -9,14 +9,6 @@ use puzzle_core::kinds::{EngineKind, SpeedMetric};
 use puzzle_core::nn::Decoder;
 use puzzle_core::weights::MemoryWeights;
 
-/// The value of `metric` in a measurement.
-pub fn speed_of(s: &Speed, metric: SpeedMetric) -> f64 {
-    match metric {
-        SpeedMetric::Throughput => s.throughput,
-        SpeedMetric::DecodeThroughput => s.decode_throughput,
-    }
-}
-
 /// `model` loaded in the deployment's engine (our own runtime serves the decoder as it is).
 pub fn serve(run: &Run, model: &Decoder, what: &str) -> Result<Box<dyn Served>> {
     let d = &run.config.deployment;
@@ -44,7 +36,8 @@ pub fn measure_served(
 }
 
 /// `metric` of `model` over the parent's, at batch `batch`, the two measured together in the
-/// deployment's engine (round-robin, so drifts of the machine hit both alike).
+/// deployment's engine (round-robin, so drifts of the machine hit both alike): the median of
+/// the rounds' ratios, as the final evaluation decides a target.
 pub fn speed_vs_parent(
     run: &Run,
     model: &Decoder,
@@ -59,5 +52,5 @@ pub fn speed_vs_parent(
         batch,
         run.config.eval.speed_repeats.max(5),
     )?;
-    Ok(speed_of(&s[1], metric) / speed_of(&s[0], metric))
+    Ok(s[1].over(&s[0], metric).0)
 }

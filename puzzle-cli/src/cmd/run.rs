@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use puzzle_core::gguf::GgmlType;
+use puzzle_core::kinds::SpeedMetric;
 use puzzle_pipeline::evaluate::verdicts;
 use puzzle_pipeline::pipeline::{ChosenSolution, precheck, run_all};
 
@@ -149,7 +150,9 @@ fn print_summary(eval: &puzzle_pipeline::pipeline::EvalReport, chosen: &ChosenSo
             ui::count(m.params as f64),
             s.map_or("-".into(), |s| format!("{:.1}", s.decode_throughput)),
             match (s, ps) {
-                (Some(s), Some(p)) => format!("{:.2}x", s.decode_throughput / p.decode_throughput),
+                (Some(s), Some(p)) => {
+                    format!("{:.2}x", s.over(p, SpeedMetric::DecodeThroughput).0)
+                }
                 _ => "-".into(),
             },
             format!("{:.4}", m.lm.loss),

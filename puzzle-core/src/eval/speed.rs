@@ -7,6 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::kinds::SpeedMetric;
 use crate::nn::{Decoder, KvCache};
 use crate::spec::{AttentionSpec, ModelSpec};
 
@@ -121,6 +122,55 @@ pub struct Speed {
     /// Lowest and highest `decode_throughput` over the rounds.
     #[serde(default)]
     pub decode_throughput_range: [f64; 2],
+    /// Against the first model measured with it (the parent, wherever the pipeline measures),
+    /// round by round; `None` for the first model itself and for older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired: Option<Paired>,
+}
+
+/// A model's speed over a reference measured in the same rounds: the median over rounds of the
+/// round's ratio (its request and the reference's, run back to back). A machine slowing down
+/// for a while hits both sides of each ratio, so this wanders less between measurements than
+/// the ratio of the two medians (`cargo bench -p puzzle-llama-ops --features llamacpp --bench
+/// repeat`: 4.7-12% against 12-18% from best to worst of 5-8 measurements, README).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Paired {
+    pub throughput: f64,
+    pub decode_throughput: f64,
+    /// Lowest and highest round's ratio of `throughput`.
+    pub throughput_range: [f64; 2],
+    /// Lowest and highest round's ratio of `decode_throughput`.
+    pub decode_throughput_range: [f64; 2],
+}
+
+impl Speed {
+    /// The value of `metric` (medians over the rounds).
+    pub fn value(&self, metric: SpeedMetric) -> f64 {
+        match metric {
+            SpeedMetric::Throughput => self.throughput,
+            SpeedMetric::DecodeThroughput => self.decode_throughput,
+        }
+    }
+
+    /// `metric` over `base`'s and the lowest and highest round's ratio: paired round by round
+    /// when this was measured together with `base` as the first model, else the ratio of the
+    /// medians (and of the ranges' ends to `base`'s median).
+    pub fn over(&self, base: &Speed, metric: SpeedMetric) -> (f64, [f64; 2]) {
+        match (&self.paired, metric) {
+            (Some(p), SpeedMetric::Throughput) => (p.throughput, p.throughput_range),
+            (Some(p), SpeedMetric::DecodeThroughput) => {
+                (p.decode_throughput, p.decode_throughput_range)
+            }
+            (None, _) => {
+                let b = base.value(metric);
+                let r = match metric {
+                    SpeedMetric::Throughput => self.throughput_range,
+                    SpeedMetric::DecodeThroughput => self.decode_throughput_range,
+                };
+                (self.value(metric) / b, [r[0] / b, r[1] / b])
+            }
+        }
+    }
 }
 
 /// Measures `model` serving a batch of `batch` prompts of `prefill` tokens generating
@@ -137,7 +187,8 @@ pub fn measure(
 
 /// Measures several models round-robin (one request each per round, `rounds` rounds after a
 /// warm-up round) so that drifts of the machine (other load, clocks) hit all of them alike;
-/// ratios between the results are far steadier than separate measurements.
+/// ratios between the results are far steadier than separate measurements. Every model after
+/// the first gets its [`Paired`] ratios to the first.
 pub fn measure_together(
     models: &[&dyn Served],
     batch: usize,
@@ -145,6 +196,9 @@ pub fn measure_together(
     generate: usize,
     rounds: usize,
 ) -> Result<Vec<Speed>> {
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); models.len()];
     for round in 0..=rounds.max(1) {
         for (i, m) in models.iter().enumerate() {
@@ -164,11 +218,30 @@ pub fn measure_together(
             v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         ]
     };
+    let per_round = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) {
+        (
+            v.iter().map(|r| tput(r.1)).collect(),
+            v.iter().map(|&r| dtput(r)).collect(),
+        )
+    };
+    let (first_total, first_decode) = per_round(&runs[0]);
     Ok(runs
-        .into_iter()
-        .map(|v| {
-            let total: Vec<f64> = v.iter().map(|r| tput(r.1)).collect();
-            let decode: Vec<f64> = v.iter().map(|&r| dtput(r)).collect();
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let (total, decode) = per_round(v);
+            let ratios = |mine: &[f64], base: &[f64]| -> Vec<f64> {
+                mine.iter().zip(base).map(|(m, b)| m / b).collect()
+            };
+            let paired = (i > 0).then(|| {
+                let (t, d) = (ratios(&total, &first_total), ratios(&decode, &first_decode));
+                Paired {
+                    throughput: median(t.clone()),
+                    decode_throughput: median(d.clone()),
+                    throughput_range: range(&t),
+                    decode_throughput_range: range(&d),
+                }
+            });
             let p = median(v.iter().map(|r| r.0).collect());
             let t = median(v.iter().map(|r| r.1).collect());
             Speed {
@@ -183,6 +256,7 @@ pub fn measure_together(
                 rounds: v.len(),
                 throughput_range: range(&total),
                 decode_throughput_range: range(&decode),
+                paired,
             }
         })
         .collect())
@@ -311,5 +385,52 @@ mod tests {
         assert!((full - neither) - saved_apart > 0.05 * 5.0 - 1e-9);
         // Deterministic: the point of it.
         assert_eq!(simulated_ms(&s, 2, 16, 7), simulated_ms(&s, 2, 16, 7));
+    }
+
+    /// Request times from a script: (prefill ms, total ms) per call, in order.
+    struct Scripted(std::cell::RefCell<std::vec::IntoIter<(f64, f64)>>);
+
+    impl Served for Scripted {
+        fn request(&self, _: usize, _: usize, _: usize) -> Result<(f64, f64)> {
+            Ok(self.0.borrow_mut().next().expect("a scripted time"))
+        }
+    }
+
+    /// A machine that runs at half speed in two of five rounds, hitting parent and model alike,
+    /// and once the model alone (a neighbour's burst): the model is twice as fast in four rounds
+    /// of five, which the paired ratio says, while the ratio of the two medians says 1x (the
+    /// model's median comes from a slow round, the parent's from a fast one).
+    #[test]
+    fn paired_ratios_compare_requests_of_the_same_round() {
+        let script = |ms: &[f64]| {
+            Scripted(std::cell::RefCell::new(
+                ms.iter()
+                    .map(|&t| (t / 4.0, t))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ))
+        };
+        // Warm-up round first.
+        let parent = script(&[100.0, 100.0, 200.0, 100.0, 200.0, 100.0]);
+        let model = script(&[50.0, 50.0, 100.0, 50.0, 100.0, 100.0]);
+        let s = measure_together(&[&parent, &model], 1, 16, 5, 5).unwrap();
+        assert!(s[0].paired.is_none());
+        let p = s[1].paired.as_ref().expect("paired with the first model");
+        // Per-round throughput ratios: 2, 2, 2, 2, 1 -> median 2, range [1, 2].
+        assert!((p.throughput - 2.0).abs() < 1e-12, "{p:?}");
+        assert_eq!(p.throughput_range, [1.0, 2.0]);
+        let (r, range) = s[1].over(&s[0], SpeedMetric::Throughput);
+        assert_eq!((r, range), (p.throughput, p.throughput_range));
+        // Without the pairing (an older report): the ratio of medians, 100 ms / 100 ms.
+        let unpaired = Speed {
+            paired: None,
+            ..s[1].clone()
+        };
+        let (r, range) = unpaired.over(&s[0], SpeedMetric::Throughput);
+        assert!((r - 1.0).abs() < 1e-12, "{r}");
+        assert_eq!(range, [1.0, 2.0]);
+        // Decode throughput pairs the same way (prefill a quarter of every request).
+        assert!((p.decode_throughput - 2.0).abs() < 1e-12);
+        assert!(measure_together(&[], 1, 16, 5, 5).unwrap().is_empty());
     }
 }
