@@ -512,8 +512,10 @@ fn calibrate(
 /// among rounds *for* measuring high, so on a noisy machine it overstates the child (the final
 /// evaluation, a fresh measurement, found kept children up to 15% slower than their round had;
 /// `cargo bench -p puzzle-llama-ops --features llamacpp --bench repeat` shows single
-/// measurements of one child 5-12% apart). The second measurement is independent of that
-/// choice; the mean of the two decides.
+/// measurements of one child 5-17% apart). The second measurement is independent of that
+/// choice, though not of the machine's state: it follows at once, and this machine's noise
+/// comes in stretches longer than a measurement, so it removes part of the bias, not all; the
+/// aim's margin covers the rest. The mean of the two decides.
 fn confirm(
     round: &Round,
     first: &[SpeedCheck],
