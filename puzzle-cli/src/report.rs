@@ -13,7 +13,8 @@ use puzzle_core::search::{BoundValue, Op};
 use puzzle_pipeline::evaluate::verdicts;
 use puzzle_pipeline::pipeline::{ChosenSolution, EvalReport, ModelEval};
 
-fn speed_at(m: &ModelEval, b: usize) -> Option<&puzzle_core::eval::speed::Speed> {
+/// `m`'s measurement at batch `b`.
+pub(crate) fn speed_at(m: &ModelEval, b: usize) -> Option<&puzzle_core::eval::speed::Speed> {
     m.speed.iter().find(|s| s.batch == b)
 }
 

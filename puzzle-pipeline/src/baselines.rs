@@ -297,21 +297,21 @@ fn match_uniform(
     for id in uniform_candidates(table, layers) {
         let choice: LayerChoice = id.parse()?;
         // Skip candidates the tables say are far too slow before measuring.
-        if predicted(table, &id, layers, &target.key)? < 0.8 * child_pred {
+        let r = if predicted(table, &id, layers, &target.key)? < 0.8 * child_pred {
+            None
+        } else {
+            match uniform_ratio(run, &calib, &choice, target, progress)? {
+                Some(r) => Some(r),
+                // The engine cannot serve it: not an attention to try again.
+                None => continue,
+            }
+        };
+        let Some(r) = r.filter(|&r| r >= MATCH * want) else {
             if !costlier.contains(&choice.attn) {
                 costlier.push(choice.attn);
             }
-            continue;
-        }
-        let Some(r) = uniform_ratio(run, &calib, &choice, target, progress)? else {
             continue;
         };
-        if r < MATCH * want {
-            if !costlier.contains(&choice.attn) {
-                costlier.push(choice.attn);
-            }
-            continue;
-        }
         let (mut choice, mut r) = widen_uniform(run, &calib, &choice, r, target, progress)?;
         costlier.retain(|a| *a != choice.attn);
         if r > CLOSE * want && !costlier.is_empty() {
@@ -435,15 +435,7 @@ fn closer_uniform<A: Clone>(
     for a in attns {
         match ratio(a, narrowest)? {
             Some(r) if r >= floor => {
-                let mut found = (narrowest, r);
-                widest_passing(grid, |w| {
-                    let r = ratio(a, w)?.unwrap_or(0.0);
-                    let pass = r >= floor;
-                    if pass {
-                        found = (w, r);
-                    }
-                    Ok(pass)
-                })?;
+                let found = widest_with_ratio(grid, r, floor, |w| ratio(a, w))?;
                 if best.as_ref().is_none_or(|b| found.1 < b.2) {
                     best = Some((a.clone(), found.0, found.1));
                 }
@@ -481,6 +473,28 @@ fn widest_passing(grid: &[usize], mut passes: impl FnMut(usize) -> Result<bool>)
     Ok(grid[lo])
 }
 
+/// The width [`widest_passing`] finds in `grid` for `ratio >= floor`, with its ratio; `first`
+/// is `grid[0]`'s ratio, known to reach `floor`. `ratio`: `None` (the engine cannot serve it)
+/// fails.
+fn widest_with_ratio(
+    grid: &[usize],
+    first: f64,
+    floor: f64,
+    mut ratio: impl FnMut(usize) -> Result<Option<f64>>,
+) -> Result<(usize, f64)> {
+    let mut found = (grid[0], first);
+    widest_passing(grid, |w| {
+        let r = ratio(w)?.unwrap_or(0.0);
+        let pass = r >= floor;
+        if pass {
+            // The search only moves up after a pass, so the last pass is the widest.
+            found = (w, r);
+        }
+        Ok(pass)
+    })?;
+    Ok(found)
+}
+
 /// The matched uniform candidate `hit` (measured at `r`) with its FFN widened as far as the
 /// child's speed allows (the same attention; multiples of [`UNIFORM_WIDTH_STEP`] up to the
 /// parent's narrowest FFN, which is included even when it is not such a multiple): a less
@@ -502,20 +516,10 @@ fn widen_uniform(
         return Ok((hit.clone(), r));
     }
     let want = target.child()?;
-    let mut best = (hit.clone(), r);
-    widest_passing(&grid, |w| {
-        let choice = width_choice(&hit.attn, w)?;
-        let Some(r) = uniform_ratio(run, calib, &choice, target, progress)? else {
-            return Ok(false);
-        };
-        let pass = r >= MATCH * want;
-        if pass {
-            // The search only moves up after a pass, so the last pass is the widest.
-            best = (choice, r);
-        }
-        Ok(pass)
+    let (w, r) = widest_with_ratio(&grid, r, MATCH * want, |w| {
+        uniform_ratio(run, calib, &width_choice(&hit.attn, w)?, target, progress)
     })?;
-    Ok(best)
+    Ok((width_choice(&hit.attn, w)?, r))
 }
 
 /// The parent without its layers of least block influence (ShortGPT), removed one at a time
