@@ -19,6 +19,7 @@ mod cmd;
 mod readme_table;
 mod registry;
 mod report;
+mod runs;
 mod ui;
 
 /// Make a trained Llama-family model cheaper to serve, by the Puzzle method (NVIDIA,
@@ -47,6 +48,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Run(cmd::run::RunArgs),
+    Ablate(cmd::ablate::AblateArgs),
     Plugins(cmd::plugins::PluginsArgs),
     Inspect(cmd::inspect::InspectArgs),
     Generate(cmd::generate::GenerateArgs),
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plugins(a) => cmd::plugins::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Ablate(a) => cmd::ablate::run(a),
         Command::Realize(a) => cmd::run::realize_cmd(a),
         Command::Report(a) => cmd::run::report_cmd(a),
         Command::Inspect(a) => cmd::inspect::run(a),

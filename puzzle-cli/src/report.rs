@@ -11,12 +11,9 @@ use puzzle_core::search::mip::SolveOptions;
 use puzzle_core::search::run::sweep;
 use puzzle_core::search::{BoundValue, Op};
 use puzzle_pipeline::evaluate::verdicts;
-use puzzle_pipeline::pipeline::{ChosenSolution, EvalReport, ModelEval};
 
-/// `m`'s measurement at batch `b`.
-pub(crate) fn speed_at(m: &ModelEval, b: usize) -> Option<&puzzle_core::eval::speed::Speed> {
-    m.speed.iter().find(|s| s.batch == b)
-}
+use crate::runs::{run_constraints, speed_at};
+use puzzle_pipeline::pipeline::{ChosenSolution, EvalReport, ModelEval};
 
 /// Short label of a variant id for the architecture map.
 fn short(id: &str) -> String {
@@ -116,8 +113,8 @@ fn frontier_svg(
         .map(|p| p.1)
         .chain(points.iter().map(|p| p.2))
         .fold(0.01f64, f64::max)
-        // Head room for the legend above the data.
-        * 1.6;
+        // Head room for the legend above the data, a line per series.
+        * (1.3 + 0.08 * (points.len() + 1) as f64);
     let mut chart = ChartBuilder::on(&root)
         .caption("Quality vs speed (lower KL is better)", ("sans-serif", 18))
         .margin(12)
@@ -143,7 +140,18 @@ fn frontier_svg(
                 .map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())),
         )?;
     }
-    let colors = [RED, GREEN, MAGENTA, BLACK, CYAN];
+    let colors = [
+        RED,
+        GREEN,
+        MAGENTA,
+        BLACK,
+        CYAN,
+        RGBColor(230, 140, 0),
+        RGBColor(120, 60, 20),
+        RGBColor(128, 128, 128),
+        RGBColor(0, 120, 120),
+        RGBColor(150, 0, 200),
+    ];
     for (i, (name, x, y)) in points.iter().enumerate() {
         let c = colors[i % colors.len()];
         chart
@@ -223,24 +231,6 @@ fn speed_svg(path: &Path, bars: &[(String, Option<f64>, f64)], what: &str) -> Re
     Ok(())
 }
 
-/// The run's constraints as its config states them (`RUN/config.toml` `[search] constraints`).
-pub fn run_constraints(run: &Path) -> Result<Vec<String>> {
-    let cfg = run.join("config.toml");
-    let text =
-        std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
-    let v: toml::Value =
-        toml::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
-    Ok(v.get("search")
-        .and_then(|s| s.get("constraints"))
-        .and_then(|c| c.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 /// The `license:` of a model folder's README.md front matter (Hugging Face model cards).
 fn parent_licence(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("README.md")).ok()?;
@@ -318,20 +308,37 @@ impl<'a> Report<'a> {
         )?;
         writeln!(
             md,
-            "| target | child measured | over rounds | verdict |\n|---|---|---|---|"
+            "| target | child measured | over rounds | over passes | verdict |\n|---|---|---|---|---|"
         )?;
         for v in vs {
             writeln!(
                 md,
-                "| `{}` | {:.2}x | {:.2}x-{:.2}x | {} |",
+                "| `{}` | {:.2}x | {:.2}x-{:.2}x | {} | {} |",
                 v.constraint,
                 v.measured,
                 v.range[0],
                 v.range[1],
+                v.passes
+                    .map_or("-".into(), |p| format!("{:.2}x-{:.2}x", p[0], p[1])),
                 v.word()
             )?;
         }
         writeln!(md)?;
+        Ok(())
+    }
+
+    /// The paper's ablations run beside this run (`puzzle ablate`), when there are any.
+    fn ablations(&self, md: &mut String) -> Result<()> {
+        let rows = crate::runs::ablation_rows(self.run)?;
+        if rows.len() < 2 {
+            return Ok(());
+        }
+        writeln!(
+            md,
+            "## Ablations (`puzzle ablate`: each row a run that changes one switch, searched for the same constraints, each child measured in its own final evaluation in {})\n",
+            self.engine()
+        )?;
+        writeln!(md, "{}", crate::runs::ablation_markdown(&rows))?;
         Ok(())
     }
 
@@ -420,7 +427,7 @@ impl<'a> Report<'a> {
 
     fn plots(&self, out: &Path) -> Result<()> {
         let b = self.eval.batch;
-        let measured: Vec<(String, f64, f64)> = self
+        let mut measured: Vec<(String, f64, f64)> = self
             .eval
             .models
             .iter()
@@ -429,6 +436,12 @@ impl<'a> Report<'a> {
                 Some((m.name.clone(), self.ratio(m)?, kl))
             })
             .collect();
+        // The ablations' children, each from its own final evaluation (`puzzle ablate`).
+        for row in crate::runs::ablation_rows(self.run)?.iter().skip(1) {
+            if let Some(p) = row.point(self.metric) {
+                measured.push((format!("ablation {}", row.name), p.0, p.1));
+            }
+        }
         let unit = if self.decode() {
             "decode tokens/s"
         } else {
@@ -486,7 +499,13 @@ impl<'a> Report<'a> {
                     "{:.1} ({:.1}-{:.1})",
                     s.decode_throughput, s.decode_throughput_range[0], s.decode_throughput_range[1]
                 )),
-                self.ratio(m).map_or("-".into(), |r| format!("{r:.2}x")),
+                self.ratio(m).map_or("-".into(), |r| {
+                    let passes = s.and_then(|s| s.over_passes(self.metric));
+                    match passes {
+                        Some(p) => format!("{r:.2}x ({:.2}-{:.2}x over passes)", p[0], p[1]),
+                        None => format!("{r:.2}x"),
+                    }
+                }),
                 s.map_or("-".into(), |s| format!("{:.0}", s.total_ms)),
                 m.lm.loss,
                 m.lm.perplexity,
@@ -646,6 +665,7 @@ impl<'a> Report<'a> {
         )?;
         self.quality_table(&mut md)?;
         self.targets(&mut md)?;
+        self.ablations(&mut md)?;
         self.child_section(&mut md)?;
         self.speed_section(&mut md)?;
         writeln!(md, "## How these numbers were made\n")?;

@@ -342,3 +342,33 @@ fn a_diverging_bld_stops_with_an_error_naming_the_entry_and_step() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `[bld] tokens = 0` (the init-only ablation): every entry is written at its training-free
+/// init, with no steps, no tokens and its held-out error unchanged by training.
+#[test]
+fn no_tokens_keeps_every_entry_at_its_training_free_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("tokens = 16384", "tokens = 0")).unwrap();
+    let run = dir.path().join("run");
+    let o = bld(&cfg, &run, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut trainable = 0;
+    for l in std::fs::read_dir(run.join("library")).unwrap().flatten() {
+        for e in std::fs::read_dir(l.path()).unwrap().flatten() {
+            let meta: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path().join("meta.json")).unwrap())
+                    .unwrap();
+            assert_eq!(meta["steps"], 0, "{meta}");
+            assert_eq!(meta["tokens"], 0, "{meta}");
+            let (a, b) = (
+                meta["nmse_init"].as_f64().unwrap(),
+                meta["nmse_final"].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-6), "{meta}");
+            trainable += usize::from(meta["source"] == "trained");
+        }
+    }
+    assert!(trainable > 0, "no entry would have been trained");
+}

@@ -40,6 +40,7 @@ fn help_lists_the_commands_and_teaches() {
 fn every_argument_is_described_and_examples_stay_on_their_own_lines() {
     let commands: &[&[&str]] = &[
         &["run"],
+        &["ablate"],
         &["bld"],
         &["cost"],
         &["score"],

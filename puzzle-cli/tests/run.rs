@@ -291,6 +291,92 @@ fn a_diverging_distillation_stops_with_an_error_and_a_rerun_reuses_the_earlier_s
     assert!(err.contains("already trained"), "BLD was redone: {err}");
 }
 
+/// `puzzle ablate` runs the main run, then each ablation in its own folder with one switch:
+/// the library comes from the main run by hard link (not trained again), the no-GKD row reuses
+/// the main search, and the report tables every row. An unknown ablation is refused before any
+/// work.
+#[test]
+fn ablations_run_beside_the_main_run_and_reuse_what_their_switch_leaves() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let run_dir = dir.path().join("run");
+    let ablate = |only: &str| {
+        Proc::cargo_bin("puzzle")
+            .unwrap()
+            .arg("ablate")
+            .arg(&cfg)
+            .arg("--run")
+            .arg(&run_dir)
+            .args(["--only", only])
+            .output()
+            .unwrap()
+    };
+    let o = ablate("greedy,no-mip");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--only no-mip: no such ablation"), "{err}");
+    assert!(!run_dir.exists(), "work before the refusal");
+    let o = ablate("greedy,no-gkd");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+    let greedy = run_dir.join("ablations/greedy");
+    let no_gkd = run_dir.join("ablations/no-gkd");
+    let g: toml::Value = toml::from_str(&read(greedy.join("config.toml"))).unwrap();
+    assert_eq!(g["search"]["solver"].as_str(), Some("greedy"));
+    let n: toml::Value = toml::from_str(&read(no_gkd.join("config.toml"))).unwrap();
+    assert_eq!(n["distill"]["tokens"].as_integer(), Some(0));
+    // Every library file is the main run's, linked into both ablations.
+    let meta = walk(&run_dir.join("library"))
+        .into_iter()
+        .find(|p| p.ends_with("weights.safetensors"))
+        .expect("a trained entry");
+    assert!(std::fs::metadata(&meta).unwrap().nlink() >= 3, "{meta:?}");
+    // No GKD: the main run's search reused (the very file, not a search that came out the
+    // same), so the same architecture, and no distillation record.
+    let inode = |p: PathBuf| std::fs::metadata(&p).unwrap().ino();
+    assert_eq!(
+        inode(no_gkd.join("search/solution.json")),
+        inode(run_dir.join("search/solution.json"))
+    );
+    assert_ne!(
+        inode(greedy.join("search/solution.json")),
+        inode(run_dir.join("search/solution.json")),
+        "the greedy row searched again"
+    );
+    let eval = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&read(d.join("eval/report.json"))).unwrap()
+    };
+    let (main, ng) = (eval(&run_dir), eval(&no_gkd));
+    assert!(main["models"][1]["distill"].is_object(), "{main}");
+    assert!(ng["models"][1]["distill"].is_null(), "{ng}");
+    assert_eq!(main["models"][1]["layers"], ng["models"][1]["layers"]);
+    // The table, on stdout and in the main run's report.
+    let out = String::from_utf8_lossy(&o.stdout);
+    let md = read(run_dir.join("report/README.md"));
+    for text in [&*out, &md] {
+        for row in ["| puzzle |", "| greedy |", "| no-gkd |"] {
+            assert!(text.contains(row), "{row}: {text}");
+        }
+    }
+    assert!(md.contains("## Ablations"), "{md}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn bad_configs_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,6 +405,13 @@ fn bad_configs_are_refused_before_any_work() {
             "missing corpus",
             Box::new(|c: &str| c.replace("corpus.txt", "nowhere.txt")),
             "nowhere.txt",
+        ),
+        (
+            "no speed passes",
+            Box::new(|c: &str| {
+                c.replace("speed_repeats = 1", "speed_repeats = 1\nspeed_passes = 0")
+            }),
+            "[eval] speed_passes = 0: must be 1 to 50",
         ),
         (
             "not a llama",
@@ -429,6 +522,14 @@ fn a_llamacpp_run_measures_there_leaves_out_what_it_cannot_run_and_its_gguf_gene
     let [lo, hi] = [0, 1].map(|i| paired["decode_throughput_range"][i].as_f64().unwrap());
     let ratio = paired["decode_throughput"].as_f64().unwrap();
     assert!(0.0 < lo && lo <= ratio && ratio <= hi, "{speed}");
+    // The example's rounds come in 3 passes spread over the quality scoring, each pass with its
+    // own median ratio inside the rounds' range, and the verdict gives their spread.
+    let passes = paired["passes"].as_array().expect("per-pass ratios");
+    assert_eq!(passes.len(), 3, "{speed}");
+    // 5 rounds in 3 passes: 2 each.
+    assert_eq!(speed["rounds"].as_u64(), Some(6), "{speed}");
+    let report = std::fs::read_to_string(run_dir.join("report/README.md")).unwrap();
+    assert!(report.contains("over passes)"), "{report}");
     assert!(
         eval["models"][0]["speed"][0].get("paired").is_none(),
         "{eval}"

@@ -47,7 +47,8 @@ const EPS: f64 = 1e-6;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BldConfig {
-    /// Training tokens per variant.
+    /// Training tokens per variant; 0 keeps every entry at its training-free init (the
+    /// paper's ablation of BLD: `puzzle ablate`'s `init-only` row).
     pub tokens: usize,
     #[serde(default = "d_seq")]
     pub seq_len: usize,
@@ -175,7 +176,8 @@ pub enum EntrySource {
     Parent,
     /// No parameters (no-op): nothing to train.
     Identity,
-    /// Initialised from the parent and trained by BLD.
+    /// Initialised from the parent and trained by BLD (for `[bld] tokens`: none at all in the
+    /// init-only ablation, where it keeps its init).
     Trained,
 }
 
@@ -715,7 +717,11 @@ impl<'a> BldJob<'a> {
         }
         let device = inputs.parent.device();
         let ad = device.clone().autodiff();
-        let steps = cfg.tokens.div_ceil(cfg.batch_size * cfg.seq_len).max(1);
+        // No tokens: the training-free init only, as the paper's ablation of BLD compares.
+        let steps = match cfg.tokens {
+            0 => 0,
+            t => t.div_ceil(cfg.batch_size * cfg.seq_len).max(1),
+        };
         let windows = cut(inputs.train, cfg.seq_len);
         let held = cut(
             &inputs.held_out[..inputs.held_out.len().min(cfg.eval_sequences.max(1))],

@@ -108,7 +108,13 @@ pub fn search_stage(
     scores: &ScoreTable,
     progress: &mut dyn Progress,
 ) -> Result<ChosenSolution> {
-    let inputs = crate::config::RunConfig::hash_of(&(table, &run.config.search));
+    // The table's content, not where it was written (`source`): a run folder started from
+    // another's artifacts (`puzzle ablate`) reuses the search when its table is the same.
+    let content = BlockTable {
+        source: String::new(),
+        ..table.clone()
+    };
+    let inputs = crate::config::RunConfig::hash_of(&(&content, &run.config.search));
     Artifact::new("search", run.stages.join("search/solution.json")).reuse_or_build(
         &inputs,
         progress,

@@ -126,9 +126,39 @@ pub struct EvalConfig {
     /// Task files (default: those of `[score]`).
     #[serde(default)]
     pub tasks: Vec<PathBuf>,
-    /// Repeats of each end-to-end speed measurement (median kept).
+    /// Timed rounds of each end-to-end speed measurement (median kept; the final evaluation
+    /// takes at least 5).
     #[serde(default = "d_repeats")]
     pub speed_repeats: usize,
+    /// Passes the final evaluation's rounds are shared out over, spread over its quality
+    /// scoring, minutes apart: the report gives the spread over passes beside the spread over
+    /// rounds. Each pass takes `max(2, ceil(max(speed_repeats, 5) / passes))` rounds after a
+    /// warm-up round of its own (9 repeats in 3 passes: 9 rounds, 3 warm-ups).
+    #[serde(default = "d_passes")]
+    pub speed_passes: usize,
+}
+
+fn d_passes() -> usize {
+    3
+}
+
+/// The most passes a final evaluation may take (`[eval] speed_passes`).
+pub const MAX_SPEED_PASSES: usize = 50;
+
+impl EvalConfig {
+    /// The final evaluation's (passes, timed rounds per pass): at least 5 rounds in all, shared
+    /// out over the passes, at least 2 per pass.
+    pub fn speed_rounds(&self) -> (usize, usize) {
+        let passes = self.speed_passes.max(1);
+        (passes, self.speed_repeats.max(5).div_ceil(passes).max(2))
+    }
+
+    /// Requests the final evaluation makes of each model per batch size: every pass's rounds
+    /// and its warm-up round.
+    pub fn speed_requests(&self) -> usize {
+        let (passes, rounds) = self.speed_rounds();
+        passes * (rounds + 1)
+    }
 }
 
 fn d_eval_seqs() -> usize {
@@ -152,6 +182,7 @@ impl Default for EvalConfig {
             batch_size: d_eval_batch(),
             tasks: vec![],
             speed_repeats: d_repeats(),
+            speed_passes: d_passes(),
         }
     }
 }
@@ -321,15 +352,20 @@ impl RunConfig {
             }
         }
         let b = &self.bld;
-        if b.tokens == 0
-            || b.seq_len == 0
-            || b.batch_size == 0
-            || b.lr <= 0.0
-            || b.checkpoint_every == 0
-        {
+        if !(1..=MAX_SPEED_PASSES).contains(&self.eval.speed_passes) {
             return Err(Error::config(
                 path,
-                "[bld] tokens, seq_len, batch_size, lr and checkpoint_every must be positive",
+                format!(
+                    "[eval] speed_passes = {}: must be 1 to {MAX_SPEED_PASSES} (each pass takes at least 2 timed rounds and a warm-up)",
+                    self.eval.speed_passes
+                ),
+            ));
+        }
+        // tokens = 0 is allowed: the entries keep their training-free init (an ablation).
+        if b.seq_len == 0 || b.batch_size == 0 || b.lr <= 0.0 || b.checkpoint_every == 0 {
+            return Err(Error::config(
+                path,
+                "[bld] seq_len, batch_size, lr and checkpoint_every must be positive",
             ));
         }
         if let Some(p) = b.couple_prominent

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::finish::ComparedModel;
 use crate::run::Run;
-use crate::speed::{measure_served, serve};
+use crate::speed::serve;
 use puzzle_core::artifact::{Artifact, Recorded};
 use puzzle_core::data::Split;
 use puzzle_core::distill::DistillReport;
 use puzzle_core::error::{Error, Result};
-use puzzle_core::eval::speed::{Served, Speed};
+use puzzle_core::eval::speed::{Served, Speed, Timings};
 use puzzle_core::eval::tasks::{TaskItem, TaskScore, read_tasks, score_tasks};
 use puzzle_core::eval::{Agreement, LmMetrics, agreement, lm_metrics};
 use puzzle_core::fsutil;
@@ -129,29 +129,81 @@ fn eval_data(run: &Run) -> Result<EvalData> {
     Ok(EvalData { windows, tasks })
 }
 
-/// Speeds of all models measured round-robin in the deployment's engine, per batch size:
-/// drifts of the machine hit every model alike.
-fn measure_speeds(
-    run: &Run,
-    all: &[ComparedModel],
-    decoders: &[&Decoder],
-) -> Result<Vec<Vec<Speed>>> {
-    let d = &run.config.deployment;
-    let rounds = run.config.eval.speed_repeats.max(5);
-    let served = all
-        .iter()
-        .zip(decoders)
-        .map(|(m, dec)| serve(run, dec, &m.name))
-        .collect::<Result<Vec<_>>>()?;
-    let refs: Vec<&dyn Served> = served.iter().map(|s| s.as_ref()).collect();
-    let mut speeds: Vec<Vec<Speed>> = vec![Vec::new(); decoders.len()];
-    for &b in &d.batch_sizes {
-        let measured = measure_served(run, &refs, b, rounds)?;
-        for (i, s) in measured.into_iter().enumerate() {
-            speeds[i].push(s);
+/// Speeds of all models measured round-robin in the deployment's engine, per batch size, in
+/// `eval.speed_passes` passes spread over the quality scoring: drifts of the machine within a
+/// pass hit every model alike (the paired ratios), and the passes, minutes apart, show how far
+/// the whole measurement wanders with the machine (a search round measured the same child 10-25%
+/// apart from one stage to the next, README).
+struct SpeedPasses<'a> {
+    run: &'a Run,
+    /// Each model's name and decoder, loaded in the engine again for every pass: held in an
+    /// engine through the quality scoring, every model would be in memory twice at its peak.
+    models: Vec<(&'a str, &'a Decoder)>,
+    timings: Vec<Timings>,
+    rounds_per_pass: usize,
+    left: usize,
+}
+
+impl<'a> SpeedPasses<'a> {
+    fn new(run: &'a Run, all: &'a [ComparedModel], decoders: &[&'a Decoder]) -> Self {
+        let (d, e) = (&run.config.deployment, &run.config.eval);
+        // The timed rounds shared out over the passes (`EvalConfig::speed_rounds`), each pass
+        // after its own warm-up round.
+        let (passes, rounds_per_pass) = e.speed_rounds();
+        SpeedPasses {
+            run,
+            models: all
+                .iter()
+                .map(|m| m.name.as_str())
+                .zip(decoders.iter().copied())
+                .collect(),
+            timings: d
+                .batch_sizes
+                .iter()
+                .map(|&b| Timings::new(all.len(), b, d.prefill_len, d.generation_len))
+                .collect(),
+            rounds_per_pass,
+            left: passes,
         }
     }
-    Ok(speeds)
+
+    /// One pass at every batch size; false (and nothing measured) once every pass was taken.
+    fn pass(&mut self) -> Result<bool> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let served = self
+            .models
+            .iter()
+            .map(|(name, dec)| serve(self.run, dec, name))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&dyn Served> = served.iter().map(|s| s.as_ref()).collect();
+        for t in &mut self.timings {
+            t.pass(&refs, self.rounds_per_pass)?;
+        }
+        self.left -= 1;
+        Ok(true)
+    }
+
+    /// Per model, its speed at each batch size over every pass taken.
+    fn speeds(&self, models: usize) -> Vec<Vec<Speed>> {
+        let mut out = vec![Vec::new(); models];
+        for t in &self.timings {
+            for (i, s) in t.speeds().into_iter().enumerate() {
+                out[i].push(s);
+            }
+        }
+        out
+    }
+}
+
+/// After which model's quality scoring (index into `models`) each pass after the first is
+/// taken, for `passes` passes over `models` models: evenly spaced, the last after every model.
+fn pass_points(models: usize, passes: usize) -> Vec<usize> {
+    let later = passes.max(1) - 1;
+    (1..=later)
+        .map(|p| (p * models).div_ceil(later).max(1) - 1)
+        .collect()
 }
 
 fn evaluate_all(
@@ -161,20 +213,35 @@ fn evaluate_all(
 ) -> Result<Vec<ModelEval>> {
     let data = eval_data(run)?;
     let device = run.parent.device().clone();
-    progress.start("eval", all.len() as u64 + 1);
+    let (passes, _) = run.config.eval.speed_rounds();
+    progress.start("eval", (all.len() + passes) as u64);
     let loaded: Vec<LoadedModel> = all
         .iter()
         .map(|m| load_model_with(&run.plugins.families, &m.dir, &device))
         .collect::<Result<_>>()?;
     let decoders: Vec<&Decoder> = loaded.iter().map(|m| &m.decoder).collect();
-    let mut speeds = measure_speeds(run, all, &decoders)?;
-    progress.set(1, "speed");
+    let mut speed = SpeedPasses::new(run, all, &decoders);
+    let mut done = 0u64;
+    let mut step = |progress: &mut dyn Progress, what: &str| {
+        done += 1;
+        progress.set(done, what);
+    };
+    speed.pass()?;
+    step(progress, "speed, pass 1");
+    let points = pass_points(all.len(), passes);
     let mut evals: Vec<ModelEval> = Vec::new();
     for (i, (m, loaded)) in all.iter().zip(&loaded).enumerate() {
-        let speed = std::mem::take(&mut speeds[i]);
-        let e = evaluate_one(run, &data, m, loaded, speed, evals.first())?;
+        let e = evaluate_one(run, &data, m, loaded, evals.first())?;
         evals.push(e);
-        progress.set(i as u64 + 2, &m.name);
+        step(progress, &m.name);
+        for _ in points.iter().filter(|&&p| p == i) {
+            if speed.pass()? {
+                step(progress, "speed, another pass");
+            }
+        }
+    }
+    for (e, s) in evals.iter_mut().zip(speed.speeds(all.len())) {
+        e.speed = s;
     }
     progress.finish();
     Ok(evals)
@@ -186,7 +253,6 @@ fn evaluate_one(
     data: &EvalData,
     m: &ComparedModel,
     loaded: &LoadedModel,
-    speed: Vec<Speed>,
     parent: Option<&ModelEval>,
 ) -> Result<ModelEval> {
     let c = &run.config;
@@ -232,7 +298,8 @@ fn evaluate_one(
         param_bytes: spec.num_params() as f64 * d.weight_dtype.bytes(),
         kv_bytes_per_token: spec.kv_elements_per_token() as f64 * d.kv_dtype.bytes(),
         layers: layer_names(spec),
-        speed,
+        // Filled in once every speed pass was taken.
+        speed: Vec::new(),
         lm,
         agreement: agree,
         tasks,
@@ -265,6 +332,10 @@ pub struct Verdict {
     pub measured: f64,
     /// The lowest and highest round's ratio.
     pub range: [f64; 2],
+    /// The lowest and highest pass's median ratio, when the evaluation measured in several
+    /// passes apart in time (`eval.speed_passes`): how far the measurement itself wanders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<[f64; 2]>,
     pub met: bool,
 }
 
@@ -272,6 +343,16 @@ impl Verdict {
     /// `met` or a bold `**not met**`, as the report and the README tables write it.
     pub fn word(&self) -> &'static str {
         if self.met { "met" } else { "**not met**" }
+    }
+
+    /// The spread in words, as the README table and `puzzle run` print it: `2.05x-2.61x over
+    /// rounds` and, when measured in passes, `, 2.21x-2.40x over passes`.
+    pub fn spread(&self) -> String {
+        let mut out = format!("{:.2}x-{:.2}x over rounds", self.range[0], self.range[1]);
+        if let Some(p) = self.passes {
+            out += &format!(", {:.2}x-{:.2}x over passes", p[0], p[1]);
+        }
+        out
     }
 }
 
@@ -307,6 +388,7 @@ pub fn verdicts(constraints: &[String], eval: &EvalReport, model: &str) -> Resul
             target,
             measured,
             range,
+            passes: s.over_passes(metric),
             met: match c.op {
                 Op::Ge => measured >= target,
                 Op::Le => measured <= target,
@@ -314,4 +396,22 @@ pub fn verdicts(constraints: &[String], eval: &EvalReport, model: &str) -> Resul
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first pass comes before any quality scoring; the later ones are spread evenly over
+    /// the models, the last after the last model; one pass takes no later point.
+    #[test]
+    fn later_passes_are_spread_over_the_quality_scoring() {
+        assert_eq!(pass_points(4, 1), Vec::<usize>::new());
+        assert_eq!(pass_points(4, 2), vec![3]);
+        assert_eq!(pass_points(4, 3), vec![1, 3]);
+        assert_eq!(pass_points(3, 3), vec![1, 2]);
+        // More passes than models: some follow the same model, none is lost.
+        assert_eq!(pass_points(2, 5), vec![0, 0, 1, 1]);
+        assert_eq!(pass_points(1, 3), vec![0, 0]);
+    }
 }

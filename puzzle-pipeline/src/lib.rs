@@ -10,9 +10,12 @@
 //! - Every stage artifact is reused or rebuilt through [`puzzle_core::artifact`].
 //! - [`plan`]: `puzzle plan`, every stage's work, FLOPs, memory and device-hours from a
 //!   parent's `config.json` alone.
+//! - [`ablate`]: `puzzle ablate`, the paper's ablations as runs beside the main one, sharing
+//!   its artifacts.
 //! - [`slurm`]: `puzzle slurm`, a run as chained Slurm jobs (BLD as a job array).
 //! - [`host`]: the dynamic plugin host; it pushes what it loads into a [`puzzle_core::Plugins`].
 
+pub mod ablate;
 pub mod baselines;
 pub mod calibrate;
 pub mod config;

@@ -22,7 +22,8 @@
 //! - Distil: the parent forward plus 3x the model's forward, for the child and each baseline;
 //!   the child is costed as the parent (an upper bound: the search has not run yet).
 //! - Eval: parent, child and baselines, each on `[eval] sequences` and the task items (each
-//!   context once, then each choice), plus `speed_repeats` timed requests at the first batch
+//!   context once, then each choice), plus the speed passes' requests (rounds and a warm-up
+//!   per pass, `EvalConfig::speed_requests`) at the first batch
 //!   size (at the parent's roofline runtime).
 //! - Memory per task is f32 on the device, as the tensors are today. BLD tasks take contiguous
 //!   runs of layers; the last one is the largest: the parent up to its last layer (all of it)
@@ -156,9 +157,10 @@ pub fn model_flops(spec: &ModelSpec, seq: usize) -> f64 {
         + head_flops(spec, seq)
 }
 
-/// Sequences a stage of `tokens` tokens in batches of `batch` x `seq` runs (whole batches).
+/// Sequences a stage of `tokens` tokens in batches of `batch` x `seq` runs (whole batches);
+/// none for no tokens (BLD's init-only ablation, a run without GKD), as the stages train none.
 fn sequences(tokens: usize, batch: usize, seq: usize) -> usize {
-    tokens.div_ceil(batch.max(1) * seq.max(1)).max(1) * batch.max(1)
+    tokens.div_ceil(batch.max(1) * seq.max(1)) * batch.max(1)
 }
 
 /// Counts an entry's kind the way BLD does: the parent's own subblocks and parameter-free ones
@@ -467,7 +469,7 @@ pub fn plan(
     let eval_flops = compared as f64
         * (e.sequences as f64 * model_flops(parent, e.seq_len) + task_toks * per_token);
     let first = d.batch_sizes.first().copied().unwrap_or(1);
-    let speed_s = (compared * e.speed_repeats) as f64 * request_s(first);
+    let speed_s = (compared * e.speed_requests()) as f64 * request_s(first);
     stages.push(row(
         "eval",
         format!(
@@ -475,7 +477,7 @@ pub fn plan(
             e.sequences,
             human(task_toks),
             if counted { "" } else { " estimated" },
-            compared * e.speed_repeats
+            compared * e.speed_requests()
         ),
         1,
         eval_flops,
@@ -639,7 +641,7 @@ mod tests {
     fn whole_batches_are_run() {
         assert_eq!(sequences(1000, 4, 100), 12);
         assert_eq!(sequences(800, 4, 100), 8);
-        assert_eq!(sequences(0, 4, 100), 4);
+        assert_eq!(sequences(0, 4, 100), 0);
         assert_eq!(human(1.0e9), "1.00B");
         assert_eq!(human(45.0e9), "45.00B");
         assert_eq!(human(32768.0), "32.8K");

@@ -1,3 +1,4 @@
+pub mod ablate;
 pub mod bld;
 pub mod cost;
 pub mod eval;

@@ -48,12 +48,16 @@ pub struct RunArgs {
     pub device: String,
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
-    let device = puzzle_core::device::parse_device(&a.device)?;
-    let config = match &a.config {
-        Some(c) => c.clone(),
+/// The config to run and the run folder to override it with: CONFIG as given, or the embedded
+/// tiny example written into `<run or runs/tiny>/inputs` (its run folder then that one).
+pub fn config_and_dir(
+    config: Option<&Path>,
+    run: Option<&Path>,
+) -> Result<(PathBuf, Option<PathBuf>)> {
+    let c = match config {
+        Some(c) => c.to_path_buf(),
         None => {
-            let dir = a.run.clone().unwrap_or_else(|| PathBuf::from("runs/tiny"));
+            let dir = run.map_or_else(|| PathBuf::from("runs/tiny"), Path::to_path_buf);
             let c =
                 puzzle_zoo::materialize_tiny_example(&dir.join("inputs")).with_context(|| {
                     format!(
@@ -69,10 +73,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             c
         }
     };
-    let run_dir = a
-        .run
-        .clone()
-        .or_else(|| a.config.is_none().then(|| PathBuf::from("runs/tiny")));
+    let dir = run
+        .map(Path::to_path_buf)
+        .or_else(|| config.is_none().then(|| PathBuf::from("runs/tiny")));
+    Ok((c, dir))
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let device = puzzle_core::device::parse_device(&a.device)?;
+    let (config, run_dir) = config_and_dir(a.config.as_deref(), a.run.as_deref())?;
     if a.check {
         let r = crate::registry::open_run(&config, run_dir.as_deref(), &device)?;
         precheck(&r)?;
@@ -112,11 +121,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let cfg = puzzle_pipeline::config::RunConfig::load(&config)?;
     for v in verdicts(&cfg.search.constraints, &summary.eval, "child")? {
         println!(
-            "target {}: the child measured {:.2}x (rounds {:.2}x-{:.2}x) in {} in the final evaluation: {}",
+            "target {}: the child measured {:.2}x ({}) in {} in the final evaluation: {}",
             v.constraint,
             v.measured,
-            v.range[0],
-            v.range[1],
+            v.spread(),
             summary.eval.engine,
             if v.met { "met" } else { "NOT met" }
         );

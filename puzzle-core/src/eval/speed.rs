@@ -141,6 +141,17 @@ pub struct Paired {
     pub throughput_range: [f64; 2],
     /// Lowest and highest round's ratio of `decode_throughput`.
     pub decode_throughput_range: [f64; 2],
+    /// Each pass's median ratio, when the rounds were taken in several passes apart in time
+    /// ([`Timings`]); empty for one pass and for older reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<PassRatio>,
+}
+
+/// One pass's median over its rounds of a model's ratio to the first model's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassRatio {
+    pub throughput: f64,
+    pub decode_throughput: f64,
 }
 
 impl Speed {
@@ -171,6 +182,21 @@ impl Speed {
             }
         }
     }
+
+    /// The lowest and highest pass's median ratio of `metric` to the first model's, when this
+    /// was measured together with it in more than one pass.
+    pub fn over_passes(&self, metric: SpeedMetric) -> Option<[f64; 2]> {
+        let p = self.paired.as_ref().filter(|p| !p.passes.is_empty())?;
+        let v: Vec<f64> = p
+            .passes
+            .iter()
+            .map(|r| match metric {
+                SpeedMetric::Throughput => r.throughput,
+                SpeedMetric::DecodeThroughput => r.decode_throughput,
+            })
+            .collect();
+        Some(range(&v))
+    }
 }
 
 /// Measures `model` serving a batch of `batch` prompts of `prefill` tokens generating
@@ -196,70 +222,153 @@ pub fn measure_together(
     generate: usize,
     rounds: usize,
 ) -> Result<Vec<Speed>> {
-    if models.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); models.len()];
-    for round in 0..=rounds.max(1) {
-        for (i, m) in models.iter().enumerate() {
-            // `generate` tokens: the first comes from the prefill, the rest from decode steps.
-            let r = m.request(batch, prefill, generate.saturating_sub(1))?;
-            if round > 0 {
-                runs[i].push(r);
-            }
+    let mut t = Timings::new(models.len(), batch, prefill, generate);
+    t.pass(models, rounds)?;
+    Ok(t.speeds())
+}
+
+/// The timed rounds of models measured together, gathered in one or more passes: each pass is
+/// a warm-up round then its timed rounds, round-robin. Passes taken minutes apart (the final
+/// evaluation spreads them over its quality scoring) show how far the whole measurement wanders
+/// with the machine, which rounds of one pass, seconds apart, do not: the noise here comes in
+/// stretches (README, "How far one measured speed-up wanders").
+#[derive(Clone, Debug)]
+pub struct Timings {
+    batch: usize,
+    prefill: usize,
+    generate: usize,
+    /// Per model, (prefill ms, total ms) of each timed round, passes one after the other.
+    rounds: Vec<Vec<(f64, f64)>>,
+    /// Timed rounds of each pass.
+    passes: Vec<usize>,
+}
+
+impl Timings {
+    /// No rounds yet for `models` models serving `batch` prompts of `prefill` tokens and
+    /// generating `generate` tokens each.
+    pub fn new(models: usize, batch: usize, prefill: usize, generate: usize) -> Timings {
+        Timings {
+            batch,
+            prefill,
+            generate,
+            rounds: vec![Vec::new(); models],
+            passes: Vec::new(),
         }
     }
-    let decode_steps = generate.saturating_sub(1).max(1) as f64;
-    let tput = |t: f64| (batch * generate) as f64 / (t / 1e3);
-    let dtput = |(p, t): (f64, f64)| batch as f64 * decode_steps / ((t - p).max(1e-9) / 1e3);
-    let range = |v: &[f64]| {
-        [
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        ]
-    };
-    let per_round = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) {
-        (
-            v.iter().map(|r| tput(r.1)).collect(),
-            v.iter().map(|&r| dtput(r)).collect(),
-        )
-    };
-    let (first_total, first_decode) = per_round(&runs[0]);
-    Ok(runs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let (total, decode) = per_round(v);
-            let ratios = |mine: &[f64], base: &[f64]| -> Vec<f64> {
-                mine.iter().zip(base).map(|(m, b)| m / b).collect()
-            };
-            let paired = (i > 0).then(|| {
-                let (t, d) = (ratios(&total, &first_total), ratios(&decode, &first_decode));
-                Paired {
-                    throughput: median(t.clone()),
-                    decode_throughput: median(d.clone()),
-                    throughput_range: range(&t),
-                    decode_throughput_range: range(&d),
+
+    /// One more pass over `models` (the same models, in the same order, every pass): a warm-up
+    /// round, then `rounds` timed rounds (at least one).
+    pub fn pass(&mut self, models: &[&dyn Served], rounds: usize) -> Result<()> {
+        if models.len() != self.rounds.len() {
+            return Err(crate::error::Error::invalid(format!(
+                "a speed pass over {} models where the first pass had {}",
+                models.len(),
+                self.rounds.len()
+            )));
+        }
+        let rounds = rounds.max(1);
+        // Kept apart until the pass is whole, so a failed request leaves the earlier passes as
+        // they were.
+        let mut timed: Vec<Vec<(f64, f64)>> = vec![Vec::with_capacity(rounds); models.len()];
+        for round in 0..=rounds {
+            for (i, m) in models.iter().enumerate() {
+                // `generate` tokens: the first comes from the prefill, the rest from decode steps.
+                let r = m.request(self.batch, self.prefill, self.generate.saturating_sub(1))?;
+                if round > 0 {
+                    timed[i].push(r);
                 }
-            });
-            let p = median(v.iter().map(|r| r.0).collect());
-            let t = median(v.iter().map(|r| r.1).collect());
-            Speed {
-                batch,
-                prefill_len: prefill,
-                generation_len: generate,
-                prefill_ms: p,
-                total_ms: t,
-                throughput: tput(t),
-                decode_throughput: median(decode.clone()),
-                prefill_throughput: (batch * prefill) as f64 / (p / 1e3),
-                rounds: v.len(),
-                throughput_range: range(&total),
-                decode_throughput_range: range(&decode),
-                paired,
             }
-        })
-        .collect())
+        }
+        for (all, new) in self.rounds.iter_mut().zip(timed) {
+            all.extend(new);
+        }
+        self.passes.push(rounds);
+        Ok(())
+    }
+
+    /// Every model's speed over all rounds of all passes (medians and ranges over the rounds),
+    /// and for every model after the first its [`Paired`] ratios to the first, with each pass's
+    /// median ratio when there was more than one pass. Empty before the first pass.
+    pub fn speeds(&self) -> Vec<Speed> {
+        let Some(first) = self.rounds.first().filter(|_| !self.passes.is_empty()) else {
+            return Vec::new();
+        };
+        let (batch, prefill, generate) = (self.batch, self.prefill, self.generate);
+        let decode_steps = generate.saturating_sub(1).max(1) as f64;
+        let tput = |t: f64| (batch * generate) as f64 / (t / 1e3);
+        let dtput = |(p, t): (f64, f64)| batch as f64 * decode_steps / ((t - p).max(1e-9) / 1e3);
+        let per_round = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) {
+            (
+                v.iter().map(|r| tput(r.1)).collect(),
+                v.iter().map(|&r| dtput(r)).collect(),
+            )
+        };
+        let (first_total, first_decode) = per_round(first);
+        self.rounds
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (total, decode) = per_round(v);
+                let ratios = |mine: &[f64], base: &[f64]| -> Vec<f64> {
+                    mine.iter().zip(base).map(|(m, b)| m / b).collect()
+                };
+                let paired = (i > 0).then(|| {
+                    let (t, d) = (ratios(&total, &first_total), ratios(&decode, &first_decode));
+                    Paired {
+                        throughput: median(t.clone()),
+                        decode_throughput: median(d.clone()),
+                        throughput_range: range(&t),
+                        decode_throughput_range: range(&d),
+                        passes: self.pass_medians(&t, &d),
+                    }
+                });
+                let p = median(v.iter().map(|r| r.0).collect());
+                let t = median(v.iter().map(|r| r.1).collect());
+                Speed {
+                    batch,
+                    prefill_len: prefill,
+                    generation_len: generate,
+                    prefill_ms: p,
+                    total_ms: t,
+                    throughput: tput(t),
+                    decode_throughput: median(decode.clone()),
+                    prefill_throughput: (batch * prefill) as f64 / (p / 1e3),
+                    rounds: v.len(),
+                    throughput_range: range(&total),
+                    decode_throughput_range: range(&decode),
+                    paired,
+                }
+            })
+            .collect()
+    }
+
+    /// Each pass's median of the per-round ratios `t` (throughput) and `d` (decode); none for a
+    /// single pass, whose median is the whole measurement's.
+    fn pass_medians(&self, t: &[f64], d: &[f64]) -> Vec<PassRatio> {
+        if self.passes.len() < 2 {
+            return Vec::new();
+        }
+        let mut start = 0;
+        self.passes
+            .iter()
+            .map(|&n| {
+                let r = start..start + n;
+                start += n;
+                PassRatio {
+                    throughput: median(t[r.clone()].to_vec()),
+                    decode_throughput: median(d[r].to_vec()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The lowest and highest of `v`.
+fn range(v: &[f64]) -> [f64; 2] {
+    [
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ]
 }
 
 /// The median (the upper one of an even count) of timings.
@@ -396,20 +505,22 @@ mod tests {
         }
     }
 
+    /// Requests taking `ms` in turn, a quarter of each the prefill.
+    fn script(ms: &[f64]) -> Scripted {
+        Scripted(std::cell::RefCell::new(
+            ms.iter()
+                .map(|&t| (t / 4.0, t))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        ))
+    }
+
     /// A machine that runs at half speed in two of five rounds, hitting parent and model alike,
     /// and once the model alone (a neighbour's burst): the model is twice as fast in four rounds
     /// of five, which the paired ratio says, while the ratio of the two medians says 1x (the
     /// model's median comes from a slow round, the parent's from a fast one).
     #[test]
     fn paired_ratios_compare_requests_of_the_same_round() {
-        let script = |ms: &[f64]| {
-            Scripted(std::cell::RefCell::new(
-                ms.iter()
-                    .map(|&t| (t / 4.0, t))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            ))
-        };
         // Warm-up round first.
         let parent = script(&[100.0, 100.0, 200.0, 100.0, 200.0, 100.0]);
         let model = script(&[50.0, 50.0, 100.0, 50.0, 100.0, 100.0]);
@@ -432,5 +543,37 @@ mod tests {
         // Decode throughput pairs the same way (prefill a quarter of every request).
         assert!((p.decode_throughput - 2.0).abs() < 1e-12);
         assert!(measure_together(&[], 1, 16, 5, 5).unwrap().is_empty());
+    }
+
+    /// Two passes, the second after the machine changed: the pooled median is over all five
+    /// rounds, each pass's median ratio is kept, and `over_passes` gives their spread. A pass
+    /// over a different number of models is refused.
+    #[test]
+    fn passes_keep_their_own_ratio_and_pool_their_rounds() {
+        // Each pass starts with a warm-up round (the 1000 ms requests, never counted).
+        let parent = script(&[1000.0, 100.0, 120.0, 1000.0, 100.0, 100.0, 100.0]);
+        let model = script(&[1000.0, 50.0, 20.0, 1000.0, 25.0, 25.0, 25.0]);
+        let mut t = Timings::new(2, 1, 16, 5);
+        assert!(t.speeds().is_empty());
+        t.pass(&[&parent, &model], 2).unwrap();
+        // One pass: no per-pass ratios.
+        let one = t.speeds();
+        assert!(one[1].paired.as_ref().unwrap().passes.is_empty());
+        assert_eq!(one[1].over_passes(SpeedMetric::Throughput), None);
+        t.pass(&[&parent, &model], 3).unwrap();
+        let s = t.speeds();
+        assert_eq!(s[0].rounds, 5);
+        let p = s[1].paired.as_ref().unwrap();
+        // Round ratios 2, 6 | 4, 4, 4: median 4 over the five; pass medians (the upper one of
+        // an even count) 6 and 4. A pass boundary one round off would give 4 and 4.
+        assert!((p.throughput - 4.0).abs() < 1e-12, "{p:?}");
+        assert_eq!(p.passes.len(), 2);
+        assert!((p.passes[0].throughput - 6.0).abs() < 1e-12, "{p:?}");
+        assert!((p.passes[1].decode_throughput - 4.0).abs() < 1e-12, "{p:?}");
+        let spread = s[1].over_passes(SpeedMetric::Throughput).unwrap();
+        assert!((spread[0] - 4.0).abs() < 1e-12 && (spread[1] - 6.0).abs() < 1e-12);
+        assert!(s[0].over_passes(SpeedMetric::Throughput).is_none());
+        let err = t.pass(&[&parent], 1).unwrap_err().to_string();
+        assert!(err.contains("1 models where the first pass had 2"), "{err}");
     }
 }
