@@ -157,7 +157,8 @@ impl EvalConfig {
     /// and its warm-up round.
     pub fn speed_requests(&self) -> usize {
         let (passes, rounds) = self.speed_rounds();
-        passes * (rounds + 1)
+        // Saturating: an absurd `speed_repeats` must not overflow a plan's count.
+        passes.saturating_mul(rounds.saturating_add(1))
     }
 }
 

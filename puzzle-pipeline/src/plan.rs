@@ -469,7 +469,7 @@ pub fn plan(
     let eval_flops = compared as f64
         * (e.sequences as f64 * model_flops(parent, e.seq_len) + task_toks * per_token);
     let first = d.batch_sizes.first().copied().unwrap_or(1);
-    let speed_s = (compared * e.speed_requests()) as f64 * request_s(first);
+    let speed_s = compared as f64 * e.speed_requests() as f64 * request_s(first);
     stages.push(row(
         "eval",
         format!(
@@ -477,7 +477,7 @@ pub fn plan(
             e.sequences,
             human(task_toks),
             if counted { "" } else { " estimated" },
-            compared * e.speed_requests()
+            compared.saturating_mul(e.speed_requests())
         ),
         1,
         eval_flops,
