@@ -253,6 +253,9 @@ struct Report<'a> {
     key: String,
     /// The parent's predicted value of it.
     parent_pred: f64,
+    /// This run's child, then each finished `puzzle ablate` row (read once, for the table and
+    /// the frontier plot).
+    ablations: Vec<crate::runs::Row>,
 }
 
 impl<'a> Report<'a> {
@@ -292,6 +295,7 @@ impl<'a> Report<'a> {
             metric,
             key,
             parent_pred,
+            ablations: crate::runs::ablation_rows(run)?,
         })
     }
 
@@ -328,8 +332,8 @@ impl<'a> Report<'a> {
     }
 
     /// The paper's ablations run beside this run (`puzzle ablate`), when there are any.
-    fn ablations(&self, md: &mut String) -> Result<()> {
-        let rows = crate::runs::ablation_rows(self.run)?;
+    fn ablation_section(&self, md: &mut String) -> Result<()> {
+        let rows = &self.ablations;
         if rows.len() < 2 {
             return Ok(());
         }
@@ -338,7 +342,7 @@ impl<'a> Report<'a> {
             "## Ablations (`puzzle ablate`: each row a run that changes one switch, searched for the same constraints, each child measured in its own final evaluation in {})\n",
             self.engine()
         )?;
-        writeln!(md, "{}", crate::runs::ablation_markdown(&rows))?;
+        writeln!(md, "{}", crate::runs::ablation_markdown(rows))?;
         Ok(())
     }
 
@@ -437,7 +441,7 @@ impl<'a> Report<'a> {
             })
             .collect();
         // The ablations' children, each from its own final evaluation (`puzzle ablate`).
-        for row in crate::runs::ablation_rows(self.run)?.iter().skip(1) {
+        for row in self.ablations.iter().skip(1) {
             if let Some(p) = row.point(self.metric) {
                 measured.push((format!("ablation {}", row.name), p.0, p.1));
             }
@@ -665,7 +669,7 @@ impl<'a> Report<'a> {
         )?;
         self.quality_table(&mut md)?;
         self.targets(&mut md)?;
-        self.ablations(&mut md)?;
+        self.ablation_section(&mut md)?;
         self.child_section(&mut md)?;
         self.speed_section(&mut md)?;
         writeln!(md, "## How these numbers were made\n")?;
